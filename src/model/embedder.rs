@@ -1,0 +1,186 @@
+//! The whole pipeline for callers: a model directory in, unit vectors out. Texts are tokenised, length-checked, sorted
+//! by length and packed into batches under a token budget (padding waste stays small), encoded, pooled, normalised and
+//! returned in input order.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+
+use crate::config::Qwen3Config;
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::pooling::{check_dim, l2_normalize, truncate_dim};
+use crate::tokenizer::{format_input, LengthPolicy, QwenTokenizer};
+use crate::weights::Weights;
+
+pub const DEFAULT_MAX_LENGTH: usize = 8192;
+/// Padded tokens per forward pass: large enough for efficient matrix multiplications, small enough that activations
+/// of a 0.6B model stay around a hundred MB.
+pub const DEFAULT_BATCH_TOKENS: usize = 8192;
+
+/// How inputs are limited and batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_length: usize,
+    pub policy: LengthPolicy,
+    pub batch_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_length: DEFAULT_MAX_LENGTH, policy: LengthPolicy::Error, batch_tokens: DEFAULT_BATCH_TOKENS }
+    }
+}
+
+/// What one call did, for the caller's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Work {
+    pub texts: usize,
+    pub tokens: usize,
+    pub forward_passes: usize,
+}
+
+pub struct Embedder {
+    config: Qwen3Config,
+    tokenizer: QwenTokenizer,
+    encoder: Encoder,
+    model_dir: PathBuf,
+    load_time: Duration,
+}
+
+impl Embedder {
+    /// Loads `config.json`, `tokenizer.json` and the safetensors weights from a Hugging Face model directory.
+    pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let started = Instant::now();
+        if !model_dir.is_dir() {
+            let problem = if model_dir.exists() { "is not a directory" } else { "does not exist" };
+            return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: problem.into() });
+        }
+        for file in ["config.json", "tokenizer.json"] {
+            if !model_dir.join(file).is_file() {
+                return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: format!("has no {file}") });
+            }
+        }
+        let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
+        let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
+        let weights = Weights::open(model_dir)?;
+        let encoder = Encoder::load(&config, &weights, dtype, device)?;
+        Ok(Embedder { config, tokenizer, encoder, model_dir: model_dir.to_path_buf(), load_time: started.elapsed() })
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.encoder.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.encoder.device()
+    }
+
+    pub fn tokenizer(&self) -> &QwenTokenizer {
+        &self.tokenizer
+    }
+
+    /// The longest input accepted: the requested limit, never above the model's position range.
+    pub fn max_length(&self, limits: &Limits) -> usize {
+        limits.max_length.clamp(1, self.config.max_position_embeddings)
+    }
+
+    /// Token ids of one text (with its instruction), after the length policy.
+    pub fn tokenize(&self, text: &str, instruct: Option<&str>, limits: &Limits) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(&format_input(text, instruct))?;
+        self.tokenizer.limit(ids, self.max_length(limits), limits.policy)
+    }
+
+    /// Embeds texts that share one instruction; `dim` keeps the first `dim` dimensions (Matryoshka).
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        instruct: Option<&str>,
+        dim: Option<i64>,
+        limits: &Limits,
+        canceled: &dyn Fn() -> bool,
+    ) -> Result<(Vec<Vec<f32>>, Work)> {
+        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
+        let seqs = texts.iter().map(|t| self.tokenize(t, instruct, limits)).collect::<Result<Vec<_>>>()?;
+        let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
+        let vectors = match dim {
+            Some(d) if d < self.config.hidden_size => vectors.into_iter().map(|v| truncate_dim(v, d)).collect(),
+            _ => vectors,
+        };
+        Ok((vectors, work))
+    }
+
+    /// Unit vectors (full dimension) for token sequences, in input order.
+    pub fn embed_tokens(
+        &self,
+        seqs: &[Vec<u32>],
+        batch_tokens: usize,
+        canceled: &dyn Fn() -> bool,
+    ) -> Result<(Vec<Vec<f32>>, Work)> {
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+        let mut work = Work { texts: seqs.len(), tokens: seqs.iter().map(Vec::len).sum(), forward_passes: 0 };
+        for batch in plan_batches(seqs, batch_tokens) {
+            if canceled() {
+                return Err(Error::Canceled);
+            }
+            let inputs: Vec<Vec<u32>> = batch.iter().map(|&i| seqs[i].clone()).collect();
+            let pooled = self.encoder.forward(&inputs, canceled)?.to_vec2::<f32>()?;
+            work.forward_passes += 1;
+            for (&i, mut v) in batch.iter().zip(pooled) {
+                l2_normalize(&mut v);
+                out[i] = v;
+            }
+        }
+        Ok((out, work))
+    }
+}
+
+/// Groups sequence indices into batches, longest first, so that each batch's padded size (count × longest) stays within
+/// `batch_tokens`; a sequence longer than the budget gets a batch of its own.
+pub fn plan_batches(seqs: &[Vec<u32>], batch_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match batches.last_mut() {
+            // Sorted longest first, so the batch's first sequence is its longest.
+            Some(b) if (b.len() + 1) * seqs[b[0]].len() <= batch_tokens => b.push(i),
+            _ => batches.push(vec![i]),
+        }
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_token_budget_and_cover_every_input_once() {
+        let lens = [5, 100, 3, 40, 40, 7, 250, 1];
+        let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![1; n]).collect();
+        let batches = plan_batches(&seqs, 120);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(b.len() == 1 || b.len() * longest <= 120, "{b:?}");
+        }
+        assert_eq!(batches[0], vec![6]); // over budget: alone
+        assert_eq!(batches.len(), 4, "{batches:?}");
+    }
+}

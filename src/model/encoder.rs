@@ -1,0 +1,291 @@
+//! The Qwen3 transformer run as an encoder: one causal forward pass over a left-padded batch, no KV cache, no decoding.
+//!
+//! embeddings → N × (RMSNorm → attention (q/k per-head RMSNorm, RoPE, grouped-query heads, causal + padding mask)
+//! → residual → RMSNorm → SwiGLU MLP → residual) → final RMSNorm, and only the last position is kept (last-token
+//! pooling), so the last layer computes attention and MLP for that position alone.
+//!
+//! Padding never changes a real token's result: each sequence's positions start at 0 after its padding, and its tokens
+//! never attend to padding. Attention is computed in blocks of queries, each against the keys causality allows, so a
+//! long input never materialises the whole score matrix.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Linear;
+
+use crate::config::Qwen3Config;
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// Upper bound on the attention scores held at once (elements), which sets the query block size.
+const SCORE_BLOCK_ELEMENTS: usize = 16 << 20;
+
+pub struct Encoder {
+    config: Qwen3Config,
+    dtype: DType,
+    device: Device,
+    /// Kept in the checkpoint's dtype: only the rows of the batch's tokens are converted, which saves a full-size copy
+    /// of the largest tensor (155M parameters in the 0.6B model).
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    rope: Rope,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    /// q, k and v projections fused into one matrix: one larger matmul instead of three.
+    qkv: Linear,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    o_proj: Linear,
+    post_norm: Tensor,
+    /// gate and up projections fused likewise.
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// cos/sin tables for every position, computed like transformers does (fp32 inverse frequencies and angles).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// A left-padded batch: the shapes and per-sequence padding every layer needs.
+struct Batch {
+    size: usize,
+    len: usize,
+    pads: Vec<usize>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Encoder {
+    pub fn load(config: &Qwen3Config, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
+        let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
+            let ws = names
+                .iter()
+                .zip(outs)
+                .map(|(n, &o)| get(&format!("{n}.weight"), &[o, input]))
+                .collect::<Result<Vec<_>>>()?;
+            let b = if bias {
+                let bs = names
+                    .iter()
+                    .zip(outs)
+                    .map(|(n, &o)| get(&format!("{n}.bias"), &[o]))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&bs, 0)?)
+            } else {
+                None
+            };
+            Ok(Linear::new(Tensor::cat(&ws, 0)?, b))
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            layers.push(Layer {
+                input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                qkv: linear(
+                    &[&format!("{attn}.q_proj"), &format!("{attn}.k_proj"), &format!("{attn}.v_proj")],
+                    &[q_out, kv_out, kv_out],
+                    h,
+                    c.attention_bias,
+                )?,
+                q_norm: get(&format!("{attn}.q_norm.weight"), &[hd])?,
+                k_norm: get(&format!("{attn}.k_norm.weight"), &[hd])?,
+                o_proj: linear(&[&format!("{attn}.o_proj")], &[h], q_out, c.attention_bias)?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_up: linear(
+                    &[&format!("{mlp}.gate_proj"), &format!("{mlp}.up_proj")],
+                    &[c.intermediate_size, c.intermediate_size],
+                    h,
+                    false,
+                )?,
+                down: linear(&[&format!("{mlp}.down_proj")], &[h], c.intermediate_size, false)?,
+            });
+        }
+        let embed_dtype = if dtype == DType::F32 { weights.dtype("embed_tokens.weight")? } else { dtype };
+        Ok(Encoder {
+            config: c.clone(),
+            dtype,
+            device: device.clone(),
+            embed_tokens: weights.get("embed_tokens.weight", &[c.vocab_size, h], embed_dtype, device)?,
+            layers,
+            norm: get("norm.weight", &[h])?,
+            rope: Rope::new(c, dtype, device)?,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final hidden state of the last token of each sequence, (batch, hidden) in f32, not normalised.
+    /// `canceled` is polled between layers; when it returns true the pass stops with [`Error::Canceled`].
+    pub fn forward(&self, seqs: &[Vec<u32>], canceled: &dyn Fn() -> bool) -> Result<Tensor> {
+        let c = &self.config;
+        let batch = self.batch(seqs)?;
+        let ids: Vec<u32> = seqs
+            .iter()
+            .zip(&batch.pads)
+            .flat_map(|(s, &pad)| std::iter::repeat_n(0, pad).chain(s.iter().copied()))
+            .collect();
+        let ids = Tensor::from_vec(ids, batch.size * batch.len, &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.dtype)?.reshape((
+            batch.size,
+            batch.len,
+            c.hidden_size,
+        ))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if canceled() {
+                return Err(Error::Canceled);
+            }
+            let last_only = i + 1 == self.layers.len();
+            x = layer.forward(&x, &batch, c, last_only)?;
+        }
+        let last = x.narrow(1, x.dim(1)? - 1, 1)?.squeeze(1)?.contiguous()?;
+        let pooled = candle_nn::ops::rms_norm(&last, &self.norm, c.rms_norm_eps as f32)?;
+        Ok(pooled.to_dtype(DType::F32)?)
+    }
+
+    fn batch(&self, seqs: &[Vec<u32>]) -> Result<Batch> {
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if len == 0 || seqs.iter().any(Vec::is_empty) {
+            return Err(Error::Compute(candle_core::Error::Msg("empty token sequence".into())));
+        }
+        if len > self.config.max_position_embeddings {
+            return Err(Error::TooLong { tokens: len, limit: self.config.max_position_embeddings });
+        }
+        if let Some(&bad) = seqs.iter().flatten().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(Error::Compute(candle_core::Error::Msg(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.config.vocab_size
+            ))));
+        }
+        let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
+        let positions: Vec<u32> =
+            pads.iter().flat_map(|&pad| std::iter::repeat_n(0, pad).chain(0..(len - pad) as u32)).collect();
+        let positions = Tensor::from_vec(positions, seqs.len() * len, &self.device)?;
+        let half = self.config.head_dim / 2;
+        let cos = self.rope.cos.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
+        let sin = self.rope.sin.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
+        Ok(Batch { size: seqs.len(), len, pads, cos, sin })
+    }
+}
+
+impl Layer {
+    /// (b, l, hidden) → (b, l, hidden), or (b, 1, hidden) for the last position alone when `last_only`.
+    fn forward(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, last_only: bool) -> Result<Tensor> {
+        let eps = c.rms_norm_eps as f32;
+        let normed = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
+        let first_query = if last_only { batch.len - 1 } else { 0 };
+        let attn = self.attention(&normed, batch, c, first_query)?;
+        let residual = if last_only { x.narrow(1, first_query, 1)? } else { x.clone() };
+        let x = (residual + attn)?.contiguous()?;
+        let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
+        let gate_up = self.gate_up.forward(&normed)?;
+        let inter = c.intermediate_size;
+        let hidden = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?
+            * gate_up.narrow(D::Minus1, inter, inter)?)?;
+        Ok((x + self.down.forward(&hidden)?)?)
+    }
+
+    /// Attention output for the queries at positions `first_query..len`, (b, len - first_query, hidden).
+    fn attention(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, first_query: usize) -> Result<Tensor> {
+        let (b, l, hd) = (batch.size, batch.len, c.head_dim);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let groups = nh / nkv;
+        let eps = c.rms_norm_eps as f32;
+        let qkv = self.qkv.forward(x)?;
+        // (b, l, heads*hd) → per-head RMSNorm → (b, heads, l, hd) → RoPE.
+        let heads = |start: usize, n: usize, from: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let t = qkv.narrow(1, from, l - from)?.narrow(2, start * hd, n * hd)?.contiguous()?.reshape((
+                b,
+                l - from,
+                n,
+                hd,
+            ))?;
+            let t = match norm {
+                Some(w) => candle_nn::ops::rms_norm(&t, w, eps)?,
+                None => t,
+            };
+            Ok(t.transpose(1, 2)?.contiguous()?)
+        };
+        let rope = |t: Tensor, from: usize| -> Result<Tensor> {
+            let cos = batch.cos.narrow(1, from, l - from)?.contiguous()?;
+            let sin = batch.sin.narrow(1, from, l - from)?.contiguous()?;
+            Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = (rope(heads(0, nh, first_query, Some(&self.q_norm))?, first_query)? * scale)?;
+        let k = rope(heads(nh, nkv, 0, Some(&self.k_norm))?, 0)?;
+        let v = heads(nh + nkv, nkv, 0, None)?;
+
+        let queries = l - first_query;
+        let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
+        let mut outputs = Vec::with_capacity(queries.div_ceil(block));
+        for start in (0..queries).step_by(block) {
+            let n = block.min(queries - start);
+            let keys = first_query + start + n; // causal: no query in the block sees past its own position
+                                                // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
+            let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
+            let k_blk = k.narrow(2, 0, keys)?;
+            let v_blk = v.narrow(2, 0, keys)?;
+            let scores = q_blk.matmul(&k_blk.t()?)?.reshape((b, nkv, groups, n, keys))?;
+            let mask = block_mask(&batch.pads, first_query + start, n, keys, x.device())?;
+            let scores = scores.to_dtype(DType::F32)?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            let out = probs.reshape((b, nkv, groups * n, keys))?.matmul(&v_blk.contiguous()?)?;
+            outputs.push(out.reshape((b, nh, n, hd))?);
+        }
+        let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// Additive mask (b, 1, 1, n, keys) for queries `first..first+n`: a real token sees itself, earlier real tokens and
+/// nothing else. A padding query (whose result is never used) sees only itself, so its softmax row stays finite.
+fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
+    let mut mask = vec![f32::NEG_INFINITY; pads.len() * n * keys];
+    for (row, &pad) in mask.chunks_mut(n * keys).zip(pads) {
+        for (i, scores) in row.chunks_mut(keys).enumerate() {
+            let query = first + i;
+            if query < pad {
+                scores[query] = 0.0;
+            } else {
+                scores[pad..=query].fill(0.0);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (pads.len(), 1, 1, n, keys), device)?)
+}
+
+impl Rope {
+    fn new(c: &Qwen3Config, dtype: DType, device: &Device) -> Result<Self> {
+        let half = c.head_dim / 2;
+        let theta = c.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / c.head_dim as f32)).collect();
+        let n = c.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for &f in &inv_freq {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+        })
+    }
+}

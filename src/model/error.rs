@@ -1,0 +1,80 @@
+//! One error type for the model core. Every message names the file, tensor or limit involved, so a user can act on it
+//! without reading the source; `hint()` adds the "what to do" line that the SQL layer shows as an ERROR's HINT.
+
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model directory \"{}\" {problem}", path.display())]
+    ModelDir { path: PathBuf, problem: String },
+
+    #[error("could not read \"{}\": {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("invalid model config \"{}\": {problem}", path.display())]
+    Config { path: PathBuf, problem: String },
+
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+
+    #[error("invalid weights in \"{}\": {problem}", path.display())]
+    Weights { path: PathBuf, problem: String },
+
+    #[error("tensor \"{name}\" has shape {found:?}, expected {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+
+    #[error("could not load tokenizer \"{}\": {problem}", path.display())]
+    Tokenizer { path: PathBuf, problem: String },
+
+    #[error("input is {tokens} tokens long, which exceeds max_length {limit}")]
+    TooLong { tokens: usize, limit: usize },
+
+    #[error("dim must be between {min} and {max}, got {dim}")]
+    BadDim { dim: i64, min: usize, max: usize },
+
+    #[error("embedding canceled")]
+    Canceled,
+
+    #[error("tensor computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// A line telling the user what to do about the error, where there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::ModelDir { .. } => Some(
+                "Point qwen_embed.model_path at a Hugging Face model directory with config.json, tokenizer.json and \
+                 model.safetensors (or model.safetensors.index.json and its shards)."
+                    .into(),
+            ),
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Some(
+                "The database server's operating-system user must be able to read the model files (chmod a+r).".into(),
+            ),
+            Error::Io { .. } => Some("Check that the model files exist and are complete.".into()),
+            Error::Unsupported(_) | Error::Config { .. } => {
+                Some("qwen_embed runs Qwen3-architecture models such as Qwen/Qwen3-Embedding-0.6B.".into())
+            }
+            Error::Weights { .. } | Error::Shape { .. } => Some(
+                "The weights do not match config.json; download the model again (the file may be truncated).".into(),
+            ),
+            Error::TooLong { .. } => Some(
+                "Raise qwen_embed.max_length, set qwen_embed.truncate = on to embed only the beginning, or split the \
+                 text into chunks."
+                    .into(),
+            ),
+            Error::BadDim { .. } => Some("Pass NULL for the model's full dimension.".into()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(path: &std::path::Path, problem: impl Into<String>) -> Self {
+        Error::Config { path: path.to_path_buf(), problem: problem.into() }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+}

@@ -1,0 +1,23 @@
+//! qwen_embed_model: the Qwen3-Embedding text encoder in plain Rust (candle). No PostgreSQL in here, so it is tested with
+//! plain `cargo test` and reused by the extension.
+//!
+//! - [`config`]: `config.json` → [`Qwen3Config`]
+//! - [`weights`]: memory-mapped safetensors, single or sharded, with or without the `model.` prefix
+//! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
+//! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
+//! - [`pooling`]: L2 normalisation and Matryoshka truncation
+//! - [`embedder`]: all of the above behind one call, with token-budget batching
+
+pub mod config;
+pub mod embedder;
+pub mod encoder;
+pub mod error;
+pub mod pooling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use candle_core::{DType, Device};
+pub use config::Qwen3Config;
+pub use embedder::{Embedder, Limits, Work};
+pub use error::{Error, Result};
+pub use tokenizer::{format_input, LengthPolicy};

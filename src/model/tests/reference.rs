@@ -1,0 +1,100 @@
+//! The encoder against Hugging Face transformers: vectors from tools/make_fixtures.py, computed in fp32 by AutoModel
+//! with left padding and last-token pooling, cross-checked there against sentence-transformers.
+
+mod common;
+
+use common::*;
+use qwen_embed_model::{Limits, Work};
+
+const MIN_COSINE: f64 = 0.99999;
+const MAX_DIFF: f32 = 1e-4;
+
+#[test]
+fn every_reference_case_matches_transformers() {
+    let model = load(&tiny_model());
+    let cases = reference_cases();
+    assert!(cases.len() >= 20);
+    assert!(cases.iter().any(|c| c.ids.len() > 1000), "a case over 1000 tokens");
+    let (mut min_cos, mut max_diff) = (1.0f64, 0.0f32);
+    for case in &cases {
+        let got = embed_one(&model, &case.text, case.instruct.as_deref());
+        let (cos, diff) = (cosine(&got, &case.embedding), max_abs_diff(&got, &case.embedding));
+        assert!(cos >= MIN_COSINE && diff <= MAX_DIFF, "{:?}: cos {cos}, max diff {diff}", case.input);
+        min_cos = min_cos.min(cos);
+        max_diff = max_diff.max(diff);
+    }
+    println!("{} cases: min cosine {min_cos:.9}, max |diff| {max_diff:.3e}", cases.len());
+}
+
+#[test]
+fn token_ids_match_the_hugging_face_tokenizer() {
+    let model = load(&tiny_model());
+    let limits = Limits::default();
+    assert_eq!(
+        model.tokenize("The capital of China is Beijing.", None, &limits).unwrap(),
+        [785, 6722, 315, 5616, 374, 26549, 13, 151643]
+    );
+    for case in reference_cases() {
+        assert_eq!(
+            model.tokenize(&case.text, case.instruct.as_deref(), &limits).unwrap(),
+            case.ids,
+            "{:?}",
+            case.input
+        );
+    }
+}
+
+#[test]
+fn instruction_format_has_no_space_after_query() {
+    let case = reference_cases().into_iter().find(|c| c.instruct.is_some()).unwrap();
+    assert_eq!(case.input, format!("Instruct: {}\nQuery:{}", case.instruct.as_ref().unwrap(), case.text));
+    assert_eq!(qwen_embed_model::format_input(&case.text, case.instruct.as_deref()), case.input);
+}
+
+#[test]
+fn a_mixed_length_batch_equals_each_text_alone() {
+    let model = load(&tiny_model());
+    let cases = reference_cases();
+    let texts: Vec<&str> = cases.iter().filter(|c| c.instruct.is_none()).map(|c| c.text.as_str()).collect();
+    // A budget that forces several passes, each with padding.
+    let limits = Limits { batch_tokens: 4096, ..Limits::default() };
+    let (batched, work) = model.embed(&texts, None, None, &limits, &|| false).unwrap();
+    assert!(work.forward_passes > 1 && work.forward_passes < texts.len(), "{work:?}");
+    let mut worst = 0.0f32;
+    for (text, got) in texts.iter().zip(&batched) {
+        let alone = embed_one(&model, text, None);
+        worst = worst.max(max_abs_diff(got, &alone));
+    }
+    assert!(worst <= 1e-5, "batched vs alone: max diff {worst}");
+    println!("batched vs alone: max |diff| {worst:.3e}");
+}
+
+#[test]
+fn one_pass_embeds_a_batch_in_input_order() {
+    let model = load(&tiny_model());
+    let cases: Vec<_> = reference_cases().into_iter().filter(|c| c.instruct.is_none() && c.ids.len() < 100).collect();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let (vectors, work) = model.embed(&texts, None, None, &Limits::default(), &|| false).unwrap();
+    assert_eq!(work, Work { texts: texts.len(), tokens: cases.iter().map(|c| c.ids.len()).sum(), forward_passes: 1 });
+    for (case, got) in cases.iter().zip(&vectors) {
+        assert!(max_abs_diff(got, &case.embedding) <= MAX_DIFF, "{:?}", case.text);
+    }
+}
+
+#[test]
+fn matryoshka_keeps_a_renormalised_prefix_of_the_reference() {
+    let model = load(&tiny_model());
+    let case = &reference_cases()[0];
+    for dim in [32, 48, 64] {
+        let got = model.embed(&[&case.text], None, Some(dim), &Limits::default(), &|| false).unwrap().0.remove(0);
+        assert_eq!(got.len(), dim as usize);
+        let norm: f32 = case.embedding[..dim as usize].iter().map(|x| x * x).sum::<f32>().sqrt();
+        let expected: Vec<f32> = case.embedding[..dim as usize].iter().map(|x| x / norm).collect();
+        assert!(max_abs_diff(&got, &expected) <= MAX_DIFF, "dim {dim}");
+        assert!((got.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    for bad in [0, 31, 65, -5] {
+        let err = model.embed(&[&case.text], None, Some(bad), &Limits::default(), &|| false).unwrap_err();
+        assert!(err.to_string().contains("between 32 and 64"), "{err}");
+    }
+}
