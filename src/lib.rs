@@ -1,1 +1,40 @@
+//! qwen_embed: Qwen3-Embedding inside PostgreSQL.
+//!
+//! - `model/` (its own crate): the encoder, with no PostgreSQL in it
+//! - `settings`: the `qwen_embed.*` GUCs
+//! - `runtime`: per-backend model, worker pool, interrupts, counters, cache
+//! - `vector`: pgvector's `vector` in and out
+//! - `api`: `embed`, `cosine_sim`, `semantic_similarity`
+//! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
+//! - `info`: `qwen_embed.info()`
 
+use pgrx::prelude::*;
+
+mod api;
+mod errors;
+mod info;
+mod runtime;
+mod settings;
+mod trigger;
+mod vector;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        let conf = format!("qwen_embed.model_path = '{}'", crate::tests::readable_test_model().display());
+        vec![Box::leak(conf.into_boxed_str())]
+    }
+}

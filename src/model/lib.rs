@@ -16,7 +16,7 @@ pub mod pooling;
 pub mod tokenizer;
 pub mod weights;
 
-pub use candle_core::{DType, Device};
+pub use candle_core::{self as candle, DType, Device};
 pub use config::Qwen3Config;
 pub use embedder::{Embedder, Limits, Work};
 pub use error::{Error, Result};

@@ -1,0 +1,335 @@
+//! Per-backend state: the loaded model, the worker pool that runs it, counters, and a small result cache.
+//!
+//! PostgreSQL backends are single-threaded processes and nothing in PostgreSQL may be called from another thread.
+//! The encoder runs on a private rayon pool whose threads never touch PostgreSQL (they are created with every signal
+//! blocked, so PostgreSQL's handlers always run on the backend thread). The backend thread waits for the result while
+//! polling for interrupts every 10 ms: a cancel or statement_timeout raises its ERROR there, which sets the job's
+//! cancel flag and waits for the pool to stop at the next layer boundary before unwinding further.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgrx::PgSqlErrorCode;
+use qwen_embed_model::{DType, Device, Embedder, Error, Work};
+
+use crate::errors::{raise, raise_with, OrRaise};
+use crate::settings;
+
+/// What identifies a loaded model: changing any of these settings loads it again.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ModelKey {
+    pub path: String,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// Counters since the backend started (shown by `qwen_embed.info()`).
+#[derive(Default, Clone, Copy)]
+pub struct Stats {
+    pub calls: u64,
+    pub texts: u64,
+    pub tokens: u64,
+    pub forward_passes: u64,
+    pub cache_hits: u64,
+    pub errors: u64,
+    pub total: Duration,
+    pub max: Duration,
+}
+
+struct Loaded {
+    key: ModelKey,
+    embedder: Arc<Embedder>,
+}
+
+type CacheKey = (ModelKey, Option<String>, Option<i64>, String);
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<CacheKey, Vec<f32>>,
+    order: VecDeque<CacheKey>,
+}
+
+/// Texts longer than this are not cached (the cache is for repeated short queries).
+const CACHEABLE_BYTES: usize = 4096;
+
+#[derive(Default)]
+struct State {
+    model: Option<Loaded>,
+    stats: Stats,
+    cache: Cache,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+pub fn stats() -> Stats {
+    STATE.with_borrow(|s| s.stats)
+}
+
+/// The loaded model, if any (without loading one).
+pub fn loaded() -> Option<Arc<Embedder>> {
+    STATE.with_borrow(|s| s.model.as_ref().map(|m| m.embedder.clone()))
+}
+
+fn current_key() -> ModelKey {
+    let path = settings::string(&settings::MODEL_PATH).unwrap_or_else(|| {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "qwen_embed: qwen_embed.model_path is not set".into(),
+            Some(
+                "A superuser sets it to a Qwen3 embedding model directory, e.g. \
+                 ALTER SYSTEM SET qwen_embed.model_path = '/models/Qwen3-Embedding-0.6B'; SELECT pg_reload_conf();"
+                    .into(),
+            ),
+        )
+    });
+    ModelKey {
+        path,
+        device: settings::string(&settings::DEVICE).unwrap_or_else(|| "auto".into()),
+        dtype: settings::string(&settings::DTYPE).unwrap_or_else(|| "auto".into()),
+    }
+}
+
+/// Resolves `qwen_embed.device` to a candle device.
+pub fn select_device(setting: &str) -> Result<Device, String> {
+    let setting = setting.to_ascii_lowercase();
+    match setting.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(cuda_device(0).unwrap_or(Device::Cpu)),
+        "cuda" => cuda_device(0),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda_device(n),
+            _ => Err(format!("invalid qwen_embed.device \"{setting}\": use auto, cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device, String> {
+    Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} is not usable: {e}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<Device, String> {
+    Err("qwen_embed was built without CUDA support (cargo feature \"cuda\")".into())
+}
+
+/// Resolves `qwen_embed.dtype` for a device.
+pub fn select_dtype(setting: &str, device: &Device) -> Result<DType, String> {
+    match setting.to_ascii_lowercase().as_str() {
+        "auto" if device.is_cpu() => Ok(DType::F32),
+        "auto" => Ok(DType::BF16),
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(format!("invalid qwen_embed.dtype \"{other}\": use auto, f32, bf16 or f16")),
+    }
+}
+
+/// The model for the current settings, loading it on first use or after a setting changed.
+pub fn model() -> (ModelKey, Arc<Embedder>) {
+    let key = current_key();
+    if let Some(m) = STATE.with_borrow(|s| s.model.as_ref().filter(|m| m.key == key).map(|m| m.embedder.clone())) {
+        return (key, m);
+    }
+    let device = select_device(&key.device).unwrap_or_else(|m| invalid_setting(m));
+    let dtype = select_dtype(&key.dtype, &device).unwrap_or_else(|m| invalid_setting(m));
+    // Drop the old model first so two never sit in memory together.
+    STATE.with_borrow_mut(|s| {
+        s.model = None;
+        s.cache = Cache::default();
+    });
+    let path = PathBuf::from(&key.path);
+    let embedder = execute(move |_| Embedder::load(&path, &device, dtype).map(Arc::new));
+    if key.device.eq_ignore_ascii_case("auto") {
+        let place = if embedder.device().is_cpu() { "CPU" } else { "GPU" };
+        pgrx::notice!("qwen_embed: model loaded on the {place} ({:?})", embedder.dtype());
+    }
+    STATE.with_borrow_mut(|s| s.model = Some(Loaded { key: key.clone(), embedder: embedder.clone() }));
+    (key, embedder)
+}
+
+fn invalid_setting(message: String) -> ! {
+    raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("qwen_embed: {message}"), None)
+}
+
+fn pool() -> Arc<rayon::ThreadPool> {
+    thread_local! { static POOL: RefCell<Option<(usize, Arc<rayon::ThreadPool>)>> = const { RefCell::new(None) }; }
+    let threads = settings::threads();
+    POOL.with_borrow_mut(|p| {
+        if let Some((_, pool)) = p.as_ref().filter(|(n, _)| *n == threads) {
+            return pool.clone();
+        }
+        let pool = Arc::new(build_pool(threads));
+        *p = Some((threads, pool.clone()));
+        pool
+    })
+}
+
+/// A pool whose threads start with every signal blocked (they inherit the creating thread's mask).
+fn build_pool(threads: usize) -> rayon::ThreadPool {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("qwen_embed-{i}")).build();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pool.unwrap_or_else(|e| {
+            raise_with(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                format!("qwen_embed: cannot start threads: {e}"),
+                None,
+            )
+        })
+    }
+}
+
+/// Sets the cancel flag and waits for the job when the backend unwinds (an ERROR from an interrupt) before the job
+/// finished, so no encoder work outlives the statement.
+struct StopOnUnwind<'a, T> {
+    cancel: &'a AtomicBool,
+    done: &'a Receiver<T>,
+    finished: bool,
+}
+
+impl<T> Drop for StopOnUnwind<'_, T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel.store(true, Ordering::Relaxed);
+            let _ = self.done.recv();
+        }
+    }
+}
+
+/// Runs `job` on the worker pool, polling for interrupts while it runs. The job gets a `canceled` probe to pass to the
+/// encoder. Its errors and panics become ERRORs (and count in `errors`).
+pub fn execute<T, F>(job: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Fn() -> bool) -> qwen_embed_model::Result<T> + Send + 'static,
+{
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = sync_channel(1);
+    let flag = cancel.clone();
+    pool().spawn(move || {
+        let probe = move || flag.load(Ordering::Relaxed);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&probe)));
+        let _ = tx.send(result);
+    });
+    let mut guard = StopOnUnwind { cancel: &cancel, done: &rx, finished: false };
+    let result = loop {
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(result) => break result,
+            Err(RecvTimeoutError::Timeout) => {
+                pgrx::check_for_interrupts!();
+            }
+            Err(RecvTimeoutError::Disconnected) => break Err(Box::new("worker thread exited")),
+        }
+    };
+    guard.finished = true;
+    match result {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => {
+            record(|s| s.errors += 1);
+            raise(e)
+        }
+        Err(panic) => {
+            record(|s| s.errors += 1);
+            raise_with(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("qwen_embed: internal error in the encoder: {}", panic_message(&panic)),
+                Some("The session is still usable. Please report this with the input that caused it.".into()),
+            )
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn record(f: impl FnOnce(&mut Stats)) {
+    STATE.with_borrow_mut(|s| f(&mut s.stats));
+}
+
+fn record_work(work: Work, elapsed: Duration) {
+    record(|s| {
+        s.calls += 1;
+        s.texts += work.texts as u64;
+        s.tokens += work.tokens as u64;
+        s.forward_passes += work.forward_passes as u64;
+        s.total += elapsed;
+        s.max = s.max.max(elapsed);
+    });
+}
+
+/// Embeds texts that share an instruction, with the current model and settings.
+pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
+    let (_, model) = model();
+    let limits = settings::limits();
+    let started = Instant::now();
+    let (vectors, work) = execute(move |canceled| {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        model.embed(&refs, instruct.as_deref(), dim, &limits, canceled)
+    });
+    record_work(work, started.elapsed());
+    for v in &vectors {
+        if v.iter().any(|x| !x.is_finite()) {
+            raise(Error::Compute(qwen_embed_model::candle::Error::Msg("the model produced non-finite values".into())));
+        }
+    }
+    vectors
+}
+
+/// Embeds one text, answering repeated (model, instruct, dim, text) requests from the per-backend cache.
+pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f32> {
+    let (key, _) = model();
+    let capacity = settings::CACHE_SIZE.get().max(0) as usize;
+    let cacheable = capacity > 0 && text.len() <= CACHEABLE_BYTES;
+    let cache_key: CacheKey = (key, instruct.map(str::to_string), dim, text.to_string());
+    if cacheable {
+        if let Some(v) = STATE.with_borrow_mut(|s| {
+            let hit = s.cache.map.get(&cache_key).cloned();
+            if hit.is_some() {
+                s.stats.calls += 1;
+                s.stats.cache_hits += 1;
+            }
+            hit
+        }) {
+            return v;
+        }
+    }
+    let v = embed_texts(vec![text.to_string()], instruct.map(str::to_string), dim).remove(0);
+    if cacheable {
+        STATE.with_borrow_mut(|s| {
+            while s.cache.order.len() >= capacity {
+                if let Some(old) = s.cache.order.pop_front() {
+                    s.cache.map.remove(&old);
+                }
+            }
+            s.cache.order.push_back(cache_key.clone());
+            s.cache.map.insert(cache_key, v.clone());
+        });
+    }
+    v
+}
+
+/// Token count of a text as the model sees it (instruction and closing token included), before any length limit.
+pub fn count_tokens(text: &str, instruct: Option<&str>) -> usize {
+    let (_, model) = model();
+    let ids = model.tokenizer().encode(&qwen_embed_model::format_input(text, instruct)).or_raise();
+    ids.len()
+}

@@ -1,0 +1,322 @@
+//! PostgreSQL-level tests (`cargo pgrx test`): a real server with pgvector and the bundled tiny model.
+
+use std::path::PathBuf;
+
+/// The bundled test model, copied where the (unprivileged) test server can read it. Called once per test, while
+/// servers may be reading the copy: files are replaced by rename, never rewritten in place.
+pub fn readable_test_model() -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3");
+    let dst = std::env::temp_dir().join("qwen_embed-test-model");
+    copy_readable(&src, &dst);
+    dst
+}
+
+fn copy_readable(src: &std::path::Path, dst: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dst).expect("create test model dir");
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).expect("chmod test model dir");
+    for entry in std::fs::read_dir(src).expect("read fixture dir") {
+        let entry = entry.expect("fixture entry");
+        let target = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_readable(&entry.path(), &target);
+        } else if std::fs::read(&target).ok() != Some(std::fs::read(entry.path()).expect("read fixture")) {
+            let partial = dst.join(format!(".{}.{}", entry.file_name().to_string_lossy(), std::process::id()));
+            std::fs::copy(entry.path(), &partial).expect("copy fixture");
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).expect("chmod fixture");
+            std::fs::rename(&partial, &target).expect("rename fixture");
+        }
+    }
+}
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use serde_json::Value;
+
+    /// Reference vectors from transformers (tools/make_fixtures.py), built into the test library.
+    const REFERENCE: &str = include_str!("../tests/fixtures/tiny-qwen3-reference.json");
+
+    fn cases() -> Vec<Value> {
+        let json: Value = serde_json::from_str(REFERENCE).unwrap();
+        json["cases"].as_array().unwrap().clone()
+    }
+
+    fn floats(v: &Value) -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    }
+
+    fn sql_literal(s: &str) -> String {
+        pgrx::spi::quote_literal(s)
+    }
+
+    fn vector_sql(query: &str) -> Vec<f32> {
+        Spi::get_one::<Vec<f32>>(&format!("SELECT ({query})::real[]")).unwrap().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn counter(key: &str) -> i64 {
+        Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[key.into()])
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn float(query: &str) -> f64 {
+        Spi::get_one::<f64>(query).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn embed_matches_the_transformers_reference() {
+        for case in cases() {
+            let instruct = match case["instruct"].as_str() {
+                Some(i) => sql_literal(i),
+                None => "NULL".into(),
+            };
+            let got = vector_sql(&format!("embed({}, {instruct})", sql_literal(case["text"].as_str().unwrap())));
+            let diff = max_diff(&got, &floats(&case["embedding"]));
+            assert!(diff <= 1e-4, "{}: {diff}", case["input"]);
+        }
+    }
+
+    #[pg_test]
+    fn embed_returns_a_native_unit_vector_and_null_for_null() {
+        assert_eq!(Spi::get_one::<String>("SELECT pg_typeof(embed('x'))::text").unwrap().unwrap(), "vector");
+        assert_eq!(Spi::get_one::<i32>("SELECT vector_dims(embed('hello world'))").unwrap().unwrap(), 64);
+        assert!((float("SELECT vector_norm(embed('hello world'))") - 1.0).abs() < 1e-5);
+        assert!(Spi::get_one::<bool>("SELECT embed(NULL) IS NULL").unwrap().unwrap());
+        assert!(Spi::get_one::<bool>("SELECT embed(NULL::text[]) IS NULL").unwrap().unwrap());
+        assert_eq!(Spi::get_one::<i32>("SELECT vector_dims(embed('hello', dim => 32))").unwrap().unwrap(), 32);
+        assert!((float("SELECT vector_norm(embed('hello', NULL, 48))") - 1.0).abs() < 1e-5);
+    }
+
+    #[pg_test(error = "qwen_embed: dim must be between 32 and 64, got 16")]
+    fn bad_dim_is_an_error() {
+        Spi::run("SELECT embed('hello', dim => 16)").unwrap();
+    }
+
+    #[pg_test]
+    fn a_batch_equals_single_calls_in_order_with_nulls_kept() {
+        let texts = ["first text", "a much longer second text with more words in it", "三"];
+        let array =
+            format!("ARRAY[{}, NULL, {}, {}]", sql_literal(texts[0]), sql_literal(texts[1]), sql_literal(texts[2]));
+        let n = Spi::get_one::<i32>(&format!("SELECT cardinality(embed({array}, 'Retrieve text'))")).unwrap().unwrap();
+        assert_eq!(n, 4);
+        assert!(Spi::get_one::<bool>(&format!("SELECT (embed({array}))[2] IS NULL")).unwrap().unwrap());
+        for (i, text) in [(1, texts[0]), (3, texts[1]), (4, texts[2])] {
+            let batched = vector_sql(&format!("(embed({array}, 'Retrieve text'))[{i}]"));
+            let single = vector_sql(&format!("embed({}, 'Retrieve text')", sql_literal(text)));
+            assert!(max_diff(&batched, &single) <= 1e-5, "element {i}");
+        }
+        let before = counter("forward_passes");
+        Spi::run("SELECT embed(array_agg('row number ' || g)) FROM generate_series(1, 200) g").unwrap();
+        assert_eq!(counter("forward_passes") - before, 1, "200 short texts fit one pass");
+    }
+
+    #[pg_test]
+    fn cosine_sim_on_vectors_and_arrays() {
+        assert!((float("SELECT cosine_sim('[1,0]'::vector, '[1,0]'::vector)") - 1.0).abs() < 1e-12);
+        assert!(float("SELECT cosine_sim('[1,0]'::vector, '[0,2]'::vector)").abs() < 1e-12);
+        assert!((float("SELECT cosine_sim(ARRAY[1,2]::real[], ARRAY[-1,-2]::real[])") + 1.0).abs() < 1e-12);
+        assert_eq!(float("SELECT cosine_sim('[0,0]'::vector, '[1,2]'::vector)"), 0.0, "zero vector: 0");
+        let via_pgvector = float("SELECT 1 - (embed('a cat') <=> embed('a dog'))");
+        let ours = float("SELECT cosine_sim(embed('a cat'), embed('a dog'))");
+        assert!((via_pgvector - ours).abs() < 1e-6);
+        assert!(Spi::get_one::<bool>("SELECT cosine_sim(NULL::vector, '[1]') IS NULL").unwrap().unwrap());
+    }
+
+    #[pg_test(error = "different vector dimensions 2 and 3")]
+    fn cosine_sim_of_different_dimensions_is_an_error() {
+        Spi::run("SELECT cosine_sim('[1,2]'::vector, '[1,2,3]'::vector)").unwrap();
+    }
+
+    #[pg_test]
+    fn semantic_similarity_treats_a_as_the_query() {
+        let direct = float("SELECT cosine_sim(embed('what is rust', 'Find docs'), embed('Rust is a language'))");
+        let one_liner = float("SELECT semantic_similarity('what is rust', 'Rust is a language', 'Find docs')");
+        assert!((direct - one_liner).abs() < 1e-6);
+        assert!((float("SELECT semantic_similarity('same', 'same')") - 1.0).abs() < 1e-6);
+    }
+
+    #[pg_test]
+    fn token_count_and_length_limits() {
+        assert_eq!(Spi::get_one::<i32>("SELECT token_count('The capital of China is Beijing.')").unwrap().unwrap(), 8);
+        Spi::run("SET qwen_embed.max_length = 5; SET qwen_embed.truncate = on").unwrap();
+        let truncated = vector_sql("embed('The capital of China is Beijing.')");
+        let prefix = vector_sql("embed('The capital of China')"); // 4 tokens + <|endoftext|>
+        assert!(max_diff(&truncated, &prefix) <= 1e-6);
+    }
+
+    #[pg_test(error = "qwen_embed: input is 8 tokens long, which exceeds max_length 5")]
+    fn too_long_input_is_an_error_by_default() {
+        Spi::run("SET qwen_embed.max_length = 5").unwrap();
+        Spi::run("SELECT embed('The capital of China is Beijing.')").unwrap();
+    }
+
+    #[pg_test]
+    fn a_constant_query_in_order_by_is_embedded_once() {
+        Spi::run(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(64));
+             INSERT INTO docs SELECT g, 'document ' || g, embed('document ' || g) FROM generate_series(1, 500) g;",
+        )
+        .unwrap();
+        let before = counter("forward_passes");
+        let top = Spi::get_one::<i32>(
+            "SELECT id FROM docs ORDER BY cosine_sim(embedding, embed('which document is number 42?')) DESC LIMIT 1",
+        )
+        .unwrap();
+        assert!(top.is_some());
+        assert_eq!(counter("forward_passes") - before, 1, "one forward pass for 500 rows");
+    }
+
+    #[pg_test]
+    fn triggers_embed_inserts_in_batches_and_updates_of_the_text() {
+        Spi::run(
+            "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text, embedding vector(64));
+             SELECT qwen_embed.create_embedding_triggers('notes', 'body', 'embedding');",
+        )
+        .unwrap();
+        let before = counter("forward_passes");
+        Spi::run("INSERT INTO notes (body) SELECT 'note number ' || g FROM generate_series(1, 1000) g").unwrap();
+        let passes = counter("forward_passes") - before;
+        assert!((1..=5).contains(&passes), "1000 rows took {passes} forward passes");
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM notes WHERE embedding IS NULL").unwrap().unwrap(), 0);
+        let stored = vector_sql("SELECT embedding FROM notes WHERE body = 'note number 777'");
+        assert!(max_diff(&stored, &vector_sql("embed('note number 777')")) <= 1e-5, "trigger path = direct call");
+
+        Spi::run("UPDATE notes SET body = 'changed text' WHERE id = 5").unwrap();
+        let updated = vector_sql("SELECT embedding FROM notes WHERE id = 5");
+        assert!(max_diff(&updated, &vector_sql("embed('changed text')")) <= 1e-5);
+        let before = counter("texts");
+        Spi::run("UPDATE notes SET body = body WHERE id <= 10").unwrap();
+        assert_eq!(counter("texts"), before, "unchanged text is not re-embedded");
+        Spi::run("UPDATE notes SET body = NULL WHERE id = 6").unwrap();
+        assert!(Spi::get_one::<bool>("SELECT embedding IS NULL FROM notes WHERE id = 6").unwrap().unwrap());
+    }
+
+    #[pg_test]
+    fn trigger_with_an_instruction() {
+        Spi::run(
+            "CREATE TABLE queries (id int PRIMARY KEY, q text, emb vector);
+             SELECT qwen_embed.create_embedding_triggers('queries', 'q', 'emb', 'Find answers');
+             INSERT INTO queries VALUES (1, 'how tall is everest');",
+        )
+        .unwrap();
+        let stored = vector_sql("SELECT emb FROM queries WHERE id = 1");
+        assert!(max_diff(&stored, &vector_sql("embed('how tall is everest', 'Find answers')")) <= 1e-5);
+    }
+
+    #[pg_test(error = "qwen_embed_trigger: table public.nokey has no single-column primary key")]
+    fn trigger_needs_a_primary_key() {
+        Spi::run(
+            "CREATE TABLE nokey (body text, emb vector);
+             SELECT qwen_embed.create_embedding_triggers('nokey', 'body', 'emb');
+             INSERT INTO nokey VALUES ('x');",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn hnsw_index_serves_the_distance_order_and_agrees_with_the_exact_scan() {
+        Spi::run(
+            "CREATE TABLE kb (id int PRIMARY KEY, body text, embedding vector(64));
+             SELECT qwen_embed.create_embedding_triggers('kb', 'body', 'embedding');
+             INSERT INTO kb SELECT g, 'fact ' || g || ': ' || md5(g::text) FROM generate_series(1, 500) g;
+             CREATE INDEX ON kb USING hnsw (embedding vector_cosine_ops);
+             ANALYZE kb;",
+        )
+        .unwrap();
+        let query = "SELECT array_agg(id) FROM (SELECT id FROM kb ORDER BY embedding <=> \
+                     embed('fact 7', 'Given a web search query, retrieve relevant passages that answer the query') LIMIT 3) t";
+        let plan = Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (FORMAT JSON) {query}")).unwrap().unwrap();
+        let plan = plan.0.to_string();
+        assert!(plan.contains("Index Scan") && plan.contains("kb_embedding_idx"), "{plan}");
+        let indexed = Spi::get_one::<Vec<i32>>(query).unwrap().unwrap();
+        Spi::run("SET enable_indexscan = off").unwrap();
+        let exact = Spi::get_one::<Vec<i32>>(query).unwrap().unwrap();
+        assert_eq!(indexed, exact);
+    }
+
+    #[pg_test]
+    fn the_product_brief_workflow() {
+        // Sentence similarity: paraphrases score above unrelated pairs... with a random-weight model only the
+        // identities hold, so check the function's contract: symmetric, 1 for equal texts, within [-1, 1].
+        let pairs = [
+            ("The cat sits on the mat.", "A cat is sitting on a mat."),
+            ("He plays guitar.", "The stock market fell."),
+            ("北京是中国的首都。", "Beijing is the capital of China."),
+            ("I love pizza", "I love pizza"),
+            ("", "empty"),
+        ];
+        for (a, b) in pairs {
+            let ab = float(&format!("SELECT semantic_similarity({}, {})", sql_literal(a), sql_literal(b)));
+            let ba = float(&format!("SELECT semantic_similarity({}, {})", sql_literal(b), sql_literal(a)));
+            assert!((ab - ba).abs() < 1e-9 && (-1.0..=1.0).contains(&ab));
+            if a == b {
+                assert!((ab - 1.0).abs() < 1e-6);
+            }
+        }
+        // Threshold filter: the rows above a threshold are exactly those whose similarity is above it.
+        Spi::run(
+            "CREATE TABLE faq (id int PRIMARY KEY, answer text, emb vector);
+             SELECT qwen_embed.create_embedding_triggers('faq', 'answer', 'emb');
+             INSERT INTO faq SELECT g, 'answer ' || g FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+        let above = Spi::get_one::<i64>("SELECT count(*) FROM faq WHERE cosine_sim(emb, embed('answer 3')) > 0.78")
+            .unwrap()
+            .unwrap();
+        let exact = Spi::get_one::<i64>(
+            "SELECT count(*) FROM (SELECT 1 - (emb <=> embed('answer 3')) AS s FROM faq) t WHERE s > 0.78",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(above, exact);
+        assert!(above >= 1, "the row itself is above the threshold");
+    }
+
+    #[pg_test]
+    fn info_reports_the_model_and_counters() {
+        Spi::run("SELECT embed('load it')").unwrap();
+        let get = |k: &str| {
+            Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[k.into()])
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(get("dims"), "64");
+        assert_eq!(get("layers"), "3");
+        assert_eq!(get("device"), "cpu");
+        assert_eq!(get("dtype"), "f32");
+        assert!(get("model_path").ends_with("qwen_embed-test-model"));
+        assert!(counter("calls") >= 1 && counter("tokens") >= 1);
+    }
+
+    #[pg_test(error = "qwen_embed: model directory \"/nonexistent/model\" does not exist")]
+    fn a_missing_model_directory_is_an_error() {
+        Spi::run("SET qwen_embed.model_path = '/nonexistent/model'").unwrap();
+        Spi::run("SELECT embed('x')").unwrap();
+    }
+
+    #[pg_test(error = "qwen_embed: qwen_embed.model_path is not set")]
+    fn an_unset_model_path_is_an_error() {
+        Spi::run("SET qwen_embed.model_path = ''").unwrap();
+        Spi::run("SELECT embed('x')").unwrap();
+    }
+
+    #[pg_test(error = "qwen_embed: qwen_embed was built without CUDA support (cargo feature \"cuda\")")]
+    #[cfg(not(feature = "cuda"))]
+    fn explicit_cuda_without_cuda_support_is_an_error() {
+        Spi::run("SET qwen_embed.device = 'cuda'").unwrap();
+        Spi::run("SELECT embed('x')").unwrap();
+    }
+
+    #[pg_test(error = "permission denied to set parameter \"qwen_embed.model_path\"")]
+    fn only_superusers_choose_the_model() {
+        Spi::run("CREATE ROLE plain_user; SET ROLE plain_user; SET qwen_embed.model_path = '/tmp'").unwrap();
+    }
+}
