@@ -150,7 +150,7 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     let embedder = execute(move |_| Embedder::load(&path, &device, dtype).map(Arc::new));
     if key.device.eq_ignore_ascii_case("auto") {
         let place = if embedder.device().is_cpu() { "CPU" } else { "GPU" };
-        pgrx::notice!("qwen_embed: model loaded on the {place} ({:?})", embedder.dtype());
+        pgrx::notice!("qwen_embed: model loaded on the {place} ({})", format!("{:?}", embedder.dtype()).to_lowercase());
     }
     STATE.with_borrow_mut(|s| s.model = Some(Loaded { key: key.clone(), embedder: embedder.clone() }));
     (key, embedder)

@@ -1,0 +1,55 @@
+-- The product brief's workflow end to end: sentence pairs, a 500-row document table filled by the trigger, a top-3
+-- question served by an HNSW index (checked in EXPLAIN), the per-row cosine_sim form computed with one forward pass,
+-- and a similarity threshold.
+CREATE EXTENSION qwen_embed CASCADE;
+
+SELECT a, b, round(semantic_similarity(a, b)::numeric, 4) AS similarity
+FROM (VALUES ('The cat sits on the mat.', 'A cat is sitting on a mat.'),
+             ('He plays the guitar.', 'The stock market fell today.'),
+             ('北京是中国的首都。', 'Beijing is the capital of China.'),
+             ('I love pizza', 'I love pizza'),
+             ('How do I reset my password?', 'Click "Forgot password" on the login page.')) AS pairs(a, b);
+
+CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('docs', 'body', 'embedding');
+INSERT INTO docs SELECT g, 'Document ' || g || ' is about topic ' || (g % 17) FROM generate_series(1, 500) g;
+CREATE INDEX docs_hnsw ON docs USING hnsw (embedding vector_cosine_ops);
+ANALYZE docs;
+
+\set question '''Which document is about topic 3?'''
+\set instruct '''Given a web search query, retrieve relevant passages that answer the query'''
+EXPLAIN (COSTS OFF) SELECT id FROM docs ORDER BY embedding <=> embed(:question, :instruct) LIMIT 3;
+CREATE FUNCTION plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE line text; plan text := '';
+BEGIN
+    FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP plan := plan || line || E'\n'; END LOOP;
+    RETURN plan;
+END $$;
+DO $$ BEGIN
+    ASSERT strpos(plan_of($q$SELECT id FROM docs ORDER BY embedding <=> embed('Which document is about topic 3?',
+        'Given a web search query, retrieve relevant passages that answer the query') LIMIT 3$q$),
+        'Index Scan using docs_hnsw') > 0, 'top-3 query does not use the HNSW index';
+END $$;
+
+SELECT id, body FROM docs ORDER BY embedding <=> embed(:question, :instruct) LIMIT 3;
+
+-- The same rows as an exact scan.
+CREATE TEMP TABLE indexed AS SELECT id FROM docs ORDER BY embedding <=> embed(:question, :instruct) LIMIT 3;
+SET enable_indexscan = off;
+CREATE TEMP TABLE exact AS SELECT id FROM docs ORDER BY embedding <=> embed(:question, :instruct) LIMIT 3;
+RESET enable_indexscan;
+DO $$ BEGIN ASSERT (SELECT array_agg(id ORDER BY id) FROM indexed) = (SELECT array_agg(id ORDER BY id) FROM exact); END $$;
+
+-- The brief's per-row form: 500 rows, one forward pass for the question.
+CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM qwen_embed.info() WHERE key = 'forward_passes';
+SELECT id FROM docs ORDER BY cosine_sim(embedding, embed('a question asked only once')) DESC LIMIT 3;
+DO $$ BEGIN
+    ASSERT (SELECT value::bigint FROM qwen_embed.info() WHERE key = 'forward_passes') - (SELECT passes FROM before) = 1,
+        'the per-row form ran more than one forward pass';
+END $$;
+
+-- Threshold filter.
+SELECT count(*) AS above_threshold FROM docs WHERE cosine_sim(embedding, embed('Document 42 is about topic 8')) > 0.78;
+DO $$ BEGIN
+    ASSERT (SELECT count(*) FROM docs WHERE cosine_sim(embedding, embed('Document 42 is about topic 8')) > 0.78) >= 1;
+END $$;

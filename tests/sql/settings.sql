@@ -1,0 +1,35 @@
+-- Who may choose the model, what a normal role can do, and that a new model_path loads a new model.
+CREATE EXTENSION qwen_embed CASCADE;
+DROP ROLE IF EXISTS qwen_reader;
+CREATE ROLE qwen_reader;
+
+SET ROLE qwen_reader;
+DO $$
+BEGIN
+    SET qwen_embed.model_path = '/tmp';
+    RAISE EXCEPTION 'a normal role changed model_path';
+EXCEPTION WHEN insufficient_privilege THEN NULL;
+END $$;
+DO $$
+BEGIN
+    SET qwen_embed.device = 'cpu';
+    RAISE EXCEPTION 'a normal role changed device';
+EXCEPTION WHEN insufficient_privilege THEN NULL;
+END $$;
+-- A normal role needs nothing but EXECUTE (granted to PUBLIC) to embed.
+DO $$ BEGIN ASSERT vector_dims(embed('a normal role embeds')) = 64; END $$;
+SET qwen_embed.max_length = 100;
+RESET ROLE;
+
+-- Changing model_path loads the other model (same weights here, different directory).
+DO $$
+DECLARE first_path text; second_path text;
+BEGIN
+    PERFORM embed('load the first');
+    first_path := (SELECT value FROM qwen_embed.info() WHERE key = 'model_path');
+    EXECUTE format('SET qwen_embed.model_path = %L', first_path || '-copy');
+    PERFORM embed('load the second');
+    second_path := (SELECT value FROM qwen_embed.info() WHERE key = 'model_path');
+    ASSERT second_path = first_path || '-copy', format('%s then %s', first_path, second_path);
+END $$;
+DROP ROLE qwen_reader;

@@ -1,0 +1,38 @@
+-- Triggers inside real transactions: rollback, a failing multi-row statement, and batching counted by the server.
+CREATE EXTENSION qwen_embed CASCADE;
+CREATE TABLE docs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('docs', 'body', 'embedding');
+
+BEGIN;
+INSERT INTO docs (body) SELECT 'rolled back ' || g FROM generate_series(1, 100) g;
+ROLLBACK;
+DO $$ BEGIN ASSERT (SELECT count(*) FROM docs) = 0, 'rollback left rows'; END $$;
+
+-- The third row violates NOT NULL: the whole statement fails, nothing of it stays.
+DO $$
+BEGIN
+    INSERT INTO docs (body) VALUES ('one'), ('two'), (NULL);
+    RAISE EXCEPTION 'insert should have failed';
+EXCEPTION WHEN not_null_violation THEN
+    ASSERT (SELECT count(*) FROM docs) = 0, 'failed statement left rows';
+END $$;
+
+-- 1000 rows in one statement: a handful of forward passes, every vector equal to a direct call.
+CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM qwen_embed.info() WHERE key = 'forward_passes';
+INSERT INTO docs (body) SELECT 'document number ' || g FROM generate_series(1, 1000) g;
+DO $$
+DECLARE
+    passes bigint := (SELECT value::bigint FROM qwen_embed.info() WHERE key = 'forward_passes') - (SELECT passes FROM before);
+BEGIN
+    ASSERT passes BETWEEN 1 AND 5, format('1000 rows took %s forward passes', passes);
+    ASSERT (SELECT count(*) FROM docs WHERE embedding IS NULL) = 0, 'rows left without embedding';
+    ASSERT (SELECT max(abs(cosine_sim(embedding, embed(body)) - 1)) FROM docs WHERE id % 97 = 0) < 1e-5,
+        'trigger vectors differ from direct calls';
+END $$;
+
+-- A committed row survives; its vector follows an UPDATE of the text.
+UPDATE docs SET body = 'a new text' WHERE id = (SELECT min(id) FROM docs);
+DO $$ BEGIN
+    ASSERT (SELECT cosine_sim(embedding, embed('a new text')) FROM docs WHERE body = 'a new text') > 0.99999,
+        'update not re-embedded';
+END $$;
