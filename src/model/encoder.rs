@@ -8,11 +8,11 @@
 //! never attend to padding. Attention is computed in blocks of queries, each against the keys causality allows, so a
 //! long input never materialises the whole score matrix.
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::Linear;
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
+use crate::linear::Linear;
 use crate::weights::Weights;
 
 /// Upper bound on the attention scores held at once (elements), which sets the query block size.
@@ -20,6 +20,9 @@ const SCORE_BLOCK_ELEMENTS: usize = 16 << 20;
 
 pub struct Encoder {
     config: Qwen3Config,
+    /// Activations' dtype.
+    activations: DType,
+    /// Linear layers' weights dtype (bf16 with f32 activations on the AVX512-BF16 path).
     dtype: DType,
     device: Device,
     /// Kept in the checkpoint's dtype: only the rows of the batch's tokens are converted, which saves a full-size copy
@@ -59,16 +62,22 @@ struct Batch {
 }
 
 impl Encoder {
+    /// `dtype` is the weights' compute dtype. On a CPU, bf16 means the AVX512-BF16 kernel for every linear layer with
+    /// f32 activations; where the CPU lacks it, everything runs in f32.
     pub fn load(config: &Qwen3Config, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
         let c = config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let packed = device.is_cpu() && dtype == DType::BF16 && crate::bf16_matmul::available();
+        let dtype = if device.is_cpu() && dtype == DType::BF16 { DType::F32 } else { dtype };
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
+        let get_weight =
+            |name: &str, shape: &[usize]| weights.get(name, shape, if packed { DType::BF16 } else { dtype }, device);
         let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
             let ws = names
                 .iter()
                 .zip(outs)
-                .map(|(n, &o)| get(&format!("{n}.weight"), &[o, input]))
+                .map(|(n, &o)| get_weight(&format!("{n}.weight"), &[o, input]))
                 .collect::<Result<Vec<_>>>()?;
             let b = if bias {
                 let bs = names
@@ -80,7 +89,7 @@ impl Encoder {
             } else {
                 None
             };
-            Ok(Linear::new(Tensor::cat(&ws, 0)?, b))
+            Linear::new(Tensor::cat(&ws, 0)?, b, packed)
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -111,7 +120,8 @@ impl Encoder {
         let embed_dtype = if dtype == DType::F32 { weights.dtype("embed_tokens.weight")? } else { dtype };
         Ok(Encoder {
             config: c.clone(),
-            dtype,
+            activations: dtype,
+            dtype: if packed { DType::BF16 } else { dtype },
             device: device.clone(),
             embed_tokens: weights.get("embed_tokens.weight", &[c.vocab_size, h], embed_dtype, device)?,
             layers,
@@ -120,6 +130,7 @@ impl Encoder {
         })
     }
 
+    /// The dtype of the linear layers' weights (what the model computes in).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -139,7 +150,7 @@ impl Encoder {
             .flat_map(|(s, &pad)| std::iter::repeat_n(0, pad).chain(s.iter().copied()))
             .collect();
         let ids = Tensor::from_vec(ids, batch.size * batch.len, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.dtype)?.reshape((
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.activations)?.reshape((
             batch.size,
             batch.len,
             c.hidden_size,
@@ -247,7 +258,7 @@ impl Layer {
             outputs.push(out.reshape((b, nh, n, hd))?);
         }
         let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }
 

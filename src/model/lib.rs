@@ -8,10 +8,12 @@
 //! - [`pooling`]: L2 normalisation and Matryoshka truncation
 //! - [`embedder`]: all of the above behind one call, with token-budget batching
 
+pub mod bf16_matmul;
 pub mod config;
 pub mod embedder;
 pub mod encoder;
 pub mod error;
+pub mod linear;
 pub mod pooling;
 pub mod tokenizer;
 pub mod weights;

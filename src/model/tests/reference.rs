@@ -98,3 +98,20 @@ fn matryoshka_keeps_a_renormalised_prefix_of_the_reference() {
         assert!(err.to_string().contains("between 32 and 64"), "{err}");
     }
 }
+
+#[test]
+fn bf16_weights_stay_within_the_accuracy_target() {
+    let model =
+        qwen_embed_model::Embedder::load(&tiny_model(), &qwen_embed_model::Device::Cpu, qwen_embed_model::DType::BF16)
+            .unwrap();
+    let expect_packed = qwen_embed_model::bf16_matmul::available();
+    assert_eq!(model.dtype(), if expect_packed { qwen_embed_model::DType::BF16 } else { qwen_embed_model::DType::F32 });
+    let cases = reference_cases();
+    let mut min_cos = 1.0f64;
+    for case in &cases {
+        let got = embed_one(&model, &case.text, case.instruct.as_deref());
+        min_cos = min_cos.min(cosine(&got, &case.embedding));
+    }
+    assert!(min_cos >= 0.9999, "bf16: min cosine {min_cos}");
+    println!("bf16 ({}): min cosine {min_cos:.7}", if expect_packed { "AVX512-BF16 kernel" } else { "f32 fallback" });
+}
