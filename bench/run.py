@@ -79,7 +79,7 @@ def run_torch(model_dir, cases, threads, reps):
     results = {}
     for case in cases:
         texts = [t if case["instruct"] is None else f"Instruct: {case['instruct']}\nQuery:{t}" for t in case["texts"]]
-        embed(texts)
+        embed(texts[:1])  # warm-up
         times = []
         for _ in range(reps):
             t = time.perf_counter()
@@ -97,13 +97,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--peak-gflops", type=float, default=226.0,
                     help="the CPU's fp32 FMA peak on --threads cores (226 measured on the CI machine kind, 2 cores)")
     args = ap.parse_args()
 
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(str(Path(args.model) / "tokenizer.json"))
-    cases = make_cases(tokenizer)
+    cases = [c for c in make_cases(tokenizer) if not args.only or c["name"] in args.only.split(",")]
     config = json.loads((Path(args.model) / "config.json").read_text())
     h, layers, inter = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
     hd, nh, nkv = config.get("head_dim", h // config["num_attention_heads"]), config["num_attention_heads"], config[

@@ -18,5 +18,6 @@ cargo pgrx install --pg-config $PG_CONFIG ${SUDO:+--sudo}
 start_cluster
 model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
 install_model tests/fixtures/tiny-qwen3 tiny-qwen3-copy >/dev/null
-pg -c "LOAD 'qwen_embed'" -c "ALTER SYSTEM SET qwen_embed.model_path = '$model'" -c "SELECT pg_reload_conf()" >/dev/null
+pg -c "LOAD 'qwen_embed'" -c "ALTER SYSTEM SET qwen_embed.model_path = '$model'" \
+    -c "ALTER SYSTEM SET qwen_embed.dtype = 'f32'" -c "SELECT pg_reload_conf()" >/dev/null
 bash tests/run_sql_tests.sh

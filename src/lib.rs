@@ -35,6 +35,7 @@ pub mod pg_test {
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
         let conf = format!("qwen_embed.model_path = '{}'", crate::tests::readable_test_model().display());
-        vec![Box::leak(conf.into_boxed_str())]
+        // f32, so results compare with transformers' fp32 reference to 1e-4 whatever the CPU.
+        vec![Box::leak(conf.into_boxed_str()), "qwen_embed.dtype = 'f32'"]
     }
 }

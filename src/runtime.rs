@@ -124,7 +124,11 @@ fn cuda_device(_ordinal: usize) -> Result<Device, String> {
 /// Resolves `qwen_embed.dtype` for a device.
 pub fn select_dtype(setting: &str, device: &Device) -> Result<DType, String> {
     match setting.to_ascii_lowercase().as_str() {
-        "auto" if device.is_cpu() => Ok(DType::F32),
+        // bf16 only where it pays: AMX multiplies bf16 tiles 3-6x faster than f32 FMA; AVX512-BF16 alone is no faster.
+        "auto" if device.is_cpu() => Ok(match qwen_embed_model::bf16_matmul::kernel() {
+            Some(qwen_embed_model::bf16_matmul::Kernel::Amx) => DType::BF16,
+            _ => DType::F32,
+        }),
         "auto" => Ok(DType::BF16),
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),

@@ -35,7 +35,7 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"qwen_embed.dtype",
         c"Compute dtype: auto, f32, bf16 or f16.",
-        c"auto is f32 on the CPU and bf16 on a GPU.",
+        c"auto is bf16 on CPUs with AMX (f32 activations, bf16 weights), f32 on other CPUs, bf16 on a GPU.",
         &DTYPE,
         GucContext::Suset,
         GucFlags::default(),

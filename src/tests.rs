@@ -315,6 +315,38 @@ mod tests {
         Spi::run("SELECT embed('x')").unwrap();
     }
 
+    #[pg_test]
+    fn a_panic_in_the_encoder_is_an_error_and_the_session_goes_on() {
+        let caught = std::panic::catch_unwind(|| {
+            crate::runtime::execute(|_| -> qwen_embed_model::Result<()> { panic!("forced panic") })
+        });
+        let payload = caught.expect_err("the panic must surface");
+        let report = payload.downcast_ref::<pgrx::pg_sys::panic::ErrorReportWithLevel>().expect("an ERROR report");
+        assert!(report.message().contains("internal error in the encoder: forced panic"), "{}", report.message());
+        assert_eq!(report.sql_error_code(), pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR);
+        assert!((float("SELECT vector_norm(embed('still works'))") - 1.0).abs() < 1e-5);
+        assert!(counter("errors") >= 1);
+    }
+
+    #[pg_test]
+    fn bf16_stays_close_to_the_reference_and_auto_picks_it_only_with_amx() {
+        use qwen_embed_model::bf16_matmul::{kernel, Kernel};
+        Spi::run("SET qwen_embed.dtype = 'bf16'").unwrap();
+        let case = &cases()[3];
+        let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
+        let expected = floats(&case["embedding"]);
+        let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
+        assert!(cos >= 0.9999, "bf16 cosine {cos}");
+        let dtype = |key: &str| {
+            Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[key.into()])
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(dtype("dtype"), if kernel().is_some() { "bf16" } else { "f32" });
+        Spi::run("SET qwen_embed.dtype = 'auto'; SELECT embed('auto')").unwrap();
+        assert_eq!(dtype("dtype"), if kernel() == Some(Kernel::Amx) { "bf16" } else { "f32" });
+    }
+
     #[pg_test(error = "permission denied to set parameter \"qwen_embed.model_path\"")]
     fn only_superusers_choose_the_model() {
         Spi::run("CREATE ROLE plain_user; SET ROLE plain_user; SET qwen_embed.model_path = '/tmp'").unwrap();

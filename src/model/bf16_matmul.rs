@@ -1,11 +1,13 @@
-//! `y = x · Wᵀ` with bf16 weights and f32 accumulation on CPUs with AVX512-BF16 (`vdpbf16ps`, twice the FLOP rate of
-//! f32 FMA). candle's CPU matmul has no bf16 kernel (it converts to f32 on every call), and at f32 the encoder is
-//! already near the FMA peak, so this is where the speed comes from.
+//! `y = x · Wᵀ` with bf16 weights and f32 accumulation, on x86-64 CPUs with AMX (Sapphire Rapids and later: `tdpbf16ps`
+//! multiplies 16×32 by 32×16 bf16 tiles) or else AVX512-BF16 (`vdpbf16ps`). candle's CPU matmul has no bf16 kernel (it
+//! converts to f32 on every call), and at f32 the encoder is already near the FMA peak, so this is where speed comes
+//! from.
 //!
-//! The weights are packed once, at load, into the layout the instruction consumes: 64-column panels, and within a
-//! panel, for each pair of input features k, k+1, the 64 columns' (W[n][k], W[n][k+1]) bf16 pairs. Activations are
-//! rounded to bf16 (round to nearest even) per call. The micro-kernel keeps an MR × 64 block of the output in 24
-//! registers; panels are spread over the rayon pool the caller runs in.
+//! The weights are packed once, at load, into the layout both instructions consume: 64-column panels, and within a
+//! panel, for each pair of input features k, k+1, the 64 columns' (W[n][k], W[n][k+1]) bf16 pairs — which is also the
+//! "VNNI" layout an AMX B tile loads with a 256-byte stride. Pairs are padded to a multiple of 16 (one AMX tile's
+//! depth) with zeros. Activations are rounded to bf16 (round to nearest even) per call. Panels are spread over the
+//! rayon pool the caller runs in; each AMX worker thread configures its own tiles.
 
 use rayon::prelude::*;
 
@@ -14,16 +16,44 @@ const PANEL: usize = 64;
 /// Output rows per micro-kernel call.
 const MR: usize = 6;
 
-/// True when this CPU can run the kernel.
+/// Pairs of input features per AMX tile row (32 bf16 = 64 bytes).
+const TILE_PAIRS: usize = 16;
+
+/// Which instructions the kernel uses on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Amx,
+    Avx512Bf16,
+}
+
+/// The fastest kernel this CPU (and kernel, for AMX) allows, if any. `QWEN_EMBED_NO_AMX=1` skips AMX.
+pub fn kernel() -> Option<Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(detect)
+}
+
+/// True when this CPU can run a bf16 kernel.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    kernel().is_some()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Option<Kernel> {
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
+        return None;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of these is not stable yet).
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    let amx_cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+    if amx_cpu && std::env::var_os("QWEN_EMBED_NO_AMX").is_none() && amx::request_permission() {
+        return Some(Kernel::Amx);
     }
+    Some(Kernel::Avx512Bf16)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Option<Kernel> {
+    None
 }
 
 /// Round-to-nearest-even f32 → bf16 (the same rounding as `vcvtne2ps2bf16`).
@@ -48,7 +78,7 @@ impl PackedWeights {
     /// `weights` holds the matrix as bf16 bit patterns, row-major (out_features rows of in_features).
     pub fn pack(weights: &[u16], out_features: usize, in_features: usize) -> Self {
         assert_eq!(weights.len(), out_features * in_features);
-        let pairs = in_features.div_ceil(2);
+        let pairs = in_features.div_ceil(2).next_multiple_of(TILE_PAIRS);
         let panels = out_features.div_ceil(PANEL);
         let mut data = vec![0u32; panels * pairs * PANEL];
         data.par_chunks_mut(pairs * PANEL).enumerate().for_each(|(panel, out)| {
@@ -58,7 +88,7 @@ impl PackedWeights {
                     break;
                 }
                 let row = &weights[n * in_features..(n + 1) * in_features];
-                for p in 0..pairs {
+                for p in 0..in_features.div_ceil(2) {
                     let lo = row[2 * p] as u32;
                     let hi = row.get(2 * p + 1).copied().unwrap_or(0) as u32;
                     out[p * PANEL + lane] = lo | (hi << 16);
@@ -78,31 +108,52 @@ impl PackedWeights {
 
     /// `x` is rows × in_features (row-major); returns rows × out_features.
     pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let kernel = kernel().expect("no bf16 kernel on this CPU");
+        self.matmul_with(kernel, x, rows)
+    }
+
+    /// [`matmul`](Self::matmul) with a chosen kernel (which must be available).
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], rows: usize) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.in_features);
-        assert!(available(), "AVX512-BF16 is not available on this CPU");
-        let a = self.activations(x, rows);
-        let mut out = vec![0f32; rows * self.out_features];
+        assert!(kernel == Kernel::Avx512Bf16 || self::kernel() == Some(Kernel::Amx), "{kernel:?} is not available");
         let panels = self.out_features.div_ceil(PANEL);
+        // AMX works on whole 16-row tiles (two at a time) and 64-column panels: pad, compute, then cut.
+        let (padded_rows, ldc) = match kernel {
+            Kernel::Amx => (rows.next_multiple_of(2 * amx::TILE_ROWS), panels * PANEL),
+            Kernel::Avx512Bf16 => (rows, self.out_features),
+        };
+        let a = self.activations(x, rows, padded_rows);
+        let mut out = vec![0f32; padded_rows * ldc];
         let out_ptr = SendPtr(out.as_mut_ptr());
         let threads = rayon::current_num_threads().max(1);
         // Contiguous runs of panels per task: each task reuses its panels across all rows.
         let per_task = panels.div_ceil(threads * 2).max(1);
         (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
             let out_ptr = &out_ptr;
-            for panel in task * per_task..((task + 1) * per_task).min(panels) {
-                // SAFETY: the kernel is only reached when `available()`; each panel writes its own columns.
-                unsafe { self.panel(&a, rows, panel, out_ptr.0) };
+            let run = task * per_task..((task + 1) * per_task).min(panels);
+            // SAFETY: the kernel was detected on this CPU; each panel writes its own columns.
+            unsafe {
+                match kernel {
+                    Kernel::Amx => amx::panels(self, &a, padded_rows, run, out_ptr.0, ldc),
+                    Kernel::Avx512Bf16 => run.for_each(|panel| self.panel(&a, rows, panel, out_ptr.0)),
+                }
             }
         });
+        if ldc != self.out_features {
+            for r in 1..rows {
+                out.copy_within(r * ldc..r * ldc + self.out_features, r * self.out_features);
+            }
+        }
+        out.truncate(rows * self.out_features);
         out
     }
 
-    /// Activations as bf16 pairs, rows × pairs.
-    fn activations(&self, x: &[f32], rows: usize) -> Vec<u32> {
+    /// Activations as bf16 pairs, padded_rows × pairs (padding rows and pairs are zero).
+    fn activations(&self, x: &[f32], rows: usize, padded_rows: usize) -> Vec<u32> {
         let (k, pairs) = (self.in_features, self.pairs);
-        let mut a = vec![0u32; rows * pairs];
-        a.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, src)| {
-            for (p, d) in dst.iter_mut().enumerate() {
+        let mut a = vec![0u32; padded_rows * pairs];
+        a[..rows * pairs].par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, src)| {
+            for (p, d) in dst[..k.div_ceil(2)].iter_mut().enumerate() {
                 let lo = f32_to_bf16(src[2 * p]) as u32;
                 let hi = src.get(2 * p + 1).map_or(0, |v| f32_to_bf16(*v) as u32);
                 *d = lo | (hi << 16);
@@ -122,12 +173,12 @@ impl PackedWeights {
             let a_rows = a.as_ptr().add(r * self.pairs);
             let c = out.add(r * self.out_features + col);
             match rows - r {
-                1 => kernel::<1>(a_rows, self.pairs, b, c, self.out_features, cols),
-                2 => kernel::<2>(a_rows, self.pairs, b, c, self.out_features, cols),
-                3 => kernel::<3>(a_rows, self.pairs, b, c, self.out_features, cols),
-                4 => kernel::<4>(a_rows, self.pairs, b, c, self.out_features, cols),
-                5 => kernel::<5>(a_rows, self.pairs, b, c, self.out_features, cols),
-                _ => kernel::<MR>(a_rows, self.pairs, b, c, self.out_features, cols),
+                1 => avx512_kernel::<1>(a_rows, self.pairs, b, c, self.out_features, cols),
+                2 => avx512_kernel::<2>(a_rows, self.pairs, b, c, self.out_features, cols),
+                3 => avx512_kernel::<3>(a_rows, self.pairs, b, c, self.out_features, cols),
+                4 => avx512_kernel::<4>(a_rows, self.pairs, b, c, self.out_features, cols),
+                5 => avx512_kernel::<5>(a_rows, self.pairs, b, c, self.out_features, cols),
+                _ => avx512_kernel::<MR>(a_rows, self.pairs, b, c, self.out_features, cols),
             }
             r += MR;
         }
@@ -139,6 +190,119 @@ impl PackedWeights {
     }
 }
 
+/// The AMX kernel: 2×2 output tiles (32 rows × 32 columns) accumulated over 16-pair steps, written straight into the
+/// output with `tilestored`.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::{PackedWeights, PANEL, TILE_PAIRS};
+
+    pub const TILE_ROWS: usize = 16;
+
+    /// Linux hands out AMX state only to processes that ask (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+    pub fn request_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    /// Palette 1 with eight 16-row × 64-byte tiles: 0–3 accumulators, 4–5 activations, 6–7 weights.
+    fn config() -> [u8; 64] {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for tile in 0..8 {
+            cfg[16 + 2 * tile] = 64;
+            cfg[48 + tile] = TILE_ROWS as u8;
+        }
+        cfg
+    }
+
+    /// Computes the given panels for all `rows` (a multiple of 32) into `out` (row stride `ldc` floats).
+    ///
+    /// # Safety
+    /// AMX must be available and permitted; `a` holds rows × w.pairs values; `out` has rows × ldc floats.
+    pub unsafe fn panels(
+        w: &PackedWeights,
+        a: &[u32],
+        rows: usize,
+        panels: std::ops::Range<usize>,
+        out: *mut f32,
+        ldc: usize,
+    ) {
+        let cfg = config();
+        asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack));
+        let a_stride = w.pairs * 4;
+        let b_stride = PANEL * 4;
+        let c_stride = ldc * 4;
+        for panel in panels {
+            let b_panel = w.data.as_ptr().add(panel * w.pairs * PANEL);
+            for r in (0..rows).step_by(2 * TILE_ROWS) {
+                let a0 = a.as_ptr().add(r * w.pairs);
+                let a1 = a0.add(TILE_ROWS * w.pairs);
+                for half in 0..2 {
+                    let col = half * 32;
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
+                    for kb in (0..w.pairs).step_by(TILE_PAIRS) {
+                        let b0 = b_panel.add(kb * PANEL + col);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(kb),
+                            a1 = in(reg) a1.add(kb),
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b0.add(16),
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack),
+                        );
+                    }
+                    let c0 = out.add(r * ldc + panel * PANEL + col);
+                    let c1 = c0.add(TILE_ROWS * ldc);
+                    asm!(
+                        "tilestored [{c0} + {sc}*1], tmm0",
+                        "tilestored [{c1} + {sc}*1], tmm1",
+                        "tilestored [{c2} + {sc}*1], tmm2",
+                        "tilestored [{c3} + {sc}*1], tmm3",
+                        c0 = in(reg) c0,
+                        c1 = in(reg) c0.add(16),
+                        c2 = in(reg) c1,
+                        c3 = in(reg) c1.add(16),
+                        sc = in(reg) c_stride,
+                        options(nostack),
+                    );
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub const TILE_ROWS: usize = 16;
+    pub fn request_permission() -> bool {
+        false
+    }
+    pub unsafe fn panels(
+        _: &super::PackedWeights,
+        _: &[u32],
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("AMX is x86-64 only")
+    }
+}
+
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint column ranges of the output.
 unsafe impl Sync for SendPtr {}
@@ -147,7 +311,14 @@ unsafe impl Send for SendPtr {}
 /// C[0..R, 0..cols] = A[0..R] · B-panel, A as bf16 pairs (stride `pairs`), C with row stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel<const R: usize>(a: *const u32, pairs: usize, b: *const u32, c: *mut f32, ldc: usize, cols: usize) {
+unsafe fn avx512_kernel<const R: usize>(
+    a: *const u32,
+    pairs: usize,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for p in 0..pairs {
@@ -198,24 +369,29 @@ mod tests {
 
     #[test]
     fn matches_a_plain_matmul_for_odd_shapes() {
-        if !available() {
-            eprintln!("skipped: no AVX512-BF16 on this CPU");
-            return;
-        }
-        for (rows, out_f, in_f) in [(1, 1, 1), (7, 70, 33), (13, 128, 64), (6, 192, 97), (25, 64, 1024)] {
+        let kernels: &[Kernel] = match kernel() {
+            None => return eprintln!("skipped: no bf16 kernel on this CPU"),
+            Some(Kernel::Amx) => &[Kernel::Amx, Kernel::Avx512Bf16],
+            Some(Kernel::Avx512Bf16) => &[Kernel::Avx512Bf16],
+        };
+        for (rows, out_f, in_f) in [(1, 1, 1), (7, 70, 33), (13, 128, 64), (6, 192, 97), (25, 64, 1024), (40, 130, 70)]
+        {
             let w: Vec<u16> = (0..out_f * in_f).map(|i| f32_to_bf16(((i * 37 % 101) as f32 - 50.0) / 64.0)).collect();
             let x: Vec<f32> = (0..rows * in_f).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
-            let got = PackedWeights::pack(&w, out_f, in_f).matmul(&x, rows);
-            for r in 0..rows {
-                for n in 0..out_f {
-                    let expected: f64 = (0..in_f)
-                        .map(|k| bf16_to_f32(f32_to_bf16(x[r * in_f + k])) as f64 * bf16_to_f32(w[n * in_f + k]) as f64)
-                        .sum();
-                    let g = got[r * out_f + n] as f64;
-                    assert!(
-                        (g - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
-                        "{rows}x{out_f}x{in_f} [{r},{n}]: {g} vs {expected}"
-                    );
+            let packed = PackedWeights::pack(&w, out_f, in_f);
+            for &kernel in kernels {
+                let got = packed.matmul_with(kernel, &x, rows);
+                for r in 0..rows {
+                    for n in 0..out_f {
+                        let expected: f64 = (0..in_f)
+                            .map(|k| {
+                                bf16_to_f32(f32_to_bf16(x[r * in_f + k])) as f64 * bf16_to_f32(w[n * in_f + k]) as f64
+                            })
+                            .sum();
+                        let g = got[r * out_f + n] as f64;
+                        let ok = (g - expected).abs() <= 1e-4 * (1.0 + expected.abs());
+                        assert!(ok, "{kernel:?} {rows}x{out_f}x{in_f} [{r},{n}]: {g} vs {expected}");
+                    }
                 }
             }
         }

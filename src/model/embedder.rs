@@ -114,7 +114,14 @@ impl Embedder {
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<Vec<f32>>, Work)> {
         let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
-        let seqs = texts.iter().map(|t| self.tokenize(t, instruct, limits)).collect::<Result<Vec<_>>>()?;
+        let mut seqs = Vec::with_capacity(texts.len());
+        for text in texts {
+            // Tokenising thousands of long texts takes seconds: stay cancelable.
+            if canceled() {
+                return Err(Error::Canceled);
+            }
+            seqs.push(self.tokenize(text, instruct, limits)?);
+        }
         let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
         let vectors = match dim {
             Some(d) if d < self.config.hidden_size => vectors.into_iter().map(|v| truncate_dim(v, d)).collect(),

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# SQL-level costs on the running cluster (after scripts/demo.sh or scripts/test.sh installed the extension):
+# SELECT embed(...) through the server against the raw encoder on the same text, the first call in a new backend
+# (model load), and the backend's RSS after load, for the real 0.6B shape with random weights.
+#
+#     python3 tools/make_random_model.py && bash bench/sql_bench.sh [MODEL_DIR] [dtype]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+src=${1:-$HOME/.cache/qwen_embed/qwen3-0.6b-random}
+dtype=${2:-auto}
+model=$(install_model "$src" "$(basename "$src")")
+start_cluster
+query="What is the capital of China? Answer in one short sentence please."
+instruct="Given a web search query, retrieve relevant passages that answer the query"
+settings="SET qwen_embed.model_path = '$model'; SET qwen_embed.dtype = '$dtype'; SET qwen_embed.threads = 2;"
+
+# First call in a fresh backend: connection + model load + one embedding.
+first=$( { /usr/bin/time -f %e runuser -u postgres -- psql -X -q -c "$settings" -c "SELECT embed('warm up') IS NOT NULL" >/dev/null; } 2>&1 )
+echo "first call in a new backend (connect + load + embed): ${first}s"
+
+# Steady state in one backend; cache off so every call runs the encoder.
+out=$(pg -q -At <<SQL
+$settings
+SET qwen_embed.cache_size = 0;
+SELECT embed('warm up') IS NOT NULL;
+SELECT pg_backend_pid();
+SELECT value FROM qwen_embed.info() WHERE key = 'load_ms';
+\timing on
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+SELECT embed('$query', '$instruct') IS NOT NULL;
+\timing off
+SELECT value FROM qwen_embed.info() WHERE key = 'dtype';
+SELECT pg_sleep(0);
+SQL
+)
+echo "$out" | grep -q . || exit 1
+load_ms=$(echo "$out" | sed -n 3p)
+echo "model load inside the backend: ${load_ms} ms, dtype $(echo "$out" | tail -n 2 | head -n 1)"
+echo "$out" | grep '^Time:' | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print "SELECT embed(query_1) median over " NR ": " a[int((NR+1)/2)] " ms"}'
+
+# RSS of a backend after load (and weights' size on disk for comparison).
+rss=$(pg -q -At <<SQL
+$settings
+SELECT embed('load') IS NOT NULL;
+SELECT pg_backend_pid();
+SELECT (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'VmRSS:\s+(\d+)'))[1];
+SQL
+)
+echo "backend RSS after load: $(( $(echo "$rss" | tail -n 1) / 1024 )) MiB; weights on disk: $(( $(stat -c %s "$model/model.safetensors") / 1048576 )) MiB"
