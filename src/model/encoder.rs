@@ -248,13 +248,11 @@ impl Layer {
             let keys = first_query + start + n; // causal: no query in the block sees past its own position
                                                 // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
             let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
-            let k_blk = k.narrow(2, 0, keys)?;
+            let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
             let v_blk = v.narrow(2, 0, keys)?;
-            let scores = q_blk.matmul(&k_blk.t()?)?.reshape((b, nkv, groups, n, keys))?;
-            let mask = block_mask(&batch.pads, first_query + start, n, keys, x.device())?;
-            let scores = scores.to_dtype(DType::F32)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-            let out = probs.reshape((b, nkv, groups * n, keys))?.matmul(&v_blk.contiguous()?)?;
+            let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
+            let probs = masked_softmax(&scores, &batch.pads, first_query + start, n)?.to_dtype(v.dtype())?;
+            let out = probs.matmul(&v_blk.contiguous()?)?;
             outputs.push(out.reshape((b, nh, n, hd))?);
         }
         let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?;
@@ -262,21 +260,33 @@ impl Layer {
     }
 }
 
-/// Additive mask (b, 1, 1, n, keys) for queries `first..first+n`: a real token sees itself, earlier real tokens and
-/// nothing else. A padding query (whose result is never used) sees only itself, so its softmax row stays finite.
-fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
-    let mut mask = vec![f32::NEG_INFINITY; pads.len() * n * keys];
-    for (row, &pad) in mask.chunks_mut(n * keys).zip(pads) {
-        for (i, scores) in row.chunks_mut(keys).enumerate() {
-            let query = first + i;
-            if query < pad {
-                scores[query] = 0.0;
-            } else {
-                scores[pad..=query].fill(0.0);
-            }
+/// Softmax over each row of `scores` (b, kv heads, groups × n, keys) restricted to the keys its query may see: a real
+/// token sees itself and earlier real tokens; a padding query (whose result is never used) sees only itself. Masked
+/// entries become 0. Fusing the mask into the softmax saves building and adding a mask tensor, and computes `exp`
+/// only for the visible keys (half of them in a causal block).
+fn masked_softmax(scores: &Tensor, pads: &[usize], first: usize, n: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (b, heads, rows, keys) = scores.dims4()?;
+    let per_batch = heads * rows;
+    let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
+    data.par_chunks_mut(keys).enumerate().for_each(|(row, s)| {
+        // rows are (group, query) pairs, query fastest.
+        let query = first + row % n;
+        let pad = pads[row / per_batch];
+        let (lo, hi) = if query < pad { (query, query) } else { (pad, query) };
+        let visible = &mut s[lo..=hi];
+        let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        for x in visible.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
         }
-    }
-    Ok(Tensor::from_vec(mask, (pads.len(), 1, 1, n, keys), device)?)
+        let inv = 1.0 / sum;
+        visible.iter_mut().for_each(|x| *x *= inv);
+        s[..lo].fill(0.0);
+        s[hi + 1..].fill(0.0);
+    });
+    Ok(Tensor::from_vec(data, (b, heads, rows, keys), scores.device())?)
 }
 
 impl Rope {
