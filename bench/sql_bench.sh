@@ -11,16 +11,18 @@ src=${1:-$HOME/.cache/qwen_embed/qwen3-0.6b-random}
 dtype=${2:-auto}
 model=$(install_model "$src" "$(basename "$src")")
 start_cluster
+pg -q -c "DROP DATABASE IF EXISTS qwen_embed_bench" -c "CREATE DATABASE qwen_embed_bench"
+pg -q -d qwen_embed_bench -c "CREATE EXTENSION qwen_embed CASCADE" 2>/dev/null
 query="What is the capital of China? Answer in one short sentence please."
 instruct="Given a web search query, retrieve relevant passages that answer the query"
 settings="SET qwen_embed.model_path = '$model'; SET qwen_embed.dtype = '$dtype'; SET qwen_embed.threads = 2;"
 
 # First call in a fresh backend: connection + model load + one embedding.
-first=$( { /usr/bin/time -f %e runuser -u postgres -- psql -X -q -c "$settings" -c "SELECT embed('warm up') IS NOT NULL" >/dev/null; } 2>&1 )
+first=$( { /usr/bin/time -f %e runuser -u postgres -- psql -X -q -d qwen_embed_bench -c "$settings" -c "SELECT embed('warm up') IS NOT NULL" >/dev/null; } 2>&1 | tail -n 1)
 echo "first call in a new backend (connect + load + embed): ${first}s"
 
 # Steady state in one backend; cache off so every call runs the encoder.
-out=$(pg -q -At <<SQL
+out=$(pg -q -At -d qwen_embed_bench <<SQL
 $settings
 SET qwen_embed.cache_size = 0;
 SELECT embed('warm up') IS NOT NULL;
@@ -35,17 +37,15 @@ SELECT embed('$query', '$instruct') IS NOT NULL;
 SELECT embed('$query', '$instruct') IS NOT NULL;
 SELECT embed('$query', '$instruct') IS NOT NULL;
 \timing off
-SELECT value FROM qwen_embed.info() WHERE key = 'dtype';
-SELECT pg_sleep(0);
 SQL
 )
 echo "$out" | grep -q . || exit 1
 load_ms=$(echo "$out" | sed -n 3p)
-echo "model load inside the backend: ${load_ms} ms, dtype $(echo "$out" | tail -n 2 | head -n 1)"
+echo "model load inside the backend: ${load_ms} ms (qwen_embed.dtype = $dtype)"
 echo "$out" | grep '^Time:' | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print "SELECT embed(query_1) median over " NR ": " a[int((NR+1)/2)] " ms"}'
 
 # RSS of a backend after load (and weights' size on disk for comparison).
-rss=$(pg -q -At <<SQL
+rss=$(pg -q -At -d qwen_embed_bench <<SQL
 $settings
 SELECT embed('load') IS NOT NULL;
 SELECT pg_backend_pid();

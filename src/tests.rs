@@ -1,9 +1,12 @@
 //! PostgreSQL-level tests (`cargo pgrx test`): a real server with pgvector and the bundled tiny model.
 
+#[cfg(test)]
 use std::path::PathBuf;
 
-/// The bundled test model, copied where the (unprivileged) test server can read it. Called once per test, while
+/// The bundled test model, copied where the (unprivileged) test server can read it (by the test harness, hence
+/// cfg(test): the extension library built for the server does not need it). Called once per test, while
 /// servers may be reading the copy: files are replaced by rename, never rewritten in place.
+#[cfg(test)]
 pub fn readable_test_model() -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3");
     let dst = std::env::temp_dir().join("qwen_embed-test-model");
@@ -11,6 +14,7 @@ pub fn readable_test_model() -> PathBuf {
     dst
 }
 
+#[cfg(test)]
 fn copy_readable(src: &std::path::Path, dst: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dst).expect("create test model dir");
