@@ -282,7 +282,10 @@ fn record_work(work: Work, elapsed: Duration) {
 
 /// Embeds texts that share an instruction, with the current model and settings.
 pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
-    let (_, model) = model();
+    embed_with(model().1, texts, instruct, dim)
+}
+
+fn embed_with(model: Arc<Embedder>, texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
     let limits = settings::limits();
     let started = Instant::now();
     let (vectors, work) = execute(move |canceled| {
@@ -300,7 +303,7 @@ pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64
 
 /// Embeds one text, answering repeated (model, instruct, dim, text) requests from the per-backend cache.
 pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f32> {
-    let (key, _) = model();
+    let (key, model) = model();
     let capacity = settings::CACHE_SIZE.get().max(0) as usize;
     let cacheable = capacity > 0 && text.len() <= CACHEABLE_BYTES;
     let cache_key: CacheKey = (key, instruct.map(str::to_string), dim, text.to_string());
@@ -316,7 +319,7 @@ pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f3
             return v;
         }
     }
-    let v = embed_texts(vec![text.to_string()], instruct.map(str::to_string), dim).remove(0);
+    let v = embed_with(model, vec![text.to_string()], instruct.map(str::to_string), dim).remove(0);
     if cacheable {
         STATE.with_borrow_mut(|s| {
             while s.cache.order.len() >= capacity {

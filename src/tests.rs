@@ -63,12 +63,15 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    fn counter(key: &str) -> i64 {
+    /// One row of `qwen_embed.info()`.
+    fn info_value(key: &str) -> String {
         Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[key.into()])
             .unwrap()
             .unwrap()
-            .parse()
-            .unwrap()
+    }
+
+    fn counter(key: &str) -> i64 {
+        info_value(key).parse().unwrap()
     }
 
     fn float(query: &str) -> f64 {
@@ -287,11 +290,7 @@ mod tests {
     #[pg_test]
     fn info_reports_the_model_and_counters() {
         Spi::run("SELECT embed('load it')").unwrap();
-        let get = |k: &str| {
-            Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[k.into()])
-                .unwrap()
-                .unwrap()
-        };
+        let get = info_value;
         assert_eq!(get("dims"), "64");
         assert_eq!(get("layers"), "3");
         assert_eq!(get("device"), "cpu");
@@ -341,14 +340,9 @@ mod tests {
         let expected = floats(&case["embedding"]);
         let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
         assert!(cos >= 0.9999, "bf16 cosine {cos}");
-        let dtype = |key: &str| {
-            Spi::get_one_with_args::<String>("SELECT value FROM qwen_embed.info() WHERE key = $1", &[key.into()])
-                .unwrap()
-                .unwrap()
-        };
-        assert_eq!(dtype("dtype"), if kernel().is_some() { "bf16" } else { "f32" });
+        assert_eq!(info_value("dtype"), if kernel().is_some() { "bf16" } else { "f32" });
         Spi::run("SET qwen_embed.dtype = 'auto'; SELECT embed('auto')").unwrap();
-        assert_eq!(dtype("dtype"), if kernel() == Some(Kernel::Amx) { "bf16" } else { "f32" });
+        assert_eq!(info_value("dtype"), if kernel() == Some(Kernel::Amx) { "bf16" } else { "f32" });
     }
 
     #[pg_test(error = "permission denied to set parameter \"qwen_embed.model_path\"")]
