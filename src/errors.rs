@@ -8,7 +8,7 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
     match e {
         Error::TooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        Error::BadDim { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+        Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Error::Canceled => ERRCODE_QUERY_CANCELED,
         Error::ModelDir { .. } => ERRCODE_UNDEFINED_FILE,
         Error::Io { .. } => ERRCODE_IO_ERROR,

@@ -9,7 +9,7 @@ extension_sql!("CREATE SCHEMA IF NOT EXISTS qwen_embed;", name = "qwen_embed_sch
 mod qwen_embed {
     use pgrx::prelude::*;
 
-    use crate::{runtime, settings};
+    use crate::{runtime, settings, stats};
 
     /// The model this backend has loaded (nothing is loaded by calling this), the settings in effect, and counters.
     #[pg_extern(volatile, parallel_restricted)]
@@ -36,7 +36,7 @@ mod qwen_embed {
             None => add("model_path", "(not loaded in this backend)".into()),
         }
         add("threads", settings::threads().to_string());
-        let s = runtime::stats();
+        let s = stats::local();
         add("calls", s.calls.to_string());
         add("texts", s.texts.to_string());
         add("tokens", s.tokens.to_string());

@@ -5,16 +5,22 @@
 //! - `runtime`: per-backend model, worker pool, interrupts, counters, cache
 //! - `vector`: pgvector's `vector` in and out
 //! - `api`: `embed`, `cosine_sim`, `semantic_similarity`
+//! - `documents`: `embed_chunks`, `embed_document` for long texts
+//! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
 //! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
+//! - `stats`: per-backend counters, in shared memory when preloaded: the `qwen_embed.stats` view
 //! - `info`: `qwen_embed.info()`
 
 use pgrx::prelude::*;
 
 mod api;
+mod backfill;
+mod documents;
 mod errors;
 mod info;
 mod runtime;
 mod settings;
+mod stats;
 mod trigger;
 mod vector;
 
@@ -26,6 +32,7 @@ mod tests;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    stats::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,4 +1,4 @@
-//! Per-backend state: the loaded model, the worker pool that runs it, counters, and a small result cache.
+//! Per-backend state: the loaded model, the worker pool that runs it, and a small result cache.
 //!
 //! PostgreSQL backends are single-threaded processes and nothing in PostgreSQL may be called from another thread.
 //! The encoder runs on a private rayon pool whose threads never touch PostgreSQL (they are created with every signal
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::{DType, Device, Embedder, Error, Work};
+use qwen_embed_model::{DType, Device, Embedder, Error, Limits, Work};
 
 use crate::errors::{raise, raise_with, OrRaise};
-use crate::settings;
+use crate::{settings, stats};
 
 /// What identifies a loaded model: changing any of these settings loads it again.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -27,19 +27,6 @@ pub struct ModelKey {
     pub path: String,
     pub device: String,
     pub dtype: String,
-}
-
-/// Counters since the backend started (shown by `qwen_embed.info()`).
-#[derive(Default, Clone, Copy)]
-pub struct Stats {
-    pub calls: u64,
-    pub texts: u64,
-    pub tokens: u64,
-    pub forward_passes: u64,
-    pub cache_hits: u64,
-    pub errors: u64,
-    pub total: Duration,
-    pub max: Duration,
 }
 
 struct Loaded {
@@ -61,16 +48,11 @@ const CACHEABLE_BYTES: usize = 4096;
 #[derive(Default)]
 struct State {
     model: Option<Loaded>,
-    stats: Stats,
     cache: Cache,
 }
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
-}
-
-pub fn stats() -> Stats {
-    STATE.with_borrow(|s| s.stats)
 }
 
 /// The loaded model, if any (without loading one).
@@ -157,6 +139,11 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
         pgrx::notice!("qwen_embed: model loaded on the {place} ({})", format!("{:?}", embedder.dtype()).to_lowercase());
     }
     STATE.with_borrow_mut(|s| s.model = Some(Loaded { key: key.clone(), embedder: embedder.clone() }));
+    stats::set_model(stats::ModelInfo {
+        path: key.path.clone(),
+        device: if embedder.device().is_cpu() { "cpu".into() } else { "cuda".into() },
+        dtype: format!("{:?}", embedder.dtype()).to_lowercase(),
+    });
     (key, embedder)
 }
 
@@ -243,11 +230,11 @@ where
     match result {
         Ok(Ok(value)) => value,
         Ok(Err(e)) => {
-            record(|s| s.errors += 1);
+            stats::record(|s| s.errors += 1);
             raise(e)
         }
         Err(panic) => {
-            record(|s| s.errors += 1);
+            stats::record(|s| s.errors += 1);
             raise_with(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                 format!("qwen_embed: internal error in the encoder: {}", panic_message(&panic)),
@@ -265,12 +252,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-fn record(f: impl FnOnce(&mut Stats)) {
-    STATE.with_borrow_mut(|s| f(&mut s.stats));
-}
-
 fn record_work(work: Work, elapsed: Duration) {
-    record(|s| {
+    stats::record(|s| {
         s.calls += 1;
         s.texts += work.texts as u64;
         s.tokens += work.tokens as u64;
@@ -286,19 +269,40 @@ pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64
 }
 
 fn embed_with(model: Arc<Embedder>, texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
+    let vectors = run_with(model, move |model, limits, canceled| {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        model.embed(&refs, instruct.as_deref(), dim, limits, canceled)
+    });
+    vectors.iter().for_each(|v| check_finite(v));
+    vectors
+}
+
+/// Runs a job on the current model with the current limits, counting its work.
+pub fn run<T, F>(job: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&Embedder, &Limits, &dyn Fn() -> bool) -> qwen_embed_model::Result<(T, Work)> + Send + 'static,
+{
+    run_with(model().1, job)
+}
+
+fn run_with<T, F>(model: Arc<Embedder>, job: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&Embedder, &Limits, &dyn Fn() -> bool) -> qwen_embed_model::Result<(T, Work)> + Send + 'static,
+{
     let limits = settings::limits();
     let started = Instant::now();
-    let (vectors, work) = execute(move |canceled| {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        model.embed(&refs, instruct.as_deref(), dim, &limits, canceled)
-    });
+    let (value, work) = execute(move |canceled| job(&model, &limits, canceled));
     record_work(work, started.elapsed());
-    for v in &vectors {
-        if v.iter().any(|x| !x.is_finite()) {
-            raise(Error::Compute(qwen_embed_model::candle::Error::Msg("the model produced non-finite values".into())));
-        }
+    value
+}
+
+/// A NaN or infinity means broken weights: an ERROR beats storing a vector that poisons every distance.
+pub fn check_finite(v: &[f32]) {
+    if v.iter().any(|x| !x.is_finite()) {
+        raise(Error::Compute(qwen_embed_model::candle::Error::Msg("the model produced non-finite values".into())));
     }
-    vectors
 }
 
 /// Embeds one text, answering repeated (model, instruct, dim, text) requests from the per-backend cache.
@@ -308,14 +312,11 @@ pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f3
     let cacheable = capacity > 0 && text.len() <= CACHEABLE_BYTES;
     let cache_key: CacheKey = (key, instruct.map(str::to_string), dim, text.to_string());
     if cacheable {
-        if let Some(v) = STATE.with_borrow_mut(|s| {
-            let hit = s.cache.map.get(&cache_key).cloned();
-            if hit.is_some() {
-                s.stats.calls += 1;
-                s.stats.cache_hits += 1;
-            }
-            hit
-        }) {
+        if let Some(v) = STATE.with_borrow(|s| s.cache.map.get(&cache_key).cloned()) {
+            stats::record(|s| {
+                s.calls += 1;
+                s.cache_hits += 1;
+            });
             return v;
         }
     }

@@ -349,4 +349,75 @@ mod tests {
     fn only_superusers_choose_the_model() {
         Spi::run("CREATE ROLE plain_user; SET ROLE plain_user; SET qwen_embed.model_path = '/tmp'").unwrap();
     }
+
+    const LONG_DOC: &str =
+        "repeat(E'PostgreSQL stores rows in heap pages. pgvector adds HNSW indexes to them.\n\n', 30)";
+
+    #[pg_test]
+    fn long_documents_are_chunked_in_order_within_the_budget_in_one_pass() {
+        let passes = counter("forward_passes");
+        let (chunks, longest, joined) = Spi::get_three::<i64, i32, bool>(&format!(
+            "SELECT count(*), max(token_count(chunk)), string_agg(chunk, '' ORDER BY chunk_no) = {LONG_DOC}
+             FROM embed_chunks({LONG_DOC}, 64, 0)"
+        ))
+        .unwrap();
+        assert!(chunks.unwrap() > 5, "{chunks:?} chunks");
+        assert!(longest.unwrap() <= 64, "a chunk of {longest:?} tokens");
+        assert_eq!(joined, Some(true), "the chunks concatenate to the document");
+        assert_eq!(counter("forward_passes") - passes, 1, "every chunk in one pass");
+        // Each chunk's vector is embed() of its text.
+        let worst = float(&format!(
+            "SELECT max(1 - cosine_sim(embedding, embed(chunk))) FROM embed_chunks({LONG_DOC}, 64, 16)"
+        ));
+        assert!(worst < 1e-6, "{worst}");
+    }
+
+    #[pg_test]
+    fn a_short_document_is_one_chunk_and_embeds_like_embed() {
+        let doc = "'The capital of China is Beijing.'";
+        assert_eq!(Spi::get_one::<i64>(&format!("SELECT count(*) FROM embed_chunks({doc})")).unwrap(), Some(1));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM embed_chunks(NULL)").unwrap(), Some(0));
+        let whole = vector_sql(&format!("embed_document({doc}, weighting => 'position')"));
+        assert!(max_diff(&whole, &vector_sql(&format!("embed({doc})"))) <= 1e-6);
+    }
+
+    #[pg_test]
+    fn the_document_vector_is_the_normalised_mean_of_its_chunk_vectors() {
+        let mean = vector_sql(&format!("SELECT l2_normalize(avg(embedding)) FROM embed_chunks({LONG_DOC}, 64, 8)"));
+        let uniform = vector_sql(&format!("embed_document({LONG_DOC}, 64, 8)"));
+        assert!(max_diff(&mean, &uniform) <= 1e-5);
+        let position = vector_sql(&format!("embed_document({LONG_DOC}, 64, 8, 'position', 32)"));
+        assert_eq!(position.len(), 32);
+        assert!(Spi::get_one::<bool>("SELECT embed_document(NULL) IS NULL").unwrap().unwrap());
+    }
+
+    #[pg_test(error = "qwen_embed: unknown weighting \"median\"")]
+    fn an_unknown_weighting_is_an_error() {
+        Spi::run("SELECT embed_document('text', weighting => 'median')").unwrap();
+    }
+
+    #[pg_test(error = "qwen_embed: invalid chunking: overlap must be at most half of chunk_tokens (50), got 60")]
+    fn an_overlap_over_half_the_chunk_is_an_error() {
+        Spi::run("SELECT * FROM embed_chunks('text', 100, 60)").unwrap();
+    }
+
+    #[pg_test]
+    fn the_stats_view_shows_this_backends_work() {
+        Spi::run("SELECT embed(ARRAY['one', 'two', 'three'])").unwrap();
+        Spi::run("SELECT embed('four')").unwrap();
+        let (pid, device, dtype) = Spi::get_three::<bool, String, String>(
+            "SELECT pid = pg_backend_pid(), device, dtype FROM qwen_embed.stats",
+        )
+        .unwrap();
+        assert_eq!((pid, device.as_deref(), dtype.as_deref()), (Some(true), Some("cpu"), Some("f32")));
+        let (calls, texts, passes) =
+            Spi::get_three::<i64, i64, i64>("SELECT calls, texts, forward_passes FROM qwen_embed.stats").unwrap();
+        assert_eq!((calls, texts), (Some(counter("calls")), Some(counter("texts"))));
+        assert!(texts.unwrap() >= 4 && passes.unwrap() >= 2);
+        assert!(Spi::get_one::<bool>("SELECT last_call > now() - interval '1 minute' FROM qwen_embed.stats")
+            .unwrap()
+            .unwrap());
+        let model = Spi::get_one::<String>("SELECT model FROM qwen_embed.stats").unwrap().unwrap();
+        assert!(model.ends_with("qwen_embed-test-model"), "{model}");
+    }
 }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 
+use crate::chunking::{check_chunking, plan_chunks};
 use crate::config::Qwen3Config;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::pooling::{check_dim, l2_normalize, truncate_dim};
+use crate::pooling::{check_dim, l2_normalize, truncate_dim, weighted_mean, Weighting};
 use crate::tokenizer::{format_input, LengthPolicy, QwenTokenizer};
 use crate::weights::Weights;
 
@@ -39,6 +40,16 @@ pub struct Work {
     pub texts: usize,
     pub tokens: usize,
     pub forward_passes: usize,
+}
+
+/// One chunk of a document: where it is, the tokens the model saw, and its vector.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Byte range in the document.
+    pub range: std::ops::Range<usize>,
+    /// Token ids embedded (the chunk's text tokenised on its own, closing token included).
+    pub ids: Vec<u32>,
+    pub embedding: Vec<f32>,
 }
 
 pub struct Embedder {
@@ -128,6 +139,65 @@ impl Embedder {
             _ => vectors,
         };
         Ok((vectors, work))
+    }
+
+    /// Splits a document into chunks of at most `chunk_tokens` tokens (closing token included) sharing at most
+    /// `overlap` tokens, cut at paragraph and sentence boundaries where possible, and embeds every chunk in as few
+    /// forward passes as the token budget allows. A document that fits in one chunk gives exactly `embed(doc)`.
+    pub fn embed_chunks(
+        &self,
+        doc: &str,
+        chunk_tokens: usize,
+        overlap: usize,
+        dim: Option<i64>,
+        limits: &Limits,
+        canceled: &dyn Fn() -> bool,
+    ) -> Result<(Vec<Chunk>, Work)> {
+        check_chunking(chunk_tokens, overlap, self.max_length(limits))?;
+        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
+        let offsets = self.tokenizer.token_offsets(doc)?;
+        // A chunk's text tokenised on its own can differ from its slice of the document by a token at the edges;
+        // if one comes out over budget, plan again with a smaller window.
+        let mut content = chunk_tokens - 1;
+        let (ranges, seqs) = loop {
+            let ranges = plan_chunks(doc, &offsets, content, overlap);
+            let seqs = ranges.iter().map(|r| self.tokenizer.encode(&doc[r.clone()])).collect::<Result<Vec<_>>>()?;
+            let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+            if longest <= chunk_tokens || content <= crate::chunking::MIN_CHUNK_TOKENS / 2 {
+                break (ranges, seqs);
+            }
+            content -= longest - chunk_tokens;
+        };
+        if let Some(too_long) = seqs.iter().find(|s| s.len() > chunk_tokens) {
+            return Err(Error::TooLong { tokens: too_long.len(), limit: chunk_tokens });
+        }
+        let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
+        let chunks = ranges
+            .into_iter()
+            .zip(seqs)
+            .zip(vectors)
+            .map(|((range, ids), v)| Chunk { range, ids, embedding: dim.map_or(v.clone(), |d| truncate_dim(v, d)) })
+            .collect();
+        Ok((chunks, work))
+    }
+
+    /// One vector for a long document: the weighted mean of its chunk vectors ([`embed_chunks`](Self::embed_chunks)),
+    /// renormalised.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_document(
+        &self,
+        doc: &str,
+        chunk_tokens: usize,
+        overlap: usize,
+        weighting: Weighting,
+        dim: Option<i64>,
+        limits: &Limits,
+        canceled: &dyn Fn() -> bool,
+    ) -> Result<(Vec<f32>, Work)> {
+        let (chunks, work) = self.embed_chunks(doc, chunk_tokens, overlap, dim, limits, canceled)?;
+        let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
+        let vectors: Vec<Vec<f32>> = chunks.into_iter().map(|c| c.embedding).collect();
+        Ok((weighted_mean(&vectors, &weights), work))
     }
 
     /// Unit vectors (full dimension) for token sequences, in input order.

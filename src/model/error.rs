@@ -34,6 +34,12 @@ pub enum Error {
     #[error("dim must be between {min} and {max}, got {dim}")]
     BadDim { dim: i64, min: usize, max: usize },
 
+    #[error("invalid chunking: {0}")]
+    BadChunking(String),
+
+    #[error("unknown weighting \"{0}\"")]
+    BadWeighting(String),
+
     #[error("embedding canceled")]
     Canceled,
 
@@ -66,6 +72,12 @@ impl Error {
                     .into(),
             ),
             Error::BadDim { .. } => Some("Pass NULL for the model's full dimension.".into()),
+            Error::BadChunking(_) => Some(
+                "chunk_tokens counts the tokens of a chunk including the closing token; overlap is how many tokens \
+                 consecutive chunks share."
+                    .into(),
+            ),
+            Error::BadWeighting(_) => Some("Use 'uniform', 'position' or 'tokens'.".into()),
             _ => None,
         }
     }

@@ -5,10 +5,12 @@
 //! - [`weights`]: memory-mapped safetensors, single or sharded, with or without the `model.` prefix
 //! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
-//! - [`pooling`]: L2 normalisation and Matryoshka truncation
+//! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
+//! - [`chunking`]: long documents into token-budget chunks cut at paragraph/sentence boundaries
 //! - [`embedder`]: all of the above behind one call, with token-budget batching
 
 pub mod bf16_matmul;
+pub mod chunking;
 pub mod config;
 pub mod embedder;
 pub mod encoder;
@@ -20,6 +22,7 @@ pub mod weights;
 
 pub use candle_core::{self as candle, DType, Device};
 pub use config::Qwen3Config;
-pub use embedder::{Embedder, Limits, Work};
+pub use embedder::{Chunk, Embedder, Limits, Work};
 pub use error::{Error, Result};
+pub use pooling::Weighting;
 pub use tokenizer::{format_input, LengthPolicy};

@@ -1,5 +1,5 @@
 //! Last-token pooling happens in the encoder (it keeps only the last position); this is what follows it:
-//! L2 normalisation and Matryoshka truncation.
+//! L2 normalisation, Matryoshka truncation, and the weighted mean that turns chunk vectors into one document vector.
 
 use crate::error::{Error, Result};
 
@@ -30,6 +30,55 @@ pub fn truncate_dim(mut v: Vec<f32>, dim: usize) -> Vec<f32> {
     v
 }
 
+/// How chunk vectors are weighted in a document's vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weighting {
+    /// Every chunk counts the same.
+    Uniform,
+    /// The first and last chunks (introduction, conclusion) count twice as much as the middle one, linearly between.
+    Position,
+    /// Each chunk counts by its token count, so a short trailing chunk does not weigh as much as a full one.
+    Tokens,
+}
+
+impl std::str::FromStr for Weighting {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "uniform" => Ok(Weighting::Uniform),
+            "position" => Ok(Weighting::Position),
+            "tokens" => Ok(Weighting::Tokens),
+            _ => Err(Error::BadWeighting(s.to_string())),
+        }
+    }
+}
+
+impl Weighting {
+    /// One weight per chunk, given each chunk's token count.
+    pub fn weights(self, chunk_tokens: &[usize]) -> Vec<f64> {
+        let n = chunk_tokens.len();
+        match self {
+            Weighting::Uniform => vec![1.0; n],
+            Weighting::Tokens => chunk_tokens.iter().map(|&t| t as f64).collect(),
+            Weighting::Position if n < 2 => vec![1.0; n],
+            // 2 at both ends, 1 in the middle: 1 + |2i/(n-1) - 1|.
+            Weighting::Position => (0..n).map(|i| 1.0 + (2.0 * i as f64 / (n - 1) as f64 - 1.0).abs()).collect(),
+        }
+    }
+}
+
+/// The weighted mean of unit vectors, renormalised to unit length.
+pub fn weighted_mean(vectors: &[Vec<f32>], weights: &[f64]) -> Vec<f32> {
+    let dim = vectors.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; dim];
+    for (v, &w) in vectors.iter().zip(weights) {
+        sum.iter_mut().zip(v).for_each(|(s, &x)| *s += w * x as f64);
+    }
+    let mut mean: Vec<f32> = sum.into_iter().map(|x| x as f32).collect();
+    l2_normalize(&mut mean);
+    mean
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +97,21 @@ mod tests {
     fn matryoshka_keeps_a_renormalised_prefix() {
         let v = truncate_dim(vec![3.0, 4.0, 12.0], 2);
         assert_eq!(v, vec![0.6, 0.8]);
+    }
+
+    #[test]
+    fn position_weighting_favours_both_ends() {
+        assert_eq!(Weighting::Position.weights(&[9; 5]), vec![2.0, 1.5, 1.0, 1.5, 2.0]);
+        assert_eq!(Weighting::Position.weights(&[9]), vec![1.0]);
+        assert_eq!(Weighting::Tokens.weights(&[10, 3]), vec![10.0, 3.0]);
+        assert_eq!("Uniform".parse::<Weighting>().unwrap(), Weighting::Uniform);
+        assert!("median".parse::<Weighting>().is_err());
+    }
+
+    #[test]
+    fn weighted_mean_is_renormalised() {
+        let v = weighted_mean(&[vec![1.0, 0.0], vec![0.0, 1.0]], &[3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
     }
 
     #[test]

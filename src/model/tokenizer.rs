@@ -64,6 +64,15 @@ impl QwenTokenizer {
         Ok(ids)
     }
 
+    /// Byte offsets of the tokens of a text as it appears inside a document (no special tokens added), for chunking.
+    pub fn token_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer { path: "tokenizer.json".into(), problem: e.to_string() })?;
+        Ok(encoding.get_offsets().to_vec())
+    }
+
     /// Applies `policy` to a sequence from [`encode`](Self::encode).
     pub fn limit(&self, mut ids: Vec<u32>, max_length: usize, policy: LengthPolicy) -> Result<Vec<u32>> {
         if ids.len() <= max_length {

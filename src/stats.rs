@@ -1,0 +1,262 @@
+//! What the encoder did, per backend: counted in the backend (always) and, when qwen_embed is in
+//! `shared_preload_libraries`, published to a slot in shared memory so `qwen_embed.stats` shows every backend.
+//!
+//! A backend claims a slot (by pid) on its first call and frees it at exit; it writes only its own slot, under one
+//! short LWLock hold per call, which is nothing next to a forward pass. Without preloading there is no shared memory
+//! to ask for (PostgreSQL 15 hands it out only at server start), and the view shows the current backend alone.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_shmem_init, pg_sys};
+
+/// Counters since the backend started.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Stats {
+    pub calls: u64,
+    pub texts: u64,
+    pub tokens: u64,
+    pub forward_passes: u64,
+    pub cache_hits: u64,
+    pub errors: u64,
+    pub total: Duration,
+    pub max: Duration,
+    /// PostgreSQL timestamp (µs since 2000-01-01) of the last call; 0 before the first.
+    pub last_call: i64,
+}
+
+/// The model a backend has loaded, as shown in the view.
+#[derive(Clone, Default)]
+pub struct ModelInfo {
+    pub path: String,
+    pub device: String,
+    pub dtype: String,
+}
+
+thread_local! {
+    static LOCAL: Cell<Stats> = Cell::new(Stats::default());
+    static MODEL: RefCell<ModelInfo> = RefCell::new(ModelInfo::default());
+    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Backends tracked in shared memory; more concurrent users of qwen_embed than this are counted locally only.
+const SLOTS: usize = 512;
+const TEXT_BYTES: usize = 240;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Slot {
+    pid: i32,
+    model: [u8; TEXT_BYTES],
+    device: [u8; 8],
+    dtype: [u8; 8],
+    stats: Stats,
+}
+
+impl Slot {
+    const FREE: Slot = Slot { pid: 0, model: [0; TEXT_BYTES], device: [0; 8], dtype: [0; 8], stats: ZERO };
+}
+
+const ZERO: Stats = Stats {
+    calls: 0,
+    texts: 0,
+    tokens: 0,
+    forward_passes: 0,
+    cache_hits: 0,
+    errors: 0,
+    total: Duration::ZERO,
+    max: Duration::ZERO,
+    last_call: 0,
+};
+
+#[derive(Clone, Copy)]
+struct Table {
+    slots: [Slot; SLOTS],
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table { slots: [Slot::FREE; SLOTS] }
+    }
+}
+
+// Plain old data: no pointers, no heap.
+unsafe impl PGRXSharedMemory for Table {}
+
+static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"qwen_embed_stats") };
+/// Set in the postmaster when preloaded; forked backends inherit it.
+static SHARED: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init`: asks for the shared table when loaded from `shared_preload_libraries`.
+pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(TABLE);
+        SHARED.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn shared() -> bool {
+    SHARED.load(Ordering::Relaxed)
+}
+
+pub fn local() -> Stats {
+    LOCAL.get()
+}
+
+/// Updates this backend's counters and publishes them.
+pub fn record(f: impl FnOnce(&mut Stats)) {
+    let mut stats = LOCAL.get();
+    f(&mut stats);
+    stats.last_call = unsafe { pg_sys::GetCurrentTimestamp() };
+    LOCAL.set(stats);
+    publish();
+}
+
+/// Notes the model this backend now uses.
+pub fn set_model(model: ModelInfo) {
+    MODEL.set(model);
+    publish();
+}
+
+fn copy_text(dst: &mut [u8], src: &str) {
+    // Keep the end of a long path (the model's name), cut at a character boundary.
+    let mut start = src.len().saturating_sub(dst.len());
+    while !src.is_char_boundary(start) {
+        start += 1;
+    }
+    let bytes = &src.as_bytes()[start..];
+    dst.fill(0);
+    dst[..bytes.len()].copy_from_slice(bytes);
+}
+
+fn text(src: &[u8]) -> String {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..end]).into_owned()
+}
+
+fn publish() {
+    if !shared() {
+        return;
+    }
+    let pid = unsafe { pg_sys::MyProcPid };
+    let mut table = TABLE.exclusive();
+    let index = match SLOT.get() {
+        Some(i) => i,
+        None => {
+            let Some(i) = table.slots.iter().position(|s| s.pid == pid || s.pid == 0) else { return };
+            table.slots[i] = Slot { pid, ..Slot::FREE };
+            SLOT.set(Some(i));
+            unsafe { pg_sys::on_proc_exit(Some(free_slot), pg_sys::Datum::from(i)) };
+            i
+        }
+    };
+    let slot = &mut table.slots[index];
+    slot.stats = LOCAL.get();
+    MODEL.with_borrow(|m| {
+        copy_text(&mut slot.model, &m.path);
+        copy_text(&mut slot.device, &m.device);
+        copy_text(&mut slot.dtype, &m.dtype);
+    });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn free_slot(_code: i32, slot: pg_sys::Datum) {
+    let mut table = TABLE.exclusive();
+    table.slots[slot.value()] = Slot::FREE;
+}
+
+type Row = (
+    name!(pid, i32),
+    name!(model, Option<String>),
+    name!(device, Option<String>),
+    name!(dtype, Option<String>),
+    name!(calls, i64),
+    name!(texts, i64),
+    name!(tokens, i64),
+    name!(forward_passes, i64),
+    name!(cache_hits, i64),
+    name!(errors, i64),
+    name!(total_ms, f64),
+    name!(max_ms, f64),
+    name!(last_call_us, Option<i64>),
+);
+
+fn row(pid: i32, model: String, device: String, dtype: String, s: &Stats) -> Row {
+    let some = |t: String| Some(t).filter(|t| !t.is_empty());
+    (
+        pid,
+        some(model),
+        some(device),
+        some(dtype),
+        s.calls as i64,
+        s.texts as i64,
+        s.tokens as i64,
+        s.forward_passes as i64,
+        s.cache_hits as i64,
+        s.errors as i64,
+        s.total.as_secs_f64() * 1e3,
+        s.max.as_secs_f64() * 1e3,
+        Some(s.last_call).filter(|&t| t != 0),
+    )
+}
+
+#[pg_schema]
+mod qwen_embed {
+    use super::*;
+
+    /// Rows of the `qwen_embed.stats` view: every backend that used qwen_embed when it is preloaded, else this one.
+    #[pg_extern(volatile, parallel_restricted)]
+    #[allow(clippy::type_complexity)]
+    fn backend_stats() -> TableIterator<
+        'static,
+        (
+            name!(pid, i32),
+            name!(model, Option<String>),
+            name!(device, Option<String>),
+            name!(dtype, Option<String>),
+            name!(calls, i64),
+            name!(texts, i64),
+            name!(tokens, i64),
+            name!(forward_passes, i64),
+            name!(cache_hits, i64),
+            name!(errors, i64),
+            name!(total_ms, f64),
+            name!(max_ms, f64),
+            name!(last_call_us, Option<i64>),
+        ),
+    > {
+        let rows: Vec<Row> = if shared() {
+            let table = TABLE.share();
+            table
+                .slots
+                .iter()
+                .filter(|s| s.pid != 0)
+                .map(|s| row(s.pid, text(&s.model), text(&s.device), text(&s.dtype), &s.stats))
+                .collect()
+        } else {
+            let m = MODEL.with_borrow(Clone::clone);
+            vec![row(unsafe { pg_sys::MyProcPid }, m.path, m.device, m.dtype, &LOCAL.get())]
+        };
+        TableIterator::new(rows)
+    }
+}
+
+extension_sql!(
+    r#"
+CREATE VIEW qwen_embed.stats AS
+SELECT pid, model, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors,
+       round(total_ms::numeric, 1) AS total_ms, round(max_ms::numeric, 1) AS max_ms,
+       CASE WHEN calls > 0 THEN round((total_ms / calls)::numeric, 2) END AS avg_ms,
+       'epoch'::timestamptz + interval '946684800 seconds' + last_call_us * interval '1 microsecond' AS last_call
+FROM qwen_embed.backend_stats();
+GRANT SELECT ON qwen_embed.stats TO PUBLIC;
+COMMENT ON VIEW qwen_embed.stats IS
+    'What each backend''s encoder did (every backend when qwen_embed is in shared_preload_libraries, else this one)';
+"#,
+    name = "stats_view",
+    requires = [qwen_embed::backend_stats]
+);
