@@ -46,7 +46,8 @@ pub fn check_chunking(chunk_tokens: usize, overlap: usize, max_length: usize) ->
 pub fn plan_chunks(text: &str, offsets: &[(usize, usize)], content_tokens: usize, overlap: usize) -> Vec<Range<usize>> {
     let n = offsets.len();
     if n <= content_tokens {
-        return Vec::from([0..text.len()]);
+        let whole = 0..text.len();
+        return vec![whole];
     }
     // cut[i]: where the text may be cut before token i (None inside a character). cut[0] = 0 and cut[n] = end.
     let mut cut: Vec<Option<usize>> = (0..=n)
