@@ -14,10 +14,8 @@ echo "== pg_tests"
 cargo pgrx test pg15 --runas pgrxtest --pgdata /tmp/pgrx-pgdata
 
 echo "== SQL tests"
-cargo pgrx install --pg-config $PG_CONFIG ${SUDO:+--sudo}
-start_cluster
+install_extension
 model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
 install_model tests/fixtures/tiny-qwen3 tiny-qwen3-copy >/dev/null
-pg -c "LOAD 'qwen_embed'" -c "ALTER SYSTEM SET qwen_embed.model_path = '$model'" \
-    -c "ALTER SYSTEM SET qwen_embed.dtype = 'f32'" -c "SELECT pg_reload_conf()" >/dev/null
+configure_cluster "$model" f32 # f32: results compare with transformers' fp32 reference to 1e-4 on any CPU
 bash tests/run_sql_tests.sh

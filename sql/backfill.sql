@@ -24,31 +24,36 @@ CREATE TABLE qwen_embed.backfill_progress (
 REVOKE ALL ON qwen_embed.backfill_progress FROM PUBLIC;
 
 -- Written only through this function, which checks that the caller may update the column being filled.
+-- event: 'start' (a run begins: the clock restarts), 'progress' or 'done'.
 CREATE FUNCTION qwen_embed.backfill_report(
-    tbl regclass, text_column name, vector_column name, rows_total bigint, rows_done bigint, state text
+    tbl regclass, text_column name, vector_column name, rows_total bigint, rows_done bigint, event text
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 BEGIN
-    IF NOT has_column_privilege(tbl, vector_column, 'UPDATE') THEN
-        RAISE EXCEPTION 'permission denied to update column % of %', vector_column, tbl
-            USING ERRCODE = 'insufficient_privilege';
+    IF NOT has_column_privilege(backfill_report.tbl, backfill_report.vector_column, 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied to update column % of %',
+            backfill_report.vector_column, backfill_report.tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
     INSERT INTO qwen_embed.backfill_progress AS p
-    VALUES (tbl, vector_column, text_column, pg_backend_pid(), state, rows_total, rows_done, now(), clock_timestamp())
+    VALUES (backfill_report.tbl, backfill_report.vector_column, backfill_report.text_column, pg_backend_pid(),
+            CASE event WHEN 'done' THEN 'done' ELSE 'running' END,
+            backfill_report.rows_total, backfill_report.rows_done, clock_timestamp(), clock_timestamp())
     ON CONFLICT (relation, vector_column) DO UPDATE
         SET text_column = excluded.text_column, pid = excluded.pid, state = excluded.state,
             rows_total = excluded.rows_total, rows_done = excluded.rows_done, updated_at = excluded.updated_at,
-            started_at = CASE WHEN p.pid = excluded.pid AND p.state = 'running' THEN p.started_at
-                              ELSE excluded.started_at END;
+            started_at = CASE event WHEN 'start' THEN excluded.started_at ELSE p.started_at END;
 END
 $$;
 
 CREATE VIEW qwen_embed.backfill_status AS
 SELECT relation, text_column, vector_column, pid,
        CASE WHEN state = 'done' THEN 'done'
-            WHEN EXISTS (SELECT FROM pg_catalog.pg_stat_activity a WHERE a.pid = p.pid) THEN 'running'
+            -- Running while the backend that started it is still in the statement that started it.
+            WHEN EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                          WHERE a.pid = p.pid AND a.state = 'active' AND a.query_start <= p.started_at) THEN 'running'
             ELSE 'interrupted' END AS state,
        rows_done, rows_total,
        round(100.0 * rows_done / greatest(rows_total, 1), 1) AS percent,
@@ -101,7 +106,7 @@ BEGIN
             USING ERRCODE = 'undefined_column';
     END IF;
     EXECUTE format('SELECT pg_catalog.count(*) FROM %s WHERE %s', tbl, pending) INTO total;
-    PERFORM qwen_embed.backfill_report(tbl, text_column, vector_column, total, 0, 'running');
+    PERFORM qwen_embed.backfill_report(tbl, text_column, vector_column, total, 0, 'start');
     COMMIT;
     LOOP
         EXECUTE take INTO ids, texts USING after, batch;
@@ -115,7 +120,7 @@ BEGIN
         GET DIAGNOSTICS filled = ROW_COUNT;
         done := done + filled;
         SELECT pg_catalog.max(id) INTO after FROM pg_catalog.unnest(ids) AS id;
-        PERFORM qwen_embed.backfill_report(tbl, text_column, vector_column, greatest(total, done), done, 'running');
+        PERFORM qwen_embed.backfill_report(tbl, text_column, vector_column, greatest(total, done), done, 'progress');
         COMMIT;
         IF clock_timestamp() - last_notice >= interval '5 seconds' THEN
             elapsed := extract(epoch FROM clock_timestamp() - started);

@@ -37,5 +37,19 @@ LIMIT 3;
 -- Similarity threshold.
 SELECT id, body FROM demo_docs WHERE cosine_sim(embedding, embed('Beijing is the capital of China.')) > 0.78;
 
--- What this backend loaded and did.
-SELECT * FROM qwen_embed.info();
+-- A long document: chunks cut at sentence ends, each embedded (one forward pass for all), and one document vector.
+SELECT chunk_no, left(chunk, 50) || '…' AS chunk, token_count(chunk) AS tokens
+FROM embed_chunks(repeat('PostgreSQL stores rows in heap pages. pgvector adds HNSW indexes. ', 12), 64, 8);
+SELECT round(cosine_sim(embed_document(repeat('PostgreSQL stores rows in heap pages. ', 40), 64, 8, 'position'),
+                        embed('PostgreSQL stores rows in heap pages.'))::numeric, 4) AS document_vs_sentence;
+
+-- Vectors for rows that are already there: a resumable backfill, committing every batch.
+DROP TABLE IF EXISTS demo_old_docs;
+CREATE TABLE demo_old_docs (id bigint PRIMARY KEY, body text, embedding vector(64));
+INSERT INTO demo_old_docs SELECT g, 'archived note number ' || g FROM generate_series(1, 500) g;
+CALL qwen_embed.backfill('demo_old_docs', 'body', 'embedding', batch => 100);
+SELECT relation, state, rows_done, rows_total, rows_per_s FROM qwen_embed.backfill_status;
+
+-- What each backend's encoder did.
+SELECT pid, model, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors, total_ms, max_ms
+FROM qwen_embed.stats;

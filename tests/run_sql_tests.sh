@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 passed=0 failed=0
-for test in tests/sql/*.sql; do
+for test in ${QWEN_EMBED_SQL_TESTS:-tests/sql/*.sql}; do
     name=$(basename "$test" .sql)
     pg -q -c "DROP DATABASE IF EXISTS qwen_embed_test" -c "CREATE DATABASE qwen_embed_test" >/dev/null
     if out=$(pg -q -d qwen_embed_test -v model_dir=/var/lib/postgresql/qwen_embed_models -f - <"$test" 2>&1); then
