@@ -10,6 +10,7 @@ fn sqlstate(e: &Error) -> PgSqlErrorCode {
         Error::TooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Error::Canceled => ERRCODE_QUERY_CANCELED,
+        Error::OutOfMemory { .. } => ERRCODE_OUT_OF_MEMORY,
         Error::ModelDir { .. } => ERRCODE_UNDEFINED_FILE,
         Error::Io { .. } => ERRCODE_IO_ERROR,
         Error::Unsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,

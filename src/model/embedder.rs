@@ -76,6 +76,9 @@ impl Embedder {
         let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
         let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
         let weights = Weights::open(model_dir)?;
+        if device.is_cpu() {
+            crate::memory::check(weights.loaded_bytes(dtype), crate::memory::available())?;
+        }
         let encoder = Encoder::load(&config, &weights, dtype, device)?;
         Ok(Embedder { config, tokenizer, encoder, model_dir: model_dir.to_path_buf(), load_time: started.elapsed() })
     }

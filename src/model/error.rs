@@ -40,6 +40,9 @@ pub enum Error {
     #[error("unknown weighting \"{0}\"")]
     BadWeighting(String),
 
+    #[error("not enough memory to load the model: it needs about {} MB, {} MB is left under {limit}", needed >> 20, available >> 20)]
+    OutOfMemory { needed: u64, available: u64, limit: String },
+
     #[error("embedding canceled")]
     Canceled,
 
@@ -72,6 +75,11 @@ impl Error {
                     .into(),
             ),
             Error::BadDim { .. } => Some("Pass NULL for the model's full dimension.".into()),
+            Error::OutOfMemory { .. } => Some(
+                "Each backend that embeds holds its own copy of the model: use fewer such backends (a connection \
+                 pool), qwen_embed.dtype = 'bf16' (half the memory of f32), a smaller model, or raise the limit."
+                    .into(),
+            ),
             Error::BadChunking(_) => Some(
                 "chunk_tokens counts the tokens of a chunk including the closing token; overlap is how many tokens \
                  consecutive chunks share."

@@ -16,6 +16,7 @@ pub mod embedder;
 pub mod encoder;
 pub mod error;
 pub mod linear;
+pub mod memory;
 pub mod pooling;
 pub mod tokenizer;
 pub mod weights;

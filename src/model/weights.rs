@@ -76,6 +76,21 @@ impl Weights {
         }
     }
 
+    /// Bytes the weights take once loaded: `embed_tokens` keeps its stored dtype when `dtype` is f32 (see
+    /// `Encoder`), everything else is converted to `dtype`.
+    pub fn loaded_bytes(&self, dtype: DType) -> u64 {
+        let embed = format!("{}embed_tokens.weight", self.prefix);
+        self.files
+            .tensors()
+            .iter()
+            .map(|(name, view)| {
+                let n = view.shape().iter().product::<usize>() as u64;
+                let stored = (view.data().len() as u64).checked_div(n).unwrap_or(4);
+                n * if *name == embed && dtype == DType::F32 { stored } else { dtype.size_in_bytes() as u64 }
+            })
+            .sum()
+    }
+
     /// Loads `name` (without prefix), checking its shape, converted to `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         self.dtype(name)?;
