@@ -10,9 +10,10 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::attention;
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
-use crate::linear::Linear;
+use crate::linear::{with_cpu_f32, Linear};
 use crate::weights::Weights;
 
 /// Upper bound on the attention scores held at once (elements), which sets the query block size.
@@ -241,23 +242,47 @@ impl Layer {
         let v = heads(nh + nkv, nkv, 0, None)?;
 
         let queries = l - first_query;
-        let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
-        let mut outputs = Vec::with_capacity(queries.div_ceil(block));
-        for start in (0..queries).step_by(block) {
-            let n = block.min(queries - start);
-            let keys = first_query + start + n; // causal: no query in the block sees past its own position
-                                                // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
-            let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
-            let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
-            let v_blk = v.narrow(2, 0, keys)?;
-            let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
-            let probs = masked_softmax(&scores, &batch.pads, first_query + start, n)?.to_dtype(v.dtype())?;
-            let out = probs.matmul(&v_blk.contiguous()?)?;
-            outputs.push(out.reshape((b, nh, n, hd))?);
-        }
-        let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?;
+        let out = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            let shape = attention::Shape { batch: b, heads: nh, kv_heads: nkv, len: l, head_dim: hd, first_query };
+            let out = with_cpu_f32(&q, |q| {
+                with_cpu_f32(&k, |k| with_cpu_f32(&v, |v| attention::causal_attention(q, k, v, &batch.pads, shape)))
+            })???;
+            Tensor::from_vec(out, (b, queries, nh * hd), q.device())?
+        } else {
+            candle_attention(&q, &k, &v, batch, first_query, groups)?
+        };
         self.o_proj.forward(&out)
     }
+}
+
+/// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality
+/// allows, the mask fused into the softmax. q is (b, heads, queries, hd) for positions `first_query..`; k and v
+/// (b, kv heads, len, hd). Returns (b, queries, heads × hd).
+fn candle_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    batch: &Batch,
+    first_query: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (b, nh, queries, hd) = q.dims4()?;
+    let (nkv, l) = (k.dim(1)?, k.dim(2)?);
+    let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
+    let mut outputs = Vec::with_capacity(queries.div_ceil(block));
+    for start in (0..queries).step_by(block) {
+        let n = block.min(queries - start);
+        let keys = first_query + start + n; // causal: no query in the block sees past its own position
+                                            // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
+        let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
+        let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
+        let v_blk = v.narrow(2, 0, keys)?;
+        let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
+        let probs = masked_softmax(&scores, &batch.pads, first_query + start, n)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v_blk.contiguous()?)?;
+        outputs.push(out.reshape((b, nh, n, hd))?);
+    }
+    Ok(Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?)
 }
 
 /// Softmax over each row of `scores` (b, kv heads, groups × n, keys) restricted to the keys its query may see: a real
@@ -274,17 +299,7 @@ fn masked_softmax(scores: &Tensor, pads: &[usize], first: usize, n: usize) -> Re
         let query = first + row % n;
         let pad = pads[row / per_batch];
         let (lo, hi) = if query < pad { (query, query) } else { (pad, query) };
-        let visible = &mut s[lo..=hi];
-        let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for x in visible.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        visible.iter_mut().for_each(|x| *x *= inv);
-        s[..lo].fill(0.0);
-        s[hi + 1..].fill(0.0);
+        attention::softmax_visible(s, lo, hi);
     });
     Ok(Tensor::from_vec(data, (b, heads, rows, keys), scores.device())?)
 }

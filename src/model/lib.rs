@@ -5,10 +5,12 @@
 //! - [`weights`]: memory-mapped safetensors, single or sharded, with or without the `model.` prefix
 //! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
+//! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
 //! - [`chunking`]: long documents into token-budget chunks cut at paragraph/sentence boundaries
 //! - [`embedder`]: all of the above behind one call, with token-budget batching
 
+pub mod attention;
 pub mod bf16_matmul;
 pub mod chunking;
 pub mod config;

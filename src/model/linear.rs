@@ -11,6 +11,16 @@ pub enum Linear {
     PackedBf16 { weights: PackedWeights, bias: Option<Tensor> },
 }
 
+/// Runs `f` on the f32 elements of a contiguous CPU tensor, without copying them.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("expected a CPU tensor".into()).into());
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+}
+
 impl Linear {
     /// `weight` is (out_features, in_features). `packed` selects the bf16 kernel (the caller checks availability).
     pub fn new(weight: Tensor, bias: Option<Tensor>, packed: bool) -> Result<Self> {
@@ -38,15 +48,7 @@ impl Linear {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / weights.in_features();
-        let out = {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                return Err(candle_core::Error::Msg("the bf16 kernel runs on the CPU only".into()).into());
-            };
-            let (start, end) =
-                layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-            weights.matmul(&cpu.as_slice::<f32>()?[start..end], rows)
-        };
+        let out = with_cpu_f32(&x, |x| weights.matmul(x, rows))?;
         if let Some(last) = dims.last_mut() {
             *last = weights.out_features();
         }
