@@ -124,7 +124,7 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shap
 }
 
 /// Softmax over `row[lo..=hi]`; every other entry becomes 0.
-pub fn softmax_visible(row: &mut [f32], lo: usize, hi: usize) {
+fn softmax_visible(row: &mut [f32], lo: usize, hi: usize) {
     let visible = &mut row[lo..=hi];
     let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let sum = exp_shifted(visible, max);

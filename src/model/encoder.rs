@@ -214,7 +214,6 @@ impl Layer {
     fn attention(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, first_query: usize) -> Result<Tensor> {
         let (b, l, hd) = (batch.size, batch.len, c.head_dim);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-        let groups = nh / nkv;
         let eps = c.rms_norm_eps as f32;
         let qkv = self.qkv.forward(x)?;
         // (b, l, heads*hd) → per-head RMSNorm → (b, heads, l, hd) → RoPE.
@@ -249,25 +248,19 @@ impl Layer {
             })???;
             Tensor::from_vec(out, (b, queries, nh * hd), q.device())?
         } else {
-            candle_attention(&q, &k, &v, batch, first_query, groups)?
+            candle_attention(&q, &k, &v, &batch.pads, first_query)?
         };
         self.o_proj.forward(&out)
     }
 }
 
 /// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality
-/// allows, the mask fused into the softmax. q is (b, heads, queries, hd) for positions `first_query..`; k and v
-/// (b, kv heads, len, hd). Returns (b, queries, heads × hd).
-fn candle_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    batch: &Batch,
-    first_query: usize,
-    groups: usize,
-) -> Result<Tensor> {
+/// allows, with an additive mask, all on the device. q is (b, heads, queries, hd) for positions `first_query..`;
+/// k and v (b, kv heads, len, hd). Returns (b, queries, heads × hd).
+fn candle_attention(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize], first_query: usize) -> Result<Tensor> {
     let (b, nh, queries, hd) = q.dims4()?;
     let (nkv, l) = (k.dim(1)?, k.dim(2)?);
+    let groups = nh / nkv;
     let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
     let mut outputs = Vec::with_capacity(queries.div_ceil(block));
     for start in (0..queries).step_by(block) {
@@ -276,32 +269,30 @@ fn candle_attention(
                                             // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
         let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
         let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
-        let v_blk = v.narrow(2, 0, keys)?;
+        let v_blk = v.narrow(2, 0, keys)?.contiguous()?;
         let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
-        let probs = masked_softmax(&scores, &batch.pads, first_query + start, n)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v_blk.contiguous()?)?;
+        let mask = block_mask(pads, first_query + start, n, keys, q.device())?;
+        let scores = scores.reshape((b, nkv, groups, n, keys))?.broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.reshape((b, nkv, groups * n, keys))?.matmul(&v_blk)?;
         outputs.push(out.reshape((b, nh, n, hd))?);
     }
     Ok(Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?)
 }
 
-/// Softmax over each row of `scores` (b, kv heads, groups × n, keys) restricted to the keys its query may see: a real
-/// token sees itself and earlier real tokens; a padding query (whose result is never used) sees only itself. Masked
-/// entries become 0. Fusing the mask into the softmax saves building and adding a mask tensor, and computes `exp`
-/// only for the visible keys (half of them in a causal block).
-fn masked_softmax(scores: &Tensor, pads: &[usize], first: usize, n: usize) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let (b, heads, rows, keys) = scores.dims4()?;
-    let per_batch = heads * rows;
-    let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
-    data.par_chunks_mut(keys).enumerate().for_each(|(row, s)| {
-        // rows are (group, query) pairs, query fastest.
-        let query = first + row % n;
-        let pad = pads[row / per_batch];
-        let (lo, hi) = if query < pad { (query, query) } else { (pad, query) };
-        attention::softmax_visible(s, lo, hi);
-    });
-    Ok(Tensor::from_vec(data, (b, heads, rows, keys), scores.device())?)
+/// Additive mask (b, 1, 1, n, keys) for the queries at positions `first..first + n`: 0 where a query may look, -inf
+/// elsewhere. A real token sees itself and earlier real tokens; a padding query (whose result is never used) sees
+/// only itself, so no row is empty.
+fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
+    let mut mask = vec![f32::NEG_INFINITY; pads.len() * n * keys];
+    for (rows, &pad) in mask.chunks_mut(n * keys).zip(pads) {
+        for (i, row) in rows.chunks_mut(keys).enumerate() {
+            let query = first + i;
+            let lo = if query < pad { query } else { pad };
+            row[lo..=query].fill(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(mask, (pads.len(), 1, 1, n, keys), device)?)
 }
 
 impl Rope {
@@ -323,5 +314,36 @@ impl Rope {
             cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device-side attention (GPU path) agrees with the CPU kernel, padding and partial queries included.
+    #[test]
+    fn candle_attention_matches_the_cpu_kernel() {
+        let (b, nh, nkv, l, hd) = (3, 4, 2, 50, 8);
+        let pads = [0, 13, 49];
+        let fill = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.618 + seed).sin()).collect::<Vec<f32>>();
+        for first_query in [0, 49] {
+            let queries = l - first_query;
+            let q = fill(b * nh * queries * hd, 0.3);
+            let (k, v) = (fill(b * nkv * l * hd, 0.9), fill(b * nkv * l * hd, 1.7));
+            let shape = attention::Shape { batch: b, heads: nh, kv_heads: nkv, len: l, head_dim: hd, first_query };
+            let want = attention::causal_attention(&q, &k, &v, &pads, shape);
+            let t = |data: &[f32], heads: usize, len: usize| {
+                Tensor::from_vec(data.to_vec(), (b, heads, len, hd), &Device::Cpu).unwrap()
+            };
+            let got = candle_attention(&t(&q, nh, queries), &t(&k, nkv, l), &t(&v, nkv, l), &pads, first_query)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "first_query {first_query}: max diff {worst}");
+        }
     }
 }
