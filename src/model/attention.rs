@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn matches_the_definition_with_padding_gqa_and_partial_queries() {
-        let fill = |n: usize, seed: f32| (0..n).map(|i| ((i as f32 * 0.618 + seed).sin() * 1.5)).collect::<Vec<_>>();
+        let fill = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * 1.5).collect::<Vec<_>>();
         for (len, first_query, pads) in [(300, 0, vec![0, 17, 299]), (300, 299, vec![5, 0, 200]), (7, 0, vec![6, 0, 3])]
         {
             let s = Shape { batch: 3, heads: 4, kv_heads: 2, len, head_dim: 8, first_query };

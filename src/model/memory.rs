@@ -38,7 +38,7 @@ fn address_space_left() -> Option<u64> {
     // /proc/self/statm: total program size in pages first.
     let pages: u64 = std::fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().next()?.parse().ok()?;
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    Some((limit.rlim_cur as u64).saturating_sub(pages * page))
+    Some(limit.rlim_cur.saturating_sub(pages * page))
 }
 
 fn cgroup_left() -> Option<u64> {
