@@ -32,6 +32,11 @@ mod qwen_embed {
                 add("device", if m.device().is_cpu() { "cpu".into() } else { "cuda".into() });
                 add("dtype", format!("{:?}", m.dtype()).to_lowercase());
                 add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
+                add("weights_mb", (m.weights_bytes() >> 20).to_string());
+                if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {
+                    add("gpu_memory_used_mb", ((total - free) >> 20).to_string());
+                    add("gpu_memory_total_mb", (total >> 20).to_string());
+                }
             }
             None => add("model_path", "(not loaded in this backend)".into()),
         }

@@ -297,6 +297,8 @@ mod tests {
         assert_eq!(get("dtype"), "f32");
         assert!(get("model_path").ends_with("qwen_embed-test-model"));
         assert!(counter("calls") >= 1 && counter("tokens") >= 1);
+        // 151,669 × 64 bf16 embeddings (kept as stored) and 3 small f32 layers.
+        assert!((18..=22).contains(&counter("weights_mb")), "{}", get("weights_mb"));
     }
 
     #[pg_test(error = "qwen_embed: model directory \"/nonexistent/model\" does not exist")]

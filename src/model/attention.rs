@@ -174,7 +174,10 @@ fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23: adding and subtracting it rounds to the nearest integer
     let x = x.clamp(-87.0, 0.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    // After adding ROUND the low mantissa bits hold k itself (two's complement), so 2^k is built from the bits with
+    // integer operations only: an `as i32` cast would be a saturating scalar conversion that blocks vectorisation.
+    let t = x * LOG2E + ROUND;
+    let k = t - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_2e-3;
@@ -183,7 +186,7 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ pub struct Embedder {
     encoder: Encoder,
     model_dir: PathBuf,
     load_time: Duration,
+    weights_bytes: u64,
 }
 
 impl Embedder {
@@ -76,11 +77,17 @@ impl Embedder {
         let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
         let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
         let weights = Weights::open(model_dir)?;
-        if device.is_cpu() {
-            crate::memory::check(weights.loaded_bytes(dtype), crate::memory::available())?;
-        }
+        let weights_bytes = weights.loaded_bytes(dtype);
+        crate::memory::check(weights_bytes, crate::memory::available_on(device))?;
         let encoder = Encoder::load(&config, &weights, dtype, device)?;
-        Ok(Embedder { config, tokenizer, encoder, model_dir: model_dir.to_path_buf(), load_time: started.elapsed() })
+        Ok(Embedder {
+            config,
+            tokenizer,
+            encoder,
+            model_dir: model_dir.to_path_buf(),
+            load_time: started.elapsed(),
+            weights_bytes,
+        })
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -93,6 +100,11 @@ impl Embedder {
 
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// Memory the loaded weights take (on the device they were loaded to).
+    pub fn weights_bytes(&self) -> u64 {
+        self.weights_bytes
     }
 
     pub fn dtype(&self) -> DType {

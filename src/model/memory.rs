@@ -1,7 +1,10 @@
 //! Will the model fit? Checked before the weights are copied out of their files, because running out of memory half
 //! way is not an error Rust can report: an allocation failure aborts the process, and inside PostgreSQL an aborted
 //! backend restarts the whole cluster. The limits that can refuse memory are the address-space rlimit (`ulimit -v`),
-//! the cgroup's `memory.max` (containers, systemd's MemoryMax) and the machine's available memory.
+//! the cgroup's `memory.max` (containers, systemd's MemoryMax) and the machine's available memory; on a GPU, the
+//! device's free memory.
+
+use candle_core::Device;
 
 use crate::error::{Error, Result};
 
@@ -18,6 +21,28 @@ pub fn available() -> Option<(u64, &'static str)> {
     .into_iter()
     .flatten()
     .min_by_key(|(b, _)| *b)
+}
+
+/// What is left for a model on `device`: host memory limits for the CPU, free device memory for CUDA.
+pub fn available_on(device: &Device) -> Option<(u64, &'static str)> {
+    match device {
+        Device::Cpu => available(),
+        _ => gpu_memory(device).map(|(free, _)| (free, "the GPU's free memory")),
+    }
+}
+
+/// (free, total) bytes of the CUDA device, or None elsewhere.
+#[cfg(feature = "cuda")]
+pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
+    use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
+    let Device::Cuda(cuda) = device else { return None };
+    cuda.cuda_stream().context().bind_to_thread().ok()?;
+    mem_get_info().ok().map(|(free, total)| (free as u64, total as u64))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn gpu_memory(_device: &Device) -> Option<(u64, u64)> {
+    None
 }
 
 /// An error when `needed` bytes (plus [`HEADROOM`]) exceed what `available` says is left.
