@@ -3,6 +3,8 @@
 
     python3 tools/make_random_model.py                  # once: the real 0.6B shape with random weights
     python3 bench/run.py [--model DIR] [--threads 2] [--reps 5] [--dtype f32]
+    python3 bench/run.py --device cuda --dtype bf16     # on a GPU (build: cargo build --features cuda): PyTorch
+                                                        # then runs on the same GPU in the same dtype
 
 Prints median ms, ms per text, tokens/s and the ratio ours/PyTorch for each case, plus the machine's load average
 before and after (timings on a busy machine are not comparable).
@@ -41,17 +43,19 @@ def make_cases(tokenizer):
     ]
 
 
-def run_ours(model, cases_file, threads, reps, dtype):
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "qwen_embed_model", "--example", "bench"],
+def run_ours(model, cases_file, threads, reps, dtype, device):
+    features = ["--features", "cuda"] if device.startswith("cuda") else []
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "qwen_embed_model", "--example", "bench", *features],
                    cwd=ROOT, check=True)
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([str(ROOT / "target/release/examples/bench"), "--model", model, "--cases", cases_file,
-                          "--reps", str(reps), "--dtype", dtype], env=env, check=True, capture_output=True, text=True)
+                          "--reps", str(reps), "--device", device, "--dtype", dtype], env=env, check=True,
+                         capture_output=True, text=True)
     lines = [json.loads(l) for l in out.stdout.splitlines()]
     return lines[0]["load_ms"], {l["case"]: l for l in lines[1:]}
 
 
-def run_torch(model_dir, cases, threads, reps):
+def run_torch(model_dir, cases, threads, reps, device, dtype):
     import torch
     import torch.nn.functional as F
     from transformers import AutoModel, PreTrainedTokenizerFast
@@ -59,8 +63,14 @@ def run_torch(model_dir, cases, threads, reps):
     torch.set_num_threads(threads)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(model_dir) / "tokenizer.json"), pad_token="<|endoftext|>")
     tok.padding_side = "left"
+    # On the CPU the reference is fp32 (what users run there); on a GPU the same dtype as ours.
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    if not device.startswith("cuda"):
+        torch_dtype = torch.float32
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t = time.perf_counter()
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    sync()
     load_ms = (time.perf_counter() - t) * 1e3
 
     @torch.inference_mode()
@@ -70,10 +80,11 @@ def run_torch(model_dir, cases, threads, reps):
         out = [None] * len(texts)
         for s in range(0, len(order), 32):
             idx = order[s:s + 32]
-            batch = tok([texts[i] for i in idx], padding=True, return_tensors="pt")
+            batch = tok([texts[i] for i in idx], padding=True, return_tensors="pt").to(device)
             h = model(**batch).last_hidden_state[:, -1]
-            for i, v in zip(idx, F.normalize(h, p=2, dim=1)):
+            for i, v in zip(idx, F.normalize(h.float(), p=2, dim=1).cpu()):
                 out[i] = v
+        sync()
         return out
 
     results = {}
@@ -97,6 +108,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ours and PyTorch on the same device)")
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--peak-gflops", type=float, default=226.0,
                     help="the CPU's fp32 FMA peak on --threads cores (226 measured on the CI machine kind, 2 cores)")
@@ -114,12 +126,13 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
     load_before = os.getloadavg()
-    ours_load, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype)
-    torch_load, theirs = run_torch(args.model, cases, args.threads, args.reps)
+    ours_load, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device)
+    torch_load, theirs = run_torch(args.model, cases, args.threads, args.reps, args.device, args.dtype)
     load_after = os.getloadavg()
 
     print(f"model {args.model} ({params / 1e6:.0f}M non-embedding parameters), {args.threads} threads, "
-          f"{args.reps} reps, ours in {args.dtype}, PyTorch fp32")
+          f"{args.reps} reps, on {args.device}, ours in {args.dtype}, "
+          f"PyTorch in {args.dtype if args.device.startswith('cuda') else 'fp32'}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
           f"model load: ours {ours_load:.0f} ms, PyTorch {torch_load:.0f} ms")
     print(f"{'case':<11} {'texts':>5} {'tokens':>6} | {'ours ms':>9} {'ms/text':>8} {'tok/s':>7} {'%peak':>6} | "

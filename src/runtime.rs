@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::{DType, Device, Embedder, Error, Limits, Work};
+use qwen_embed_model::device::{select_device, select_dtype};
+use qwen_embed_model::{Embedder, Error, Limits, Work};
 
 use crate::errors::{raise, raise_with, OrRaise};
 use crate::{settings, stats};
@@ -79,54 +80,16 @@ fn current_key() -> ModelKey {
     }
 }
 
-/// Resolves `qwen_embed.device` to a candle device.
-pub fn select_device(setting: &str) -> Result<Device, String> {
-    let setting = setting.to_ascii_lowercase();
-    match setting.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(cuda_device(0).unwrap_or(Device::Cpu)),
-        "cuda" => cuda_device(0),
-        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => cuda_device(n),
-            _ => Err(format!("invalid qwen_embed.device \"{setting}\": use auto, cpu, cuda or cuda:N")),
-        },
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} is not usable: {e}"))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> Result<Device, String> {
-    Err("qwen_embed was built without CUDA support (cargo feature \"cuda\")".into())
-}
-
-/// Resolves `qwen_embed.dtype` for a device.
-pub fn select_dtype(setting: &str, device: &Device) -> Result<DType, String> {
-    match setting.to_ascii_lowercase().as_str() {
-        // bf16 only where it pays: AMX multiplies bf16 tiles 3-6x faster than f32 FMA; AVX512-BF16 alone is no faster.
-        "auto" if device.is_cpu() => Ok(match qwen_embed_model::bf16_matmul::kernel() {
-            Some(qwen_embed_model::bf16_matmul::Kernel::Amx) => DType::BF16,
-            _ => DType::F32,
-        }),
-        "auto" => Ok(DType::BF16),
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => Err(format!("invalid qwen_embed.dtype \"{other}\": use auto, f32, bf16 or f16")),
-    }
-}
-
 /// The model for the current settings, loading it on first use or after a setting changed.
 pub fn model() -> (ModelKey, Arc<Embedder>) {
     let key = current_key();
     if let Some(m) = STATE.with_borrow(|s| s.model.as_ref().filter(|m| m.key == key).map(|m| m.embedder.clone())) {
         return (key, m);
     }
-    let device = select_device(&key.device).unwrap_or_else(|m| invalid_setting(m));
-    let dtype = select_dtype(&key.dtype, &device).unwrap_or_else(|m| invalid_setting(m));
+    let device =
+        select_device(&key.device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.device: {m}")));
+    let dtype =
+        select_dtype(&key.dtype, &device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.dtype: {m}")));
     // Drop the old model first so two never sit in memory together.
     STATE.with_borrow_mut(|s| {
         s.model = None;

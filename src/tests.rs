@@ -313,7 +313,9 @@ mod tests {
         Spi::run("SELECT embed('x')").unwrap();
     }
 
-    #[pg_test(error = "qwen_embed: qwen_embed was built without CUDA support (cargo feature \"cuda\")")]
+    #[pg_test(
+        error = "qwen_embed: invalid qwen_embed.device: qwen_embed was built without CUDA support (cargo feature \"cuda\")"
+    )]
     #[cfg(not(feature = "cuda"))]
     fn explicit_cuda_without_cuda_support_is_an_error() {
         Spi::run("SET qwen_embed.device = 'cuda'").unwrap();

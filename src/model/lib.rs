@@ -2,6 +2,7 @@
 //! plain `cargo test` and reused by the extension.
 //!
 //! - [`config`]: `config.json` → [`Qwen3Config`]
+//! - [`device`]: `auto`/`cpu`/`cuda:N` and `auto`/`f32`/`bf16`/`f16` → candle's device and dtype
 //! - [`weights`]: memory-mapped safetensors, single or sharded, with or without the `model.` prefix
 //! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
@@ -14,6 +15,7 @@ pub mod attention;
 pub mod bf16_matmul;
 pub mod chunking;
 pub mod config;
+pub mod device;
 pub mod embedder;
 pub mod encoder;
 pub mod error;

@@ -1,11 +1,12 @@
 //! Times the encoder on benchmark cases (written by bench/run.py) and prints one JSON line per case.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --example bench -- \
-//!         --model DIR --cases cases.json [--reps 5] [--dtype f32|bf16]
+//!         --model DIR --cases cases.json [--reps 5] [--dtype f32|bf16|f16] [--device cpu|cuda:N]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::{DType, Device, Embedder, Limits};
 use serde::Deserialize;
 
@@ -18,25 +19,20 @@ struct Case {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut cases, mut reps, mut dtype) = (None, None, 5usize, DType::F32);
+    let (mut model, mut cases, mut reps, mut dtype, mut device) = (None, None, 5usize, DType::F32, Device::Cpu);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--model" => model = args.next().map(PathBuf::from),
             "--cases" => cases = args.next().map(PathBuf::from),
             "--reps" => reps = args.next().ok_or("--reps N")?.parse()?,
-            "--dtype" => {
-                dtype = match args.next().as_deref() {
-                    Some("bf16") => DType::BF16,
-                    Some("f32") => DType::F32,
-                    _ => return Err("--dtype f32|bf16".into()),
-                }
-            }
+            "--dtype" => dtype = select_dtype(&args.next().ok_or("--dtype f32|bf16|f16")?, &device)?,
+            "--device" => device = select_device(&args.next().ok_or("--device cpu|cuda:N")?)?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let (model, cases) = (model.ok_or("--model DIR")?, cases.ok_or("--cases FILE")?);
     let started = Instant::now();
-    let embedder = Embedder::load(&model, &Device::Cpu, dtype)?;
+    let embedder = Embedder::load(&model, &device, dtype)?;
     println!("{}", serde_json::json!({"load_ms": started.elapsed().as_secs_f64() * 1e3}));
     let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(cases)?)?;
     let limits = Limits::default();

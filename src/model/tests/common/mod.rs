@@ -34,8 +34,15 @@ pub fn reference_cases() -> Vec<Case> {
     serde_json::from_str::<Reference>(&text).unwrap().cases
 }
 
+/// The device the encoder tests run on: `QWEN_EMBED_TEST_DEVICE` (e.g. `cuda:0` with `--features cuda`), else the CPU.
+pub fn test_device() -> Device {
+    let setting = std::env::var("QWEN_EMBED_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    qwen_embed_model::device::select_device(&setting).unwrap_or_else(|e| panic!("QWEN_EMBED_TEST_DEVICE: {e}"))
+}
+
+/// The tiny model in f32 on the test device.
 pub fn load(dir: &Path) -> Embedder {
-    Embedder::load(dir, &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+    Embedder::load(dir, &test_device(), DType::F32).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 pub fn embed_one(model: &Embedder, text: &str, instruct: Option<&str>) -> Vec<f32> {
