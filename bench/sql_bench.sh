@@ -53,3 +53,7 @@ SELECT (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'V
 SQL
 )
 echo "backend RSS after load: $(( $(echo "$rss" | tail -n 1) / 1024 )) MiB; weights on disk: $(( $(stat -c %s "$model/model.safetensors") / 1048576 )) MiB"
+
+# What the backends did, as qwen_embed.stats shows it (every backend when qwen_embed is preloaded).
+pg -q -d qwen_embed_bench -c "SELECT pid, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors,
+    total_ms, max_ms, avg_ms FROM qwen_embed.stats"

@@ -41,8 +41,10 @@ worst=$(q -c "SELECT max(1 - cosine_sim(embedding, embed(body))) < 1e-5 FROM doc
 echo "ok: killed backend $victim mid-embed; server recovered; 200 committed rows intact, vectors equal embed(body)"
 
 echo "-- a model too big for the memory limit"
-sparse=/var/lib/postgresql/qwen_embed_models/sparse-0.6b
-$SUDO runuser -u postgres -- python3 tools/make_sparse_model.py $sparse >/dev/null
+tmp=$(mktemp -d)
+python3 tools/make_sparse_model.py "$tmp/sparse-0.6b" >/dev/null
+sparse=$(install_model "$tmp/sparse-0.6b" sparse-0.6b) # cp keeps the file sparse
+rm -rf "$tmp"
 # 2 GB of address space per server process: the tiny model fits, the 0.6B shape in f32 (2.2 GB) does not.
 $SUDO pg_ctlcluster 15 main stop
 (ulimit -v 2000000 && $SUDO pg_ctlcluster 15 main start)

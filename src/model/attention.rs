@@ -51,76 +51,84 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shap
         .flat_map(|blk| (0..s.batch).flat_map(move |b| (0..s.heads).map(move |h| (b, h, blk))))
         .collect();
     tasks.into_par_iter().for_each(|(b, h, blk)| {
-        let out_ptr = &out_ptr;
+        let out_ptr = &out_ptr; // the whole Sync wrapper, not its raw pointer field
         let start = blk * QUERY_BLOCK; // query index within q
         let n = QUERY_BLOCK.min(queries - start);
         let first_pos = s.first_query + start; // absolute position of the block's first query
         let pad = pads[b];
-        let (key_lo, key_hi) = (pad.min(first_pos), first_pos + n);
-        let keys = key_hi - key_lo;
+        let key_lo = pad.min(first_pos);
+        let keys = first_pos + n - key_lo;
         let kv = b * s.kv_heads + h / (s.heads / s.kv_heads);
         let q_blk = &q[((b * s.heads + h) * queries + start) * hd..][..n * hd];
         let k_blk = &k[(kv * s.len + key_lo) * hd..][..keys * hd];
         let v_blk = &v[(kv * s.len + key_lo) * hd..][..keys * hd];
-        let mut scores = vec![0f32; n * keys];
-        // SAFETY: every pointer/stride pair stays inside its slice (sizes asserted above); the output rows of this
-        // (sequence, head, block) are written by this task alone.
-        unsafe {
+        // SAFETY: these rows of the output (sequence b, head h, this block) are written by this task alone.
+        let out_rows = unsafe { out_ptr.0.add((b * queries + start) * s.heads * hd + h * hd) };
+        SCORES.with_borrow_mut(|scores| {
+            if scores.len() < n * keys {
+                scores.resize(n * keys, 0.0); // grows a few times per thread, then is reused without zeroing
+            }
+            let scores = &mut scores[..n * keys];
             // scores (n × keys) = q_blk (n × hd) · k_blkᵀ (hd × keys)
-            gemm::gemm(
-                n,
-                keys,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                q_blk.as_ptr(),
-                1,
-                hd as isize,
-                k_blk.as_ptr(),
-                hd as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-            let pos = first_pos + i;
-            let (lo, hi) = if pos < pad { (pos, pos) } else { (pad, pos) };
-            softmax_visible(row, lo - key_lo, hi - key_lo);
-        }
-        let row_stride = s.heads * hd;
-        unsafe {
-            // out rows (n × hd, row stride heads × hd) = scores (n × keys) · v_blk (keys × hd)
-            gemm::gemm(
-                n,
-                hd,
-                keys,
-                out_ptr.0.add((b * queries + start) * row_stride + h * hd),
-                1,
-                row_stride as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                keys as isize,
-                v_blk.as_ptr(),
-                1,
-                hd as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+            matmul(n, keys, hd, scores.as_mut_ptr(), keys, q_blk, (hd, 1), k_blk, (1, hd));
+            for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+                let pos = first_pos + i;
+                let (lo, hi) = if pos < pad { (pos, pos) } else { (pad, pos) };
+                softmax_visible(row, lo - key_lo, hi - key_lo);
+            }
+            // output rows (n × hd, row stride heads × hd) = scores (n × keys) · v_blk (keys × hd)
+            matmul(n, hd, keys, out_rows, s.heads * hd, scores, (keys, 1), v_blk, (hd, 1));
+        });
     });
     out
+}
+
+thread_local! {
+    /// Each pool thread's score buffer, reused across tasks and calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// dst (m × n, row stride `dst_rs`) = lhs (m × k) · rhs (k × n), single-threaded; lhs and rhs given with their
+/// (row, column) strides, which must keep every element inside the slices.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    debug_assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    debug_assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: the strides stay inside lhs and rhs (checked above in debug builds, by construction in the caller);
+    // dst is the caller's m × n block.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Softmax over `row[lo..=hi]`; every other entry becomes 0.
