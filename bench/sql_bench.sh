@@ -54,6 +54,18 @@ SQL
 )
 echo "backend RSS after load: $(( $(echo "$rss" | tail -n 1) / 1024 )) MiB; weights on disk: $(( $(stat -c %s "$model/model.safetensors") / 1048576 )) MiB"
 
-# What the backends did, as qwen_embed.stats shows it (every backend when qwen_embed is preloaded).
-pg -q -d qwen_embed_bench -c "SELECT pid, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors,
-    total_ms, max_ms, avg_ms FROM qwen_embed.stats"
+# The raw encoder on the same text, same dtype, 2 threads: what SELECT embed(...) costs on top.
+cases=$(mktemp)
+printf '[{"name": "sql_query", "texts": ["%s"], "instruct": "%s"}]' "$query" "$instruct" >"$cases"
+cargo build -q --release -p qwen_embed_model --example bench
+raw_dtype=$(pg -q -At -d qwen_embed_bench -c "$settings" -c "SELECT embed('x') IS NOT NULL" \
+    -c "SELECT value FROM qwen_embed.info() WHERE key = 'dtype'" 2>/dev/null | tail -n 1)
+raw=$(RAYON_NUM_THREADS=2 target/release/examples/bench --model "$src" --cases "$cases" --reps 7 --dtype "$raw_dtype" |
+    sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+rm -f "$cases"
+echo "raw encoder, same query ($raw_dtype, 2 threads) median over 7: $raw ms"
+
+# What a backend did, as qwen_embed.stats shows it (every live backend when qwen_embed is preloaded).
+pg -q -d qwen_embed_bench -c "$settings" -c "SELECT embed(ARRAY['$query', 'a second text', 'a third']) IS NOT NULL" \
+    -c "SELECT embed('$query', '$instruct') IS NOT NULL" -c "SELECT pid, device, dtype, calls, texts, tokens,
+    forward_passes, cache_hits, errors, total_ms, max_ms, avg_ms FROM qwen_embed.stats" 2>/dev/null | sed -n '/ pid /,$p'
