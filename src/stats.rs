@@ -169,41 +169,6 @@ unsafe extern "C-unwind" fn free_slot(_code: i32, slot: pg_sys::Datum) {
     table.slots[slot.value()] = Slot::FREE;
 }
 
-type Row = (
-    name!(pid, i32),
-    name!(model, Option<String>),
-    name!(device, Option<String>),
-    name!(dtype, Option<String>),
-    name!(calls, i64),
-    name!(texts, i64),
-    name!(tokens, i64),
-    name!(forward_passes, i64),
-    name!(cache_hits, i64),
-    name!(errors, i64),
-    name!(total_ms, f64),
-    name!(max_ms, f64),
-    name!(last_call_us, Option<i64>),
-);
-
-fn row(pid: i32, model: String, device: String, dtype: String, s: &Stats) -> Row {
-    let some = |t: String| Some(t).filter(|t| !t.is_empty());
-    (
-        pid,
-        some(model),
-        some(device),
-        some(dtype),
-        s.calls as i64,
-        s.texts as i64,
-        s.tokens as i64,
-        s.forward_passes as i64,
-        s.cache_hits as i64,
-        s.errors as i64,
-        s.total.as_secs_f64() * 1e3,
-        s.max.as_secs_f64() * 1e3,
-        Some(s.last_call).filter(|&t| t != 0),
-    )
-}
-
 #[pg_schema]
 mod qwen_embed {
     use super::*;
@@ -229,19 +194,33 @@ mod qwen_embed {
             name!(last_call_us, Option<i64>),
         ),
     > {
-        let rows: Vec<Row> = if shared() {
+        // (pid, model, device, dtype, counters) of each backend, copied out under the lock.
+        let backends: Vec<(i32, String, String, String, Stats)> = if shared() {
             let table = TABLE.share();
-            table
-                .slots
-                .iter()
-                .filter(|s| s.pid != 0)
-                .map(|s| row(s.pid, text(&s.model), text(&s.device), text(&s.dtype), &s.stats))
-                .collect()
+            let live = table.slots.iter().filter(|s| s.pid != 0);
+            live.map(|s| (s.pid, text(&s.model), text(&s.device), text(&s.dtype), s.stats)).collect()
         } else {
             let m = MODEL.with_borrow(Clone::clone);
-            vec![row(unsafe { pg_sys::MyProcPid }, m.path, m.device, m.dtype, &LOCAL.get())]
+            vec![(unsafe { pg_sys::MyProcPid }, m.path, m.device, m.dtype, LOCAL.get())]
         };
-        TableIterator::new(rows)
+        let some = |t: String| Some(t).filter(|t| !t.is_empty());
+        TableIterator::new(backends.into_iter().map(move |(pid, model, device, dtype, s)| {
+            (
+                pid,
+                some(model),
+                some(device),
+                some(dtype),
+                s.calls as i64,
+                s.texts as i64,
+                s.tokens as i64,
+                s.forward_passes as i64,
+                s.cache_hits as i64,
+                s.errors as i64,
+                s.total.as_secs_f64() * 1e3,
+                s.max.as_secs_f64() * 1e3,
+                Some(s.last_call).filter(|&t| t != 0),
+            )
+        }))
     }
 }
 
