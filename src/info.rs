@@ -9,6 +9,8 @@ extension_sql!("CREATE SCHEMA IF NOT EXISTS qwen_embed;", name = "qwen_embed_sch
 mod qwen_embed {
     use pgrx::prelude::*;
 
+    use qwen_embed_model::device::device_name;
+
     use crate::{runtime, settings, stats};
 
     /// The model this backend has loaded (nothing is loaded by calling this), the settings in effect, and counters.
@@ -29,8 +31,8 @@ mod qwen_embed {
                 add("intermediate_size", c.intermediate_size.to_string());
                 add("vocab_size", c.vocab_size.to_string());
                 add("max_position_embeddings", c.max_position_embeddings.to_string());
-                add("device", if m.device().is_cpu() { "cpu".into() } else { "cuda".into() });
-                add("dtype", format!("{:?}", m.dtype()).to_lowercase());
+                add("device", device_name(m.device()).into());
+                add("dtype", m.dtype().as_str().into());
                 add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
                 add("weights_mb", (m.weights_bytes() >> 20).to_string());
                 if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {

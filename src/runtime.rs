@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::device::{select_device, select_dtype};
+use qwen_embed_model::device::{device_name, select_device, select_dtype};
 use qwen_embed_model::{Embedder, Error, Limits, Work};
 
 use crate::errors::{raise, raise_with, OrRaise};
@@ -99,13 +99,13 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     let embedder = execute(move |_| Embedder::load(&path, &device, dtype).map(Arc::new));
     if key.device.eq_ignore_ascii_case("auto") {
         let place = if embedder.device().is_cpu() { "CPU" } else { "GPU" };
-        pgrx::notice!("qwen_embed: model loaded on the {place} ({})", format!("{:?}", embedder.dtype()).to_lowercase());
+        pgrx::notice!("qwen_embed: model loaded on the {place} ({})", embedder.dtype().as_str());
     }
     STATE.with_borrow_mut(|s| s.model = Some(Loaded { key: key.clone(), embedder: embedder.clone() }));
     stats::set_model(stats::ModelInfo {
         path: key.path.clone(),
-        device: if embedder.device().is_cpu() { "cpu".into() } else { "cuda".into() },
-        dtype: format!("{:?}", embedder.dtype()).to_lowercase(),
+        device: device_name(embedder.device()).into(),
+        dtype: embedder.dtype().as_str().into(),
     });
     (key, embedder)
 }

@@ -72,15 +72,24 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shap
             // scores (n × keys) = q_blk (n × hd) · k_blkᵀ (hd × keys)
             matmul(n, keys, hd, scores.as_mut_ptr(), keys, q_blk, (hd, 1), k_blk, (1, hd));
             for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-                let pos = first_pos + i;
-                let (lo, hi) = if pos < pad { (pos, pos) } else { (pad, pos) };
-                softmax_visible(row, lo - key_lo, hi - key_lo);
+                let visible = visible_keys(first_pos + i, pad);
+                softmax_visible(row, visible.start() - key_lo, visible.end() - key_lo);
             }
             // output rows (n × hd, row stride heads × hd) = scores (n × keys) · v_blk (keys × hd)
             matmul(n, hd, keys, out_rows, s.heads * hd, scores, (keys, 1), v_blk, (hd, 1));
         });
     });
     out
+}
+
+/// The keys a query at position `pos` may see in a sequence with `pad` left-padding positions: a real token sees the
+/// real tokens up to itself; a padding query (whose output is never used) sees only itself, so no row is empty.
+pub fn visible_keys(pos: usize, pad: usize) -> std::ops::RangeInclusive<usize> {
+    if pos < pad {
+        pos..=pos
+    } else {
+        pad..=pos
+    }
 }
 
 thread_local! {

@@ -20,6 +20,15 @@ pub fn select_device(setting: &str) -> Result<Device, String> {
     }
 }
 
+/// The device's kind as settings and `qwen_embed.info()` spell it.
+pub fn device_name(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "cpu"
+    } else {
+        "cuda"
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device, String> {
     Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} is not usable: {e}"))

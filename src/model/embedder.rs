@@ -149,11 +149,7 @@ impl Embedder {
             seqs.push(self.tokenize(text, instruct, limits)?);
         }
         let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
-        let vectors = match dim {
-            Some(d) if d < self.config.hidden_size => vectors.into_iter().map(|v| truncate_dim(v, d)).collect(),
-            _ => vectors,
-        };
-        Ok((vectors, work))
+        Ok((self.keep_dims(vectors, dim), work))
     }
 
     /// Splits a document into chunks of at most `chunk_tokens` tokens (closing token included) sharing at most
@@ -187,11 +183,12 @@ impl Embedder {
             return Err(Error::TooLong { tokens: too_long.len(), limit: chunk_tokens });
         }
         let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
+        let vectors = self.keep_dims(vectors, dim);
         let chunks = ranges
             .into_iter()
             .zip(seqs)
             .zip(vectors)
-            .map(|((range, ids), v)| Chunk { range, ids, embedding: dim.map_or(v.clone(), |d| truncate_dim(v, d)) })
+            .map(|((range, ids), embedding)| Chunk { range, ids, embedding })
             .collect();
         Ok((chunks, work))
     }
@@ -213,6 +210,15 @@ impl Embedder {
         let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
         let vectors: Vec<Vec<f32>> = chunks.into_iter().map(|c| c.embedding).collect();
         Ok((weighted_mean(&vectors, &weights), work))
+    }
+
+    /// Keeps the first `dim` dimensions of each unit vector, renormalised (Matryoshka); `None` or the model's full
+    /// size leaves them as they are. `dim` was checked with `check_dim`.
+    fn keep_dims(&self, vectors: Vec<Vec<f32>>, dim: Option<usize>) -> Vec<Vec<f32>> {
+        match dim {
+            Some(d) if d < self.config.hidden_size => vectors.into_iter().map(|v| truncate_dim(v, d)).collect(),
+            _ => vectors,
+        }
     }
 
     /// Unit vectors (full dimension) for token sequences, in input order.

@@ -280,16 +280,13 @@ fn candle_attention(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize], first_qu
     Ok(Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?)
 }
 
-/// Additive mask (b, 1, 1, n, keys) for the queries at positions `first..first + n`: 0 where a query may look, -inf
-/// elsewhere. A real token sees itself and earlier real tokens; a padding query (whose result is never used) sees
-/// only itself, so no row is empty.
+/// Additive mask (b, 1, 1, n, keys) for the queries at positions `first..first + n`: 0 on the keys each query may
+/// see ([`attention::visible_keys`]), -inf elsewhere.
 fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
     let mut mask = vec![f32::NEG_INFINITY; pads.len() * n * keys];
     for (rows, &pad) in mask.chunks_mut(n * keys).zip(pads) {
         for (i, row) in rows.chunks_mut(keys).enumerate() {
-            let query = first + i;
-            let lo = if query < pad { query } else { pad };
-            row[lo..=query].fill(0.0);
+            row[attention::visible_keys(first + i, pad)].fill(0.0);
         }
     }
     Ok(Tensor::from_vec(mask, (pads.len(), 1, 1, n, keys), device)?)
