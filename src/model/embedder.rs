@@ -77,7 +77,7 @@ impl Embedder {
         let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
         let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
         let weights = Weights::open(model_dir)?;
-        let weights_bytes = weights.loaded_bytes(dtype);
+        let weights_bytes = weights.loaded_bytes(Encoder::weights_dtype(dtype, device));
         crate::memory::check(weights_bytes, crate::memory::available_on(device))?;
         let encoder = Encoder::load(&config, &weights, dtype, device)?;
         Ok(Embedder {

@@ -69,7 +69,7 @@ impl Encoder {
         let c = config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let packed = device.is_cpu() && dtype == DType::BF16 && crate::bf16_matmul::available();
+        let packed = device.is_cpu() && Self::weights_dtype(dtype, device) == DType::BF16;
         let dtype = if device.is_cpu() && dtype == DType::BF16 { DType::F32 } else { dtype };
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let get_weight =
@@ -129,6 +129,16 @@ impl Encoder {
             norm: get("norm.weight", &[h])?,
             rope: Rope::new(c, dtype, device)?,
         })
+    }
+
+    /// The dtype the linear layers' weights are held in for a requested `dtype`: bf16 on a CPU only where a bf16
+    /// kernel can use it (packed), else f32; the requested dtype elsewhere.
+    pub fn weights_dtype(dtype: DType, device: &Device) -> DType {
+        if device.is_cpu() && dtype == DType::BF16 && !crate::bf16_matmul::available() {
+            DType::F32
+        } else {
+            dtype
+        }
     }
 
     /// The dtype of the linear layers' weights (what the model computes in).
