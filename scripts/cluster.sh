@@ -1,38 +1,102 @@
 #!/usr/bin/env bash
-# Helpers shared by demo.sh and test.sh: the system PostgreSQL 15 cluster and a model directory it can read.
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# Throw-away PostgreSQL clusters for the tests and the demo, sourced by the scripts that need one.
+#
+# A cluster is a directory made here (initdb as the `postgres` OS user: PostgreSQL refuses to run as root) whose server
+# listens only on a Unix socket inside that directory (listen_addresses = ''), so it can clash with no other server and
+# no other OS user can reach it. It is stopped and removed when the script that made it exits. The machine's own
+# PostgreSQL clusters are never touched: nothing here calls pg_ctlcluster, ALTER SYSTEM or a service manager.
+#
+#     source scripts/cluster.sh
+#     cluster_new "$(scratch_dir)/main" "shared_preload_libraries = 'qwen_embed'"   # starts it; exports PGHOST ...
+#     pg -c 'SELECT 1'                                                            # psql as the cluster's superuser
+PG_VERSION=${PG_VERSION:-15}
+PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
+PG_CONFIG=$PG_BIN/pg_config
 SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+QWEN_EMBED_CLUSTERS=()
 
-start_cluster() {
-    $SUDO pg_ctlcluster 15 main status >/dev/null 2>&1 || $SUDO pg_ctlcluster 15 main start
+# Runs a command as the postgres OS user, with the cluster's connection variables (psql's \! children inherit them).
+as_postgres() {
+    local vars=(PGUSER=postgres "PGDATABASE=${PGDATABASE:-postgres}")
+    [ -z "${PGHOST:-}" ] || vars+=("PGHOST=$PGHOST" "PGPORT=$PGPORT")
+    $SUDO runuser -u postgres -- env "${vars[@]}" "$@"
 }
 
-# Installs the extension (extra arguments go to cargo pgrx install) with the cluster stopped: a preloaded library must
-# not be overwritten under a running server.
-install_extension() {
-    $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
-    cargo pgrx install --pg-config $PG_CONFIG ${SUDO:+--sudo} "$@"
-}
-
-# Points the cluster at a model with a dtype, preloads qwen_embed (so qwen_embed.stats sees every backend), restarts.
-configure_cluster() {
-    start_cluster
-    pg -q -c "LOAD 'qwen_embed'" -c "ALTER SYSTEM SET qwen_embed.model_path = '$1'" \
-        -c "ALTER SYSTEM SET qwen_embed.dtype = '$2'" -c "ALTER SYSTEM SET shared_preload_libraries = 'qwen_embed'"
-    $SUDO pg_ctlcluster 15 main restart
-}
-
-# psql as the postgres superuser; extra arguments go to psql.
+# psql as the cluster's superuser; extra arguments go to psql.
 pg() {
-    $SUDO runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 "$@"
+    as_postgres psql -X -v ON_ERROR_STOP=1 "$@"
 }
 
-# Copies a model directory where the server's user can read it; prints the destination.
+# This script's scratch directory: under /tmp, enterable by the postgres user, removed (with the clusters made here
+# stopped) when the script that sourced this file exits.
+scratch_dir() {
+    echo "$QWEN_EMBED_SCRATCH"
+}
+
+# cluster_new DIR [postgresql.conf line ...]: initdb, configure and start a cluster in DIR; exports PGHOST and PGPORT.
+# The port only names the socket file (no TCP), so the default one never clashes.
+cluster_new() {
+    local dir=$1
+    shift
+    $SUDO install -d -o postgres -g postgres -m 700 "$dir"
+    as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    printf '%s\n' "listen_addresses = ''" "unix_socket_directories = '$dir'" "port = 5432" "fsync = off" "$@" |
+        as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
+    export PGHOST=$dir PGPORT=5432
+    QWEN_EMBED_CLUSTERS+=("$dir")
+    cluster_start "$dir"
+}
+
+# cluster_start DIR / cluster_stop DIR [MODE]: the server of a cluster made by cluster_new.
+cluster_start() {
+    as_postgres "$PG_BIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 120 start >/dev/null ||
+        { tail -n 20 "$1/server.log" >&2; return 1; }
+}
+cluster_stop() {
+    as_postgres "$PG_BIN/pg_ctl" -D "$1/data" -m "${2:-fast}" -w stop >/dev/null
+}
+
+# The server's log, for a failing test to show.
+cluster_log() {
+    $SUDO tail -n "${2:-40}" "$1/server.log"
+}
+
+cluster_cleanup() {
+    local dir
+    for dir in "${QWEN_EMBED_CLUSTERS[@]}"; do
+        as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    done
+    $SUDO rm -rf "$QWEN_EMBED_SCRATCH"
+}
+
+# install_model SRC NAME: copies a model directory into the scratch directory, readable by the server; prints where.
 install_model() {
-    local src=$1 name=$2 dst=/var/lib/postgresql/qwen_embed_models/$2
-    $SUDO mkdir -p "$dst"
-    $SUDO cp -r "$src"/. "$dst"/
-    $SUDO chown -R postgres:postgres "$(dirname "$dst")"
-    $SUDO chmod -R a+rX "$(dirname "$dst")"
+    local dst
+    dst=$(scratch_dir)/models/$2
+    mkdir -p "$dst"
+    cp -r "$1"/. "$dst"/
+    chmod -R a+rX "$(dirname "$dst")"
     echo "$dst"
 }
+
+# install_extension [cargo pgrx install args]: builds qwen_embed and copies it into this PostgreSQL's library and
+# extension directories (the only place PostgreSQL loads extensions from).
+install_extension() {
+    cargo pgrx install --pg-config "$PG_CONFIG" ${SUDO:+--sudo} "$@"
+}
+
+# test_cluster [NAME]: a cluster with the extension preloaded and pointed at the bundled test model (and a copy of
+# it beside, for tests that switch models).
+# f32: results compare with transformers' fp32 reference to 1e-4 on any CPU.
+test_cluster() {
+    local model
+    model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
+    install_model tests/fixtures/tiny-qwen3 tiny-qwen3-copy >/dev/null
+    cluster_new "$(scratch_dir)/${1:-main}" "shared_preload_libraries = 'qwen_embed'" \
+        "qwen_embed.model_path = '$model'" "qwen_embed.dtype = 'f32'"
+    export QWEN_EMBED_MODEL=$model
+}
+
+QWEN_EMBED_SCRATCH=$(mktemp -d /tmp/qwen_embed.XXXXXX)
+chmod 755 "$QWEN_EMBED_SCRATCH"
+trap cluster_cleanup EXIT

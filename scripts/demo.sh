@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Build and install qwen_embed, start PostgreSQL 15, point it at the bundled test model and run the examples in
-# sql/demo.sql. The bundled model has random weights: the numbers show the mechanics, not embedding quality (see the
-# README for the real Qwen3-Embedding-0.6B weights).
+# Installs what qwen_embed needs (scripts/install-deps.sh), builds and installs the extension into PostgreSQL 15's
+# directories, starts a throw-away cluster of its own in a temporary directory (Unix socket only, the bundled
+# random-weight test model preloaded) and runs the examples in sql/demo.sql. The cluster is removed at the end; with
+# --keep it stays running in /var/tmp/qwen_embed-demo and the command to connect to it is printed. The machine's own
+# PostgreSQL clusters are not touched. The bundled model has random weights: the numbers show the mechanics, not
+# embedding quality (see the README for the real Qwen3-Embedding-0.6B weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 source scripts/cluster.sh
 install_extension --release
-model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
-configure_cluster "$model" auto
-pg -c "DROP DATABASE IF EXISTS qwen_embed_demo" -c "CREATE DATABASE qwen_embed_demo"
-pg -d qwen_embed_demo -e -f - <sql/demo.sql
+if [ "${1:-}" = --keep ]; then
+    dir=/var/tmp/qwen_embed-demo
+    [ ! -e "$dir/data/postmaster.pid" ] || as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast stop >/dev/null || true
+    $SUDO rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r tests/fixtures/tiny-qwen3 "$dir/model"
+    chmod -R a+rX "$dir"
+    model=$dir/model
+else
+    model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
+    dir=$(scratch_dir)
+fi
+cluster_new "$dir/cluster" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'"
+pg -q -c "CREATE DATABASE qwen_embed_demo"
+PGDATABASE=qwen_embed_demo pg -e -f - <sql/demo.sql
+if [ "${1:-}" = --keep ]; then
+    QWEN_EMBED_CLUSTERS=() # leave it running
+    echo
+    echo "The demo cluster is running. Connect:  $SUDO runuser -u postgres -- psql -h $dir/cluster -d qwen_embed_demo"
+    echo "Stop and remove it:  $SUDO runuser -u postgres -- $PG_BIN/pg_ctl -D $dir/cluster/data stop && $SUDO rm -rf $dir"
+fi

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Everything qwen_embed needs on a fresh Debian 12 (bookworm) machine: PostgreSQL 15 and its headers, pgvector 0.8.0
-# (built from Debian trixie's source package: bookworm has no binary one), cargo-pgrx 0.18.1 and an unprivileged user
-# for the pgrx test server (PostgreSQL refuses to run as root). Idempotent: steps already done are skipped.
+# Everything qwen_embed needs on a fresh Debian 12 (bookworm) machine, as root or a sudoer. Idempotent: steps already
+# done are skipped. What it installs and changes, and nothing else:
+# - Debian packages: PostgreSQL $PG_VERSION server and headers, clang/libclang (bindgen), build tools, sudo, python3,
+#   curl. Installing postgresql-15 creates Debian's default cluster 15/main; nothing here starts, stops or
+#   configures it.
+# - pgvector 0.8.0, built from Debian trixie's source package (bookworm has no binary one) with a private apt
+#   configuration in a temporary directory: no source list is added to the system's apt.
+# - Rust $RUST_VERSION through rustup (in ~/.cargo and ~/.rustup) when cargo is missing, and cargo-pgrx 0.18.1.
+# - $PGRX_HOME/config.toml (cargo pgrx init, pointed at the system pg_config) and an OS user `pgrxtest` for the pgrx
+#   test server (PostgreSQL refuses to run as root).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_VERSION=${PG_VERSION:-15}
+PG_CONFIG=/usr/lib/postgresql/$PG_VERSION/bin/pg_config
+RUST_VERSION=1.95.0 # also in rust-toolchain.toml
 export PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
 
-packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo dpkg-dev make gcc g++)
+packages=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION libclang-dev clang pkg-config
+    sudo dpkg-dev make gcc g++ python3 curl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,18 +26,27 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
-if [ ! -f /usr/share/postgresql/15/extension/vector.control ]; then
-    echo 'deb-src http://deb.debian.org/debian trixie main' | $SUDO tee /etc/apt/sources.list.d/trixie-src.list >/dev/null
-    $SUDO apt-get update -q
+if [ ! -f "/usr/share/postgresql/$PG_VERSION/extension/vector.control" ]; then
     build=$(mktemp -d)
-    (cd "$build" && apt-get source -q pgvector && cd pgvector-0.8.0 &&
-        make -s PG_CONFIG=$PG_CONFIG && $SUDO make -s PG_CONFIG=$PG_CONFIG install)
-    rm -rf "$build"
+    mkdir -p "$build/lists/partial" "$build/cache/archives/partial"
+    echo 'deb-src http://deb.debian.org/debian trixie main' >"$build/sources.list"
+    apt_private=(-o "Dir::Etc::SourceList=$build/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o "Dir::State::Lists=$build/lists" -o "Dir::Cache=$build/cache" -o APT::Sandbox::User=root)
+    (cd "$build" && $SUDO apt-get "${apt_private[@]}" update -q && $SUDO apt-get "${apt_private[@]}" source -q pgvector)
+    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$PG_CONFIG" && $SUDO make -s PG_CONFIG="$PG_CONFIG" install)
+    $SUDO rm -rf "$build"
+fi
+
+if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] ||
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal --default-toolchain "$RUST_VERSION" -c rustfmt -c clippy
+    export PATH=$HOME/.cargo/bin:$PATH
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -qx 'cargo-pgrx 0.18.1'; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-grep -qs "pg15" "$PGRX_HOME/config.toml" || cargo pgrx init --pg15 $PG_CONFIG
+grep -qs "pg$PG_VERSION = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml" || cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
 
 id pgrxtest >/dev/null 2>&1 || $SUDO useradd --create-home pgrxtest

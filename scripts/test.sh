@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# All tests: the model core against transformers' reference vectors (plain cargo test), the extension's pg_tests on a
-# throw-away server (cargo pgrx test), and the SQL tests in tests/sql against the system cluster with the extension
-# installed (transactions, rollback, settings across statements, as a client sees them), then the server-level fault
-# and load tests (tests/faults.sh, tests/load.sh).
+# Every test: the model core against transformers' reference vectors (plain cargo test), the extension's pg_tests on a
+# throw-away server (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across statements,
+# as a client sees them), then the server-level fault and load tests (tests/faults.sh, tests/load.sh). Every server
+# is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the machine's own
+# PostgreSQL clusters are never reconfigured, restarted or connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 source scripts/cluster.sh
 
 echo "== model core"
-cargo test -p qwen_embed_model
+cargo test -p qwen_embed_model -- --nocapture # --nocapture: shows which kernels ran and any SKIPPED test
 
 echo "== pg_tests"
-cargo pgrx test pg15 --runas pgrxtest --pgdata /tmp/pgrx-pgdata
+cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata /tmp/pgrx-pgdata
 
 echo "== SQL tests"
 install_extension
-model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
-install_model tests/fixtures/tiny-qwen3 tiny-qwen3-copy >/dev/null
-configure_cluster "$model" f32 # f32: results compare with transformers' fp32 reference to 1e-4 on any CPU
 bash tests/run_sql_tests.sh
 
-echo "== faults: kill -9 mid-embed, a model over the memory limit"
+echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
 bash tests/faults.sh
 
-echo "== load: pgbench, 8 clients, 60 s"
-bash tests/load.sh 60 8
+echo "== hot standby: a primary and a streaming replica"
+bash tests/standby.sh
+
+echo "== load: pgbench, 16 clients, 60 s"
+bash tests/load.sh 60 16

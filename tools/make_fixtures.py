@@ -5,7 +5,7 @@ The reference is Hugging Face transformers (fp32), run exactly like the official
 (left padding, last-token pooling, L2 normalisation) and cross-checked against sentence-transformers.
 
     pip install torch transformers sentence-transformers safetensors
-    python3 tools/make_fixtures.py [--tokenizer ../shared/qwen3-embedding-0.6b/tokenizer.json]
+    python3 tools/make_fixtures.py [--tokenizer PATH/tokenizer.json] [--real DIR]
 
 Re-running it rewrites tests/fixtures/ deterministically (fixed seed).
 """
@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import torch
@@ -143,25 +144,27 @@ def sentence_transformers_check(model_dir, texts, expected):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokenizer", default=str(ROOT.parent / "shared/qwen3-embedding-0.6b/tokenizer.json"))
-    ap.add_argument("--shared", default=str(ROOT.parent / "shared/qwen3-embedding-0.6b"))
+    # Qwen3-Embedding-0.6B's tokenizer (the test model uses it unchanged) and configuration files, in the repository.
+    ap.add_argument("--tokenizer", default=str(FIXTURES / "tiny-qwen3/tokenizer.json"))
+    ap.add_argument("--real", default=str(FIXTURES / "qwen3-embedding-0.6b"))
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     out_dir = FIXTURES / "tiny-qwen3"
+    # The default tokenizer lives in the directory about to be remade: keep a copy first.
+    tokenizer_json = Path(tempfile.mkdtemp()) / "tokenizer.json"
+    shutil.copyfile(args.tokenizer, tokenizer_json)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    tok = make_tokenizer(Path(args.tokenizer), out_dir)
+    tok = make_tokenizer(tokenizer_json, out_dir)
     save_model(random_model(seed=20261125), out_dir)
     # sentence-transformers layout, as in the real model directory.
     for name in ["modules.json", "config_sentence_transformers.json"]:
-        shutil.copyfile(Path(args.shared) / name, out_dir / name)
+        shutil.copyfile(Path(args.real) / name, out_dir / name)
     (out_dir / "1_Pooling").mkdir()
-    pooling = json.loads((Path(args.shared) / "1_Pooling/config.json").read_text())
+    pooling = json.loads((Path(args.real) / "1_Pooling/config.json").read_text())
     pooling["word_embedding_dimension"] = TINY["hidden_size"]
     (out_dir / "1_Pooling/config.json").write_text(json.dumps(pooling, indent=2) + "\n")
-    # The real Qwen3-Embedding config (top-level rope_theta / torch_dtype) for the config parser's tests.
-    shutil.copyfile(Path(args.shared) / "config.json", FIXTURES / "qwen3-embedding-0.6b-config.json")
 
     inputs = [model_input(t, i) for t, i in CASES]
     batched = reference(out_dir, tok, inputs, batch_size=8)

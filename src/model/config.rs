@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn reads_the_real_qwen3_embedding_config() {
-        let c = Qwen3Config::from_file(&fixture("qwen3-embedding-0.6b-config.json")).unwrap();
+        let c = Qwen3Config::from_file(&fixture("qwen3-embedding-0.6b/config.json")).unwrap();
         assert_eq!(
             (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim),
             (1024, 28, 16, 8, 128)

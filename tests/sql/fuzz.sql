@@ -43,6 +43,7 @@ INSERT INTO fuzz SELECT 10010 + i, repeat('a', 100000) FROM generate_series(1, 5
 INSERT INTO fuzz SELECT 10015 + i, repeat(E'\u00e9\u0301 ', 33334) FROM generate_series(1, 5) i;
 
 -- One at a time: a unit vector, or "too long" (54000). Any other ERROR fails the test.
+CREATE TABLE singles (i int PRIMARY KEY, v vector);
 DO $$
 DECLARE
     r record;
@@ -57,6 +58,7 @@ BEGIN
             IF v IS NULL OR vector_dims(v) <> 64 OR NOT abs(vector_norm(v) - 1) < 1e-4 THEN
                 RAISE EXCEPTION 'input % gave a bad vector: %', r.i, v;
             END IF;
+            INSERT INTO singles VALUES (r.i, v);
             ok := ok + 1;
         EXCEPTION WHEN program_limit_exceeded THEN
             GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
@@ -65,19 +67,31 @@ BEGIN
         END;
     END LOOP;
     ASSERT ok + too_long = 10020, format('%s + %s', ok, too_long);
+    ASSERT (SELECT count(*) FROM singles) = ok;
     ASSERT too_long >= 20, format('only %s inputs were too long', too_long);
     RAISE NOTICE 'qwen_embed test: fuzz: % inputs, % unit vectors, % too long (ERROR 54000), no other outcome',
         ok + too_long, ok, too_long;
 END $$;
 
--- The same inputs in one batched call (those that fit), and the long ones truncated.
+-- The same inputs in one batched call (those that fit): one vector per input, in order, each equal to the one-at-a-time
+-- vector; and the long ones truncated.
 DO $$
 DECLARE
+    ids int[];
     vs vector[];
+    worst float8;
 BEGIN
-    SELECT embed(array_agg(t ORDER BY i)) INTO vs FROM fuzz WHERE token_count(t) <= 4096;
-    ASSERT (SELECT bool_and(abs(vector_norm(v) - 1) < 1e-4) FROM unnest(vs) v), 'batched: a non-unit vector';
+    SELECT array_agg(i ORDER BY i), embed(array_agg(t ORDER BY i)) INTO ids, vs
+    FROM fuzz WHERE i IN (SELECT i FROM singles);
+    ASSERT cardinality(vs) = (SELECT count(*) FROM singles), format('%s vectors for %s inputs', cardinality(vs),
+        (SELECT count(*) FROM singles));
+    SELECT max(1 - cosine_sim(b.v, s.v)) INTO worst
+    FROM unnest(ids, vs) AS b(i, v) LEFT JOIN singles s USING (i);
+    ASSERT worst < 1e-5, format('a batched vector differs from its one-at-a-time vector by %s', worst);
+    ASSERT NOT EXISTS (SELECT FROM unnest(vs) v WHERE v IS NULL), 'batched: a NULL vector';
+    RAISE NOTICE 'qwen_embed test: fuzz: % inputs batched, every vector within % of its one-at-a-time vector',
+        cardinality(vs), worst;
     SET LOCAL qwen_embed.truncate = on;
-    ASSERT (SELECT bool_and(abs(vector_norm(embed(t)) - 1) < 1e-4) FROM fuzz WHERE i > 10000),
-        'truncated: a non-unit vector';
+    ASSERT (SELECT count(*) FILTER (WHERE abs(vector_norm(embed(t)) - 1) < 1e-4) FROM fuzz WHERE i > 10000) = 20,
+        'truncated: not 20 unit vectors';
 END $$;

@@ -2,8 +2,6 @@
 -- session's work shows up under its pid, and its row goes when it disconnects.
 CREATE EXTENSION qwen_embed CASCADE;
 CREATE EXTENSION dblink;
-CREATE FUNCTION expect(ok boolean, message text) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN IF ok IS NOT TRUE THEN RAISE EXCEPTION 'expectation failed: %', message; END IF; END $$;
 SELECT expect(current_setting('shared_preload_libraries') ~ 'qwen_embed', 'qwen_embed is not preloaded');
 
 SELECT dblink_connect('other', 'dbname=qwen_embed_test');

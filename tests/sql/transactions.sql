@@ -24,7 +24,7 @@ DO $$
 DECLARE
     passes bigint := (SELECT value::bigint FROM qwen_embed.info() WHERE key = 'forward_passes') - (SELECT passes FROM before);
 BEGIN
-    ASSERT passes BETWEEN 1 AND 5, format('1000 rows took %s forward passes', passes);
+    ASSERT passes BETWEEN 1 AND 10, format('1000 rows took %s forward passes', passes); -- not 1000
     ASSERT (SELECT count(*) FROM docs WHERE embedding IS NULL) = 0, 'rows left without embedding';
     ASSERT (SELECT max(abs(cosine_sim(embedding, embed(body)) - 1)) FROM docs WHERE id % 97 = 0) < 1e-5,
         'trigger vectors differ from direct calls';

@@ -1,0 +1,33 @@
+-- Run before every file in tests/sql (tests/run_sql_tests.sh): the checks those files use.
+-- ASSERT is on whatever the server's plpgsql.check_asserts says; the tests switch it on and prove it works, so no
+-- ASSERT in a test can pass by being skipped.
+SET plpgsql.check_asserts = on;
+DO $$
+BEGIN
+    BEGIN
+        ASSERT false, 'probe';
+    EXCEPTION WHEN assert_failure THEN
+        RETURN;
+    END;
+    RAISE EXCEPTION 'ASSERT did not fire: the checks of this test could not fail';
+END $$;
+
+-- expect(ok, message): an ERROR unless ok is true (NULL fails too).
+CREATE FUNCTION expect(ok boolean, message text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN IF ok IS NOT TRUE THEN RAISE EXCEPTION 'expectation failed: %', message; END IF; END $$;
+
+-- expect_error(query, sqlstate, message fragment [, hint fragment]): the query fails with exactly that SQLSTATE, its
+-- message contains the fragment and, when one is given, its HINT contains the hint fragment.
+CREATE FUNCTION expect_error(query text, state text, fragment text, hint text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE got_state text; got_message text; got_hint text;
+BEGIN
+    EXECUTE query;
+    RAISE EXCEPTION 'no error from: %', query;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS got_state = RETURNED_SQLSTATE, got_message = MESSAGE_TEXT, got_hint = PG_EXCEPTION_HINT;
+    IF got_message LIKE 'no error from:%' THEN RAISE; END IF;
+    PERFORM expect(got_state = state, format('%s: SQLSTATE %s (%s), expected %s', query, got_state, got_message, state));
+    PERFORM expect(strpos(got_message, fragment) > 0, format('%s: message %L lacks %L', query, got_message, fragment));
+    PERFORM expect(hint IS NULL OR strpos(got_hint, hint) > 0, format('%s: hint %L lacks %L', query, got_hint, hint));
+END $$;
