@@ -4,21 +4,22 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::errors::raise_with;
-use crate::runtime;
 use crate::vector::{Vector, VectorArray};
+use crate::{call_site, runtime};
 
 /// `embed(input, instruct, dim)`: the embedding of one text as a pgvector `vector`; NULL input gives NULL.
-/// STABLE (the result depends on qwen_embed.model_path), with a per-backend cache so a constant argument in a
-/// per-row expression is computed once. The high COST tells the planner a forward pass is expensive: it then prefers
-/// plans that evaluate it once, such as an index scan ordered by `embedding <=> embed(...)`.
+/// STABLE (the result depends on qwen_embed.model_path). Each call site remembers its last result, so a constant
+/// argument in a per-row expression is computed once per query (`call_site`), and a per-backend cache answers
+/// repeated texts across queries. The high COST tells the planner a forward pass is expensive.
 #[pg_extern(stable, parallel_restricted, cost = 10000, name = "embed")]
 fn embed(
     input: Option<&str>,
     instruct: default!(Option<&str>, "NULL"),
     dim: default!(Option<i32>, "NULL"),
+    fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<Vector> {
-    let input = input?;
-    Some(Vector(runtime::embed_one(input, instruct, dim.map(i64::from))))
+    let key = runtime::ResultKey::current(input?, instruct, dim.map(i64::from));
+    Some(Vector(call_site::embed(fcinfo, key)))
 }
 
 /// `embed(inputs text[], instruct, dim)`: one vector per element, in order, computed in batched forward passes;

@@ -30,17 +30,11 @@ fn embed_chunks(
 ) -> TableIterator<'static, (name!(chunk_no, i32), name!(chunk, String), name!(embedding, Vector))> {
     let Some(doc) = doc else { return TableIterator::new(Vec::new()) };
     let (chunk_tokens, overlap) = (count("chunk_tokens", chunk_tokens), count("overlap", overlap));
-    let doc_owned = doc.to_string();
-    let chunks = runtime::run(move |model, limits, canceled| {
-        model.embed_chunks(&doc_owned, chunk_tokens, overlap, dim.map(i64::from), limits, canceled)
-    });
+    let chunks = runtime::embed_chunks(doc.to_string(), chunk_tokens, overlap, dim.map(i64::from));
     let rows: Vec<_> = chunks
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            runtime::check_finite(&c.embedding);
-            (i as i32 + 1, doc[c.range].to_string(), Vector(c.embedding))
-        })
+        .map(|(i, (range, v))| (i as i32 + 1, doc[range].to_string(), Vector(v)))
         .collect();
     TableIterator::new(rows)
 }
@@ -59,9 +53,5 @@ fn embed_document(
     let doc = doc?.to_string();
     let (chunk_tokens, overlap) = (count("chunk_tokens", chunk_tokens), count("overlap", overlap));
     let weighting: Weighting = weighting.parse().or_raise();
-    let vector = runtime::run(move |model, limits, canceled| {
-        model.embed_document(&doc, chunk_tokens, overlap, weighting, dim.map(i64::from), limits, canceled)
-    });
-    runtime::check_finite(&vector);
-    Some(Vector(vector))
+    Some(Vector(runtime::embed_document(doc, chunk_tokens, overlap, weighting, dim.map(i64::from))))
 }

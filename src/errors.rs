@@ -2,28 +2,32 @@
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
-use qwen_embed_model::Error;
+use qwen_embed_model::{Error, ErrorKind};
 
-fn sqlstate(e: &Error) -> PgSqlErrorCode {
+/// The SQLSTATE of each kind of model error: the one place this mapping lives.
+fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
-    match e {
-        Error::TooLong { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-        Error::Canceled => ERRCODE_QUERY_CANCELED,
-        Error::OutOfMemory { .. } => ERRCODE_OUT_OF_MEMORY,
-        Error::ModelDir { .. } => ERRCODE_UNDEFINED_FILE,
-        Error::Io { .. } => ERRCODE_IO_ERROR,
-        Error::Unsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
-        Error::Config { .. } | Error::Weights { .. } | Error::Shape { .. } | Error::Tokenizer { .. } => {
-            ERRCODE_CONFIG_FILE_ERROR
-        }
-        Error::Compute(_) => ERRCODE_INTERNAL_ERROR,
+    match kind {
+        ErrorKind::TooLong => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        ErrorKind::BadArgument => ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::Canceled => ERRCODE_QUERY_CANCELED,
+        ErrorKind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,
+        ErrorKind::ModelMissing => ERRCODE_UNDEFINED_FILE,
+        ErrorKind::Unreadable => ERRCODE_IO_ERROR,
+        ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        ErrorKind::BadModel => ERRCODE_CONFIG_FILE_ERROR,
+        ErrorKind::Compute => ERRCODE_INTERNAL_ERROR,
     }
 }
 
 /// Raises `e` as an ERROR (never returns).
 pub fn raise(e: Error) -> ! {
-    raise_with(sqlstate(&e), format!("qwen_embed: {e}"), e.hint())
+    raise_kind(e.kind(), &e.to_string(), e.hint())
+}
+
+/// Raises a model error known by its kind, message and hint (as the model server reports one).
+pub fn raise_kind(kind: ErrorKind, message: &str, hint: Option<String>) -> ! {
+    raise_with(sqlstate(kind), format!("qwen_embed: {message}"), hint)
 }
 
 pub fn raise_with(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {

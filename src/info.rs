@@ -11,14 +11,31 @@ mod qwen_embed {
 
     use qwen_embed_model::device::device_name;
 
-    use crate::{runtime, settings, stats};
+    use crate::{runtime, server_client, settings, stats};
 
-    /// The model this backend has loaded (nothing is loaded by calling this), the settings in effect, and counters.
+    /// The model that served this session's last call (nothing is loaded by calling this): the cluster's model
+    /// server, or the model loaded in this backend; the settings in effect, and this backend's counters.
     #[pg_extern(volatile, parallel_restricted)]
     fn info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut add = |k: &str, v: String| rows.push((k.to_string(), v));
-        match runtime::loaded() {
+        let server = if runtime::last_on_server() { server_client::status() } else { None };
+        if let Some((s, pid, restarts, last_exit)) = server {
+            add("route", "server".into());
+            add("model_path", s.model.path);
+            add("device", s.device);
+            add("dtype", s.dtype);
+            add("load_ms", format!("{:.1}", s.load_ms));
+            add("server_pid", pid.to_string());
+            add("server_state", s.state);
+            add("server_restarts", restarts.to_string());
+            if !last_exit.is_empty() {
+                add("server_last_exit", last_exit);
+            }
+        } else {
+            add("route", "backend".into());
+        }
+        match runtime::loaded().filter(|_| !runtime::last_on_server()) {
             Some(m) => {
                 let c = m.config();
                 add("model_path", m.model_dir().display().to_string());
@@ -40,6 +57,7 @@ mod qwen_embed {
                     add("gpu_memory_total_mb", (total >> 20).to_string());
                 }
             }
+            None if runtime::last_on_server() => {}
             None => add("model_path", "(not loaded in this backend)".into()),
         }
         add("threads", settings::threads().to_string());
@@ -52,6 +70,46 @@ mod qwen_embed {
         add("errors", s.errors.to_string());
         add("total_ms", format!("{:.1}", s.total.as_secs_f64() * 1e3));
         add("max_ms", format!("{:.1}", s.max.as_secs_f64() * 1e3));
+        TableIterator::new(rows)
+    }
+
+    /// The cluster's model server: its model, state, queue and counters (no rows when it is not running: qwen_embed
+    /// is not preloaded, or qwen_embed.server is off), and the requests of each session it has served.
+    #[pg_extern(volatile, parallel_restricted)]
+    fn server_info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        if let Some((s, pid, restarts, last_exit)) = server_client::status() {
+            let mut add = |k: &str, v: String| rows.push((k.to_string(), v));
+            add("pid", pid.to_string());
+            add("model_path", s.model.path);
+            add("state", s.state);
+            add("device", s.device);
+            add("dtype", s.dtype);
+            add("load_ms", format!("{:.1}", s.load_ms));
+            add("threads", s.threads.to_string());
+            add("batch_tokens", s.batch_tokens.to_string());
+            add("queue_limit", s.queue_limit.to_string());
+            add("queued_requests", s.queued_requests.to_string());
+            add("queued_texts", s.queued_texts.to_string());
+            add("requests", s.requests.to_string());
+            add("canceled", s.canceled.to_string());
+            add("rejected", s.rejected.to_string());
+            add("errors", s.errors.to_string());
+            add("texts", s.texts.to_string());
+            add("tokens", s.tokens.to_string());
+            add("batches", s.batches.to_string());
+            let per_batch =
+                |n: u64| if s.batches > 0 { format!("{:.1}", n as f64 / s.batches as f64) } else { "0".into() };
+            add("mean_batch_texts", per_batch(s.texts));
+            add("mean_batch_tokens", per_batch(s.tokens));
+            add("max_batch_texts", s.max_batch_texts.to_string());
+            add("max_batch_tokens", s.max_batch_tokens.to_string());
+            add("restarts", restarts.to_string());
+            add("last_exit", last_exit);
+            for (client, n) in s.per_client {
+                add(&format!("requests_from_pid_{client}"), n.to_string());
+            }
+        }
         TableIterator::new(rows)
     }
 }

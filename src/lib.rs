@@ -2,9 +2,13 @@
 //!
 //! - `model/` (its own crate): the encoder, with no PostgreSQL in it
 //! - `settings`: the `qwen_embed.*` GUCs
-//! - `runtime`: per-backend model, worker pool, interrupts, counters, cache
+//! - `runtime`: where each embedding runs (model server or this backend), the per-backend model, worker pool,
+//!   interrupts, counters, result cache
+//! - `supervisor`: the background worker that runs the cluster's model server (`src/server/`) in a child process
+//! - `server_client`: the backend side of the model server
 //! - `vector`: pgvector's `vector` in and out
 //! - `api`: `embed`, `cosine_sim`, `semantic_similarity`
+//! - `call_site`: one remembered result per call site, so a per-row `embed('constant')` runs once per query
 //! - `documents`: `embed_chunks`, `embed_document` for long texts
 //! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
 //! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
@@ -15,12 +19,15 @@ use pgrx::prelude::*;
 
 mod api;
 mod backfill;
+mod call_site;
 mod documents;
 mod errors;
 mod info;
 mod runtime;
+mod server_client;
 mod settings;
 mod stats;
+mod supervisor;
 mod trigger;
 mod vector;
 
@@ -33,6 +40,7 @@ mod tests;
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     stats::init();
+    supervisor::init();
 }
 
 /// Required by `cargo pgrx test`.

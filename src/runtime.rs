@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
 use qwen_embed_model::device::{device_name, select_device, select_dtype};
-use qwen_embed_model::{Embedder, Error, Limits, Work};
+use qwen_embed_model::{Embedder, Error, LengthPolicy, Limits, Weighting, Work};
 
 use crate::errors::{raise, raise_with, OrRaise};
-use crate::{settings, stats};
+use crate::{server_client, settings, stats, supervisor};
 
 /// What identifies a loaded model: changing any of these settings loads it again.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -35,12 +35,38 @@ struct Loaded {
     embedder: Arc<Embedder>,
 }
 
-type CacheKey = (ModelKey, Option<String>, Option<i64>, String);
+/// Everything a single-text result depends on: the model, the input, and every setting that changes the vector or
+/// whether there is one (`max_length` and `truncate`: the same text may be cut, or refused, under other limits).
+/// A remembered result is served only for an equal key.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ResultKey {
+    model: ModelKey,
+    instruct: Option<String>,
+    dim: Option<i64>,
+    max_length: usize,
+    truncate: bool,
+    text: String,
+}
+
+impl ResultKey {
+    /// The key of `text` under the current settings.
+    pub fn current(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Self {
+        let limits = settings::limits();
+        ResultKey {
+            model: current_key(),
+            instruct: instruct.map(str::to_string),
+            dim,
+            max_length: limits.max_length,
+            truncate: limits.policy == LengthPolicy::Truncate,
+            text: text.to_string(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Cache {
-    map: HashMap<CacheKey, Vec<f32>>,
-    order: VecDeque<CacheKey>,
+    map: HashMap<ResultKey, Vec<f32>>,
+    order: VecDeque<ResultKey>,
 }
 
 /// Texts longer than this are not cached (the cache is for repeated short queries).
@@ -54,9 +80,36 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// Did this session's last call go to the model server?
+    static ON_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The server process whose model the stats view shows for this backend.
+    static NOTED_SERVER: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
 }
 
-/// The loaded model, if any (without loading one).
+/// Did this session's last call go to the model server?
+pub fn last_on_server() -> bool {
+    ON_SERVER.get()
+}
+
+/// Whether this call goes to the model server (noted for `info()`).
+fn on_server() -> bool {
+    let yes = server_client::serves_this_session();
+    ON_SERVER.set(yes);
+    yes
+}
+
+/// After a call the server answered: the stats view shows the server's model for this backend.
+fn note_server_model() {
+    if supervisor::published().is_none_or(|(_, pid, ..)| pid == NOTED_SERVER.get()) {
+        return;
+    }
+    if let Some((status, pid, ..)) = server_client::status().filter(|(s, ..)| s.state == "ready") {
+        NOTED_SERVER.set(pid);
+        stats::set_model(stats::ModelInfo { path: status.model.path, device: status.device, dtype: status.dtype });
+    }
+}
+
+/// The model loaded in this backend, if any (without loading one).
 pub fn loaded() -> Option<Arc<Embedder>> {
     STATE.with_borrow(|s| s.model.as_ref().map(|m| m.embedder.clone()))
 }
@@ -226,39 +279,80 @@ fn record_work(work: Work, elapsed: Duration) {
     });
 }
 
-/// Embeds texts that share an instruction, with the current model and settings.
+/// Embeds texts that share an instruction, with the current model and settings: in the model server when it serves
+/// this session (`server_client`), else in this backend.
 pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
-    embed_with(model().1, texts, instruct, dim)
-}
-
-fn embed_with(model: Arc<Embedder>, texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
-    let vectors = run_with(model, move |model, limits, canceled| {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        model.embed(&refs, instruct.as_deref(), dim, limits, canceled)
+    let vectors = counted(|| {
+        if on_server() {
+            return server_client::embed(texts, instruct, dim);
+        }
+        in_backend(move |model, limits, canceled| {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            model.embed(&refs, instruct.as_deref(), dim, limits, canceled)
+        })
     });
     vectors.iter().for_each(|v| check_finite(v));
     vectors
 }
 
-/// Runs a job on the current model with the current limits, counting its work.
-pub fn run<T, F>(job: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce(&Embedder, &Limits, &dyn Fn() -> bool) -> qwen_embed_model::Result<(T, Work)> + Send + 'static,
-{
-    run_with(model().1, job)
+/// A document's chunks: byte ranges in the document and their vectors.
+pub type Chunks = Vec<(std::ops::Range<usize>, Vec<f32>)>;
+
+/// A long document's chunks and their vectors.
+pub fn embed_chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> Chunks {
+    let chunks = counted(|| {
+        if on_server() {
+            return server_client::chunks(doc, chunk_tokens, overlap, dim);
+        }
+        in_backend(move |model, limits, canceled| {
+            let (chunks, work) = model.embed_chunks(&doc, chunk_tokens, overlap, dim, limits, canceled)?;
+            Ok((chunks.into_iter().map(|c| (c.range, c.embedding)).collect(), work))
+        })
+    });
+    chunks.iter().for_each(|(_, v)| check_finite(v));
+    chunks
 }
 
-fn run_with<T, F>(model: Arc<Embedder>, job: F) -> T
+/// One vector for a long document.
+pub fn embed_document(
+    doc: String,
+    chunk_tokens: usize,
+    overlap: usize,
+    weighting: Weighting,
+    dim: Option<i64>,
+) -> Vec<f32> {
+    let vector = counted(|| {
+        if on_server() {
+            return server_client::document(doc, chunk_tokens, overlap, weighting.to_string(), dim);
+        }
+        in_backend(move |model, limits, canceled| {
+            model.embed_document(&doc, chunk_tokens, overlap, weighting, dim, limits, canceled)
+        })
+    });
+    check_finite(&vector);
+    vector
+}
+
+/// Runs `compute` and counts its work and time in this backend's counters.
+fn counted<T>(compute: impl FnOnce() -> (T, Work)) -> T {
+    let started = Instant::now();
+    let (value, work) = compute();
+    record_work(work, started.elapsed());
+    if last_on_server() {
+        note_server_model();
+    }
+    value
+}
+
+/// Runs a job on this backend's model with the current limits.
+fn in_backend<T, F>(job: F) -> (T, Work)
 where
     T: Send + 'static,
     F: FnOnce(&Embedder, &Limits, &dyn Fn() -> bool) -> qwen_embed_model::Result<(T, Work)> + Send + 'static,
 {
+    let model = model().1;
     let limits = settings::limits();
-    let started = Instant::now();
-    let (value, work) = execute(move |canceled| job(&model, &limits, canceled));
-    record_work(work, started.elapsed());
-    value
+    execute(move |canceled| job(&model, &limits, canceled))
 }
 
 /// A NaN or infinity means broken weights: an ERROR beats storing a vector that poisons every distance.
@@ -268,22 +362,30 @@ pub fn check_finite(v: &[f32]) {
     }
 }
 
-/// Embeds one text, answering repeated (model, instruct, dim, text) requests from the per-backend cache.
+/// Embeds one text, answering repeated requests from the per-backend cache.
 pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f32> {
-    let (key, model) = model();
+    embed_key(&ResultKey::current(text, instruct, dim))
+}
+
+/// Counts a result served without running the model.
+pub fn record_hit() {
+    stats::record(|s| {
+        s.calls += 1;
+        s.cache_hits += 1;
+    });
+}
+
+/// The vector of a result key (made under the current settings), from the per-backend cache when it is there.
+pub fn embed_key(cache_key: &ResultKey) -> Vec<f32> {
     let capacity = settings::CACHE_SIZE.get().max(0) as usize;
-    let cacheable = capacity > 0 && text.len() <= CACHEABLE_BYTES;
-    let cache_key: CacheKey = (key, instruct.map(str::to_string), dim, text.to_string());
+    let cacheable = capacity > 0 && cache_key.text.len() <= CACHEABLE_BYTES;
     if cacheable {
-        if let Some(v) = STATE.with_borrow(|s| s.cache.map.get(&cache_key).cloned()) {
-            stats::record(|s| {
-                s.calls += 1;
-                s.cache_hits += 1;
-            });
+        if let Some(v) = STATE.with_borrow(|s| s.cache.map.get(cache_key).cloned()) {
+            record_hit();
             return v;
         }
     }
-    let v = embed_with(model, vec![text.to_string()], instruct.map(str::to_string), dim).remove(0);
+    let v = embed_texts(vec![cache_key.text.clone()], cache_key.instruct.clone(), cache_key.dim).remove(0);
     if cacheable {
         STATE.with_borrow_mut(|s| {
             while s.cache.order.len() >= capacity {
@@ -292,7 +394,7 @@ pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f3
                 }
             }
             s.cache.order.push_back(cache_key.clone());
-            s.cache.map.insert(cache_key, v.clone());
+            s.cache.map.insert(cache_key.clone(), v.clone());
         });
     }
     v
@@ -300,6 +402,9 @@ pub fn embed_one(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Vec<f3
 
 /// Token count of a text as the model sees it (instruction and closing token included), before any length limit.
 pub fn count_tokens(text: &str, instruct: Option<&str>) -> usize {
+    if on_server() {
+        return server_client::count_tokens(text.to_string(), instruct.map(str::to_string));
+    }
     let (_, model) = model();
     let ids = model.tokenizer().encode(&qwen_embed_model::format_input(text, instruct)).or_raise();
     ids.len()

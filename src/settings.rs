@@ -14,6 +14,11 @@ pub static TRUNCATE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(8192);
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static SERVER: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static SERVER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static SERVER_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(2048);
+pub static SERVER_QUEUE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+pub static SERVER_WAIT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -81,13 +86,77 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"qwen_embed.cache_size",
         c"Single-text embeddings each backend remembers (0 disables the cache).",
-        c"A constant argument such as embed('question') in ORDER BY is then computed once per query, not per row.",
+        c"Repeated texts across queries are then answered without running the model.",
         &CACHE_SIZE,
         0,
         1 << 20,
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"qwen_embed.server",
+        c"Run the model in the cluster's model server (needs qwen_embed in shared_preload_libraries).",
+        c"off, or without preloading: each backend that embeds loads its own copy of the model.",
+        &SERVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.server_threads",
+        c"CPU threads of the model server (0 = one per core).",
+        c"",
+        &SERVER_THREADS,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.server_batch_tokens",
+        c"Tokens per batch the model server takes from its queue, across sessions.",
+        c"Smaller batches let interactive queries in sooner under bulk load; larger ones use the CPU or GPU better.",
+        &SERVER_BATCH_TOKENS,
+        16,
+        1 << 20,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.server_queue_limit",
+        c"Texts that may wait in the model server's queue; beyond it, requests fail at once.",
+        c"",
+        &SERVER_QUEUE_LIMIT,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.server_wait",
+        c"How long a session waits for the model server to come up (while it starts or restarts).",
+        c"",
+        &SERVER_WAIT,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// The model this session's settings ask for.
+pub fn model_spec() -> qwen_embed_server::protocol::ModelSpec {
+    qwen_embed_server::protocol::ModelSpec {
+        path: string(&MODEL_PATH).unwrap_or_default(),
+        device: string(&DEVICE).unwrap_or_else(|| "auto".into()),
+        dtype: string(&DTYPE).unwrap_or_else(|| "auto".into()),
+    }
+}
+
+pub fn server_threads() -> usize {
+    match SERVER_THREADS.get() {
+        n if n > 0 => n as usize,
+        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }
 }
 
 pub fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {

@@ -1,7 +1,7 @@
 //! What the encoder did, per backend: counted in the backend (always) and, when qwen_embed is in
 //! `shared_preload_libraries`, published to a slot in shared memory so `qwen_embed.stats` shows every backend.
 //!
-//! A backend claims a slot (by pid) on its first call and frees it at exit; it writes only its own slot, under one
+//! A backend claims a slot (by pid) on its first call and frees it as it exits; it writes only its own slot, under one
 //! short LWLock hold per call, which is nothing next to a forward pass. Without preloading there is no shared memory
 //! to ask for (PostgreSQL 15 hands it out only at server start), and the view shows the current backend alone.
 
@@ -150,7 +150,10 @@ fn publish() {
             let Some(i) = table.slots.iter().position(|s| s.pid == pid || s.pid == 0) else { return };
             table.slots[i] = Slot { pid, ..Slot::FREE };
             SLOT.set(Some(i));
-            unsafe { pg_sys::on_proc_exit(Some(free_slot), pg_sys::Datum::from(i)) };
+            // before_shmem_exit, not on_proc_exit: freeing the slot takes the LWLock, and a backend may wait for an
+            // LWLock only while it still has its PGPROC (on_proc_exit runs after it is gone, and a wait there is a
+            // PANIC: "cannot wait without a PGPROC structure", which restarts the cluster when backends exit together).
+            unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(i)) };
             i
         }
     };

@@ -4,14 +4,20 @@
 use std::path::PathBuf;
 
 /// The bundled test model, copied where the (unprivileged) test server can read it (by the test harness, hence
-/// cfg(test): the extension library built for the server does not need it). Called once per test, while
-/// servers may be reading the copy: files are replaced by rename, never rewritten in place.
+/// cfg(test): the extension library built for the server does not need it). The pg_tests run on several threads of
+/// one process and each asks for the server's settings, so the copy is made once per process; files are replaced by
+/// rename (never rewritten in place) because a server of an earlier run may still be reading them.
 #[cfg(test)]
 pub fn readable_test_model() -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3");
-    let dst = std::env::temp_dir().join("qwen_embed-test-model");
-    copy_readable(&src, &dst);
-    dst
+    static COPIED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPIED
+        .get_or_init(|| {
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3");
+            let dst = std::env::temp_dir().join("qwen_embed-test-model");
+            copy_readable(&src, &dst);
+            dst
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -165,20 +171,51 @@ mod tests {
         Spi::run("SELECT embed('The capital of China is Beijing.')").unwrap();
     }
 
+    /// The per-row form runs the model once per query by itself: with the result cache off, and for a question too
+    /// long to be cached.
     #[pg_test]
-    fn a_constant_query_in_order_by_is_embedded_once() {
+    fn a_constant_query_in_order_by_is_embedded_once_without_the_cache() {
         Spi::run(
             "CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(64));
-             INSERT INTO docs SELECT g, 'document ' || g, embed('document ' || g) FROM generate_series(1, 500) g;",
+             INSERT INTO docs SELECT g, 'document ' || g, embed('document ' || g) FROM generate_series(1, 500) g;
+             SET qwen_embed.cache_size = 0;",
         )
         .unwrap();
-        let before = counter("forward_passes");
-        let top = Spi::get_one::<i32>(
-            "SELECT id FROM docs ORDER BY cosine_sim(embedding, embed('which document is number 42?')) DESC LIMIT 1",
-        )
-        .unwrap();
-        assert!(top.is_some());
-        assert_eq!(counter("forward_passes") - before, 1, "one forward pass for 500 rows");
+        for question in ["'which document is number 42?'", "repeat('a long question about documents ', 200)"] {
+            let before = counter("forward_passes");
+            let top = Spi::get_one::<i32>(&format!(
+                "SELECT id FROM docs ORDER BY cosine_sim(embedding, embed({question})) DESC LIMIT 1"
+            ))
+            .unwrap();
+            assert!(top.is_some());
+            assert_eq!(counter("forward_passes") - before, 1, "one forward pass for 500 rows: {question}");
+        }
+        // A per-row argument is embedded per row, each time with its own text.
+        let before = counter("texts");
+        let worst = float("SELECT max(1 - cosine_sim(embedding, embed(body))) FROM docs WHERE id <= 20");
+        assert!(worst < 1e-5, "per-row embed(body) differs from the stored vector by {worst}");
+        assert_eq!(counter("texts") - before, 20);
+    }
+
+    /// Remembered results (the per-backend cache and the per-call-site memory) depend on the length settings too: a
+    /// result made under other limits is never served.
+    #[pg_test]
+    fn remembered_results_follow_the_length_settings() {
+        let text = sql_literal("The capital of China is Beijing, and it is a large city.");
+        Spi::run("SET qwen_embed.truncate = on; SET qwen_embed.max_length = 4").unwrap();
+        let truncated = vector_sql(&format!("embed({text})"));
+        Spi::run("RESET qwen_embed.truncate; RESET qwen_embed.max_length").unwrap();
+        let full = vector_sql(&format!("embed({text})"));
+        let batched = vector_sql(&format!("(embed(ARRAY[{text}]))[1]"));
+        assert!(max_diff(&full, &batched) <= 1e-6, "the single-text path served the truncated vector");
+        assert!(max_diff(&full, &truncated) > 1e-2, "the two settings should give different vectors");
+    }
+
+    #[pg_test(error = "qwen_embed: input is 15 tokens long, which exceeds max_length 4")]
+    fn a_cached_result_is_not_served_past_a_lower_max_length() {
+        Spi::run("SELECT embed('The capital of China is Beijing, and it is a large city.')").unwrap();
+        Spi::run("SET qwen_embed.max_length = 4").unwrap();
+        Spi::run("SELECT embed('The capital of China is Beijing, and it is a large city.')").unwrap();
     }
 
     #[pg_test]
@@ -204,6 +241,79 @@ mod tests {
         assert_eq!(counter("texts"), before, "unchanged text is not re-embedded");
         Spi::run("UPDATE notes SET body = NULL WHERE id = 6").unwrap();
         assert!(Spi::get_one::<bool>("SELECT embedding IS NULL FROM notes WHERE id = 6").unwrap().unwrap());
+    }
+
+    /// Rows whose stored vector is missing or differs from a fresh embed() of their text.
+    fn stale_rows(table: &str) -> i64 {
+        if !Spi::get_one::<bool>(&format!("SELECT to_regclass('{table}') IS NOT NULL")).unwrap().unwrap() {
+            return 0;
+        }
+        Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM {table} WHERE body IS NOT NULL
+               AND (embedding IS NULL OR 1 - cosine_sim(embedding, embed(body)) > 1e-5)"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    /// Every statement form that changes a row's text leaves vector = embed(text), including those that change the
+    /// key (the statement trigger cannot pair old and new rows by key; the row trigger sees each pair exactly).
+    #[pg_test]
+    fn every_statement_that_changes_text_leaves_fresh_vectors() {
+        Spi::run(
+            "CREATE TABLE kt (id int PRIMARY KEY DEFERRABLE, body text, embedding vector(64));
+             SELECT qwen_embed.create_embedding_triggers('kt', 'body', 'embedding');
+             INSERT INTO kt (id, body) VALUES (1, 'first row'), (2, 'second row'), (3, 'third row');",
+        )
+        .unwrap();
+        assert_eq!(stale_rows("kt"), 0, "INSERT");
+        let statements = [
+            "UPDATE kt SET id = id + 10, body = body || ' changed'",
+            "UPDATE kt SET id = id - 9, body = body || ' shifted'", // 11,12,13 -> 2,3,4: keys shift onto each other
+            "UPDATE kt SET id = 6 - id, body = body || ' swapped'",   // 2 <-> 4 swap keys, 3 stays
+            "UPDATE kt SET body = CASE id WHEN 2 THEN (SELECT body FROM kt WHERE id = 4)
+                                          WHEN 4 THEN (SELECT body FROM kt WHERE id = 2) ELSE body END",
+            "UPDATE kt SET id = 6 - id",                               // keys move, texts do not
+            // ON CONFLICT needs a non-deferrable key: from here on, the same rows in such a table.
+            "CREATE TABLE ku (id int PRIMARY KEY, body text, embedding vector(64));
+             SELECT qwen_embed.create_embedding_triggers('ku', 'body', 'embedding');
+             INSERT INTO ku SELECT id, body FROM kt",
+            "INSERT INTO ku (id, body) VALUES (3, 'upserted'), (7, 'new by upsert')
+                 ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+            "MERGE INTO ku USING (VALUES (4, 'merged'), (8, 'new by merge')) AS src(id, body) ON ku.id = src.id
+                 WHEN MATCHED THEN UPDATE SET body = src.body WHEN NOT MATCHED THEN INSERT (id, body) VALUES (src.id, src.body)",
+            "COPY ku (id, body) FROM PROGRAM 'printf \"9\\tcopied row\\n10\\tanother copied row\\n\"'",
+            "UPDATE ku SET body = NULL WHERE id = 10",
+            "UPDATE ku SET body = 'text again' WHERE id = 10",
+            "UPDATE ku SET body = NULL WHERE id = 9",
+        ];
+        for statement in statements {
+            Spi::run(statement).unwrap();
+            assert_eq!(stale_rows("kt") + stale_rows("ku"), 0, "stale vectors after: {statement}");
+        }
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ku").unwrap(), Some(7));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ku WHERE embedding IS NULL").unwrap(), Some(1));
+
+        // A vector the statement sets itself is kept, on INSERT and on UPDATE.
+        Spi::run(
+            "INSERT INTO ku VALUES (20, 'given', embed('something else'));
+             UPDATE ku SET body = 'given, changed', embedding = embed('another thing') WHERE id = 20;",
+        )
+        .unwrap();
+        assert!(float("SELECT cosine_sim(embedding, embed('another thing')) FROM ku WHERE id = 20") > 0.99999);
+    }
+
+    #[rustfmt::skip]
+    #[pg_test(error = "qwen_embed_trigger: the UPDATE trigger on public.half needs the row trigger qwen_embed_clear_on_change('body', 'embedding')")]
+    fn an_update_trigger_without_the_row_trigger_is_an_error() {
+        Spi::run(
+            "CREATE TABLE half (id int PRIMARY KEY, body text, embedding vector(64));
+             CREATE TRIGGER t AFTER UPDATE ON half REFERENCING NEW TABLE AS n
+                 FOR EACH STATEMENT EXECUTE FUNCTION qwen_embed_trigger('body', 'embedding');
+             INSERT INTO half VALUES (1, 'x');
+             UPDATE half SET body = 'y';",
+        )
+        .unwrap();
     }
 
     #[pg_test]
@@ -339,11 +449,15 @@ mod tests {
     fn bf16_stays_close_to_the_reference_and_auto_picks_it_only_with_amx() {
         use qwen_embed_model::bf16_matmul::{kernel, Kernel};
         Spi::run("SET qwen_embed.dtype = 'bf16'").unwrap();
+        if kernel().is_none() {
+            // bf16 falls back to f32 here: comparing it would say nothing about bf16.
+            eprintln!("SKIPPED bf16_stays_close_to_the_reference: no bf16 kernel on this CPU");
+        }
         let case = &cases()[3];
         let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
         let expected = floats(&case["embedding"]);
         let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
-        assert!(cos >= 0.9999, "bf16 cosine {cos}");
+        assert!(cos >= if kernel().is_some() { 0.9999 } else { 0.99999 }, "bf16 cosine {cos}");
         assert_eq!(info_value("dtype"), if kernel().is_some() { "bf16" } else { "f32" });
         Spi::run("SET qwen_embed.dtype = 'auto'; SELECT embed('auto')").unwrap();
         assert_eq!(info_value("dtype"), if kernel() == Some(Kernel::Amx) { "bf16" } else { "f32" });

@@ -2,14 +2,15 @@
 # Faults that need the server itself: a backend killed with SIGKILL in the middle of an embedding (the cluster
 # recovers, every committed row is intact, nothing of the killed transaction is left), and a model too big for the
 # memory the server may use (an ERROR, not an abort; the same session then works with a model that fits).
-# Runs against the system cluster set up by scripts/test.sh.
+# Both hit only a throw-away cluster made here (scripts/cluster.sh); needs the extension installed (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
-db=qwen_embed_faults
-pg -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+test_cluster faults
+cluster=$PGHOST db=qwen_embed_faults
+pg -q -c "CREATE DATABASE $db"
 q() { pg -q -At -d $db "$@"; }
-fail() { echo "FAILED: $*" >&2; exit 1; }
+fail() { echo "FAILED: $*" >&2; cluster_log "$cluster" >&2; exit 1; }
 
 echo "-- kill -9 of a backend mid-embed"
 q <<'SQL'
@@ -30,6 +31,7 @@ for _ in $(seq 100); do
 done
 [ -n "$victim" ] || fail "the victim never started"
 sleep 1 # well inside the forward passes
+[ "$(q -c "SELECT state FROM pg_stat_activity WHERE pid = $victim")" = active ] || fail "the victim finished too early"
 $SUDO kill -9 "$victim"
 wait
 for _ in $(seq 120); do q -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
@@ -40,14 +42,73 @@ worst=$(q -c "SELECT max(1 - cosine_sim(embedding, embed(body))) < 1e-5 FROM doc
 [ "$worst" = t ] || fail "a committed vector differs from embed(body) after recovery"
 echo "ok: killed backend $victim mid-embed; server recovered; 200 committed rows intact, vectors equal embed(body)"
 
+echo "-- kill -9 of the model server in the middle of a batch"
+# The server runs in a child of its supervisor, not of the postmaster: its death must not restart the cluster.
+started=$(q -c "SELECT pg_postmaster_start_time()")
+server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'"; }
+q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
+server=$(server_pid)
+[ -n "$server" ] || fail "no model server"
+out=$(scratch_dir)/waiter.out
+(q -v ON_ERROR_STOP=0 -c "SET application_name = 'qwen_embed_waiter'" \
+    -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('long text ' || g || ' ', 300) FROM generate_series(1, 3000) g)))" \
+    -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$out" 2>&1 || true) &
+for _ in $(seq 100); do
+    [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ] && break
+    sleep 0.1
+done
+sleep 0.5
+$SUDO kill -9 "$server"
+[ "$(q -c "SELECT 40 + 2")" = 42 ] || fail "a plain query failed while the model server was down"
+wait
+grep -qx "sqlstate=58000" "$out" || fail "the waiting session did not get ERROR 58000: $(cat "$out")"
+grep -q "the model server stopped while computing this request" "$out" || fail "wrong message: $(cat "$out")"
+grep -q "HINT:  It is restarted by itself" "$out" || fail "no hint: $(cat "$out")"
+[ "$(q -c "SELECT vector_dims(embed('the next embed works'))")" = 64 ] || fail "embed failed after the server restart"
+[ "$(q -c "SELECT pg_postmaster_start_time()")" = "$started" ] || fail "the cluster restarted"
+[ "$(server_pid)" != "$server" ] || fail "the server pid did not change"
+[ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'restarts'")" -ge 1 ] || fail "restart not counted"
+echo "ok: killed the model server (pid $server) mid-batch; the waiting session got ERROR 58000 with a hint, a plain query"
+echo "    ran meanwhile, the cluster did not restart, a new server (pid $(server_pid)) answers the next embed()"
+q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'" | sed 's/^/    server_info last_exit: /'
+
+echo "-- a full queue"
+q -c "ALTER SYSTEM SET qwen_embed.server_queue_limit = 600" -c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 100); do
+    [ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'queue_limit'" 2>/dev/null)" = 600 ] && break
+    sleep 0.1
+done
+q -c "SELECT vector_dims(embed('warm'))" >/dev/null
+(q -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('bulk text ' || g || ' ', 100) FROM generate_series(1, 3000) g)))" \
+    >/dev/null 2>&1 || true) &
+bulk=$!
+for _ in $(seq 100); do
+    [ "$(q -c "SELECT value::int >= 400 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ] && break
+    sleep 0.05
+done
+full=$(q -v ON_ERROR_STOP=0 2>&1 <<'SQL'
+SELECT embed(ARRAY(SELECT 'another bulk text ' || g FROM generate_series(1, 512) g)) IS NOT NULL;
+\echo sqlstate=:LAST_ERROR_SQLSTATE
+SELECT vector_dims(embed('a single query still gets in'));
+SQL
+)
+kill $bulk 2>/dev/null || true
+wait
+echo "$full" | grep -qx "sqlstate=53400" || fail "no ERROR 53400 when the queue was full: $full"
+echo "$full" | grep -q "HINT:  .*qwen_embed.server_queue_limit" || fail "the hint does not name the setting: $full"
+echo "$full" | grep -qx "64" || fail "a single query was refused: $full"
+echo "ok: $(echo "$full" | grep -m1 'ERROR')"
+echo "    while another session's 3,000 texts were queued; a single query went through"
+q -c "ALTER SYSTEM RESET qwen_embed.server_queue_limit" -c "SELECT pg_reload_conf()" >/dev/null
+
 echo "-- a model too big for the memory limit"
 tmp=$(mktemp -d)
 python3 tools/make_sparse_model.py "$tmp/sparse-0.6b" >/dev/null
 sparse=$(install_model "$tmp/sparse-0.6b" sparse-0.6b) # cp keeps the file sparse
 rm -rf "$tmp"
 # 2 GB of address space per server process: the tiny model fits, the 0.6B shape in f32 (2.2 GB) does not.
-$SUDO pg_ctlcluster 15 main stop
-(ulimit -v 2000000 && $SUDO pg_ctlcluster 15 main start)
+cluster_stop "$cluster"
+(ulimit -v 2000000 && cluster_start "$cluster")
 out=$(q -v ON_ERROR_STOP=0 2>&1 <<SQL
 SET qwen_embed.model_path = '$sparse';
 SET qwen_embed.dtype = 'f32';
@@ -58,7 +119,7 @@ RESET qwen_embed.dtype;
 SELECT vector_dims(embed('the model that fits'));
 SQL
 )
-$SUDO pg_ctlcluster 15 main restart # without the limit
+cluster_stop "$cluster"
 echo "$out" | grep -q "not enough memory to load the model" || fail "no out-of-memory ERROR: $out"
 echo "$out" | grep -qx "sqlstate=53200" || fail "wrong SQLSTATE: $out"
 echo "$out" | grep -qx "64" || fail "the session did not recover: $out"

@@ -370,10 +370,15 @@ mod tests {
     #[test]
     fn matches_a_plain_matmul_for_odd_shapes() {
         let kernels: &[Kernel] = match kernel() {
-            None => return eprintln!("skipped: no bf16 kernel on this CPU"),
+            None => {
+                return println!(
+                    "SKIPPED bf16_matmul::matches_a_plain_matmul_for_odd_shapes: no bf16 kernel on this CPU"
+                )
+            }
             Some(Kernel::Amx) => &[Kernel::Amx, Kernel::Avx512Bf16],
             Some(Kernel::Avx512Bf16) => &[Kernel::Avx512Bf16],
         };
+        println!("kernels tested: {kernels:?} (bf16_matmul::matches_a_plain_matmul_for_odd_shapes)");
         for (rows, out_f, in_f) in [(1, 1, 1), (7, 70, 33), (13, 128, 64), (6, 192, 97), (25, 64, 1024), (40, 130, 70)]
         {
             let w: Vec<u16> = (0..out_f * in_f).map(|i| f32_to_bf16(((i * 37 % 101) as f32 - 50.0) / 64.0)).collect();

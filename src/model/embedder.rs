@@ -152,6 +152,12 @@ impl Embedder {
         Ok((self.keep_dims(vectors, dim), work))
     }
 
+    /// Matryoshka for vectors from [`embed_tokens`](Self::embed_tokens): the first `dim` dimensions, renormalised.
+    pub fn truncate_to(&self, vectors: Vec<Vec<f32>>, dim: Option<i64>) -> Result<Vec<Vec<f32>>> {
+        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
+        Ok(self.keep_dims(vectors, dim))
+    }
+
     /// Splits a document into chunks of at most `chunk_tokens` tokens (closing token included) sharing at most
     /// `overlap` tokens, cut at paragraph and sentence boundaries where possible, and embeds every chunk in as few
     /// forward passes as the token budget allows. A document that fits in one chunk gives exactly `embed(doc)`.

@@ -50,7 +50,45 @@ pub enum Error {
     Compute(#[from] candle_core::Error),
 }
 
+/// What kind of failure an error is, for callers that branch on it (the SQL layer maps each kind to a SQLSTATE) and
+/// for carrying an error between processes with its message and hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ErrorKind {
+    /// An input over the length limit.
+    TooLong,
+    /// A bad argument: dim, chunking, weighting.
+    BadArgument,
+    Canceled,
+    OutOfMemory,
+    /// The model directory or one of its required files is missing.
+    ModelMissing,
+    /// A file could not be read.
+    Unreadable,
+    /// Not a Qwen3 model, or an unsupported dtype or tensor type.
+    Unsupported,
+    /// A broken config, tokenizer or weights file.
+    BadModel,
+    /// A failure inside the computation.
+    Compute,
+}
+
 impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::TooLong { .. } => ErrorKind::TooLong,
+            Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ErrorKind::BadArgument,
+            Error::Canceled => ErrorKind::Canceled,
+            Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Error::ModelDir { .. } => ErrorKind::ModelMissing,
+            Error::Io { .. } => ErrorKind::Unreadable,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Config { .. } | Error::Weights { .. } | Error::Shape { .. } | Error::Tokenizer { .. } => {
+                ErrorKind::BadModel
+            }
+            Error::Compute(_) => ErrorKind::Compute,
+        }
+    }
+
     /// A line telling the user what to do about the error, where there is one.
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -28,6 +28,6 @@ pub mod weights;
 pub use candle_core::{self as candle, DType, Device};
 pub use config::Qwen3Config;
 pub use embedder::{Chunk, Embedder, Limits, Work};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use pooling::Weighting;
 pub use tokenizer::{format_input, LengthPolicy};

@@ -53,6 +53,16 @@ impl std::str::FromStr for Weighting {
     }
 }
 
+impl std::fmt::Display for Weighting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Weighting::Uniform => "uniform",
+            Weighting::Position => "position",
+            Weighting::Tokens => "tokens",
+        })
+    }
+}
+
 impl Weighting {
     /// One weight per chunk, given each chunk's token count.
     pub fn weights(self, chunk_tokens: &[usize]) -> Vec<f64> {

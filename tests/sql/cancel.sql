@@ -6,24 +6,50 @@ SELECT vector_dims(embed('load the model first'));
 CREATE TEMP TABLE long_texts AS SELECT repeat('lorem ipsum dolor sit amet ' || g || ' ', 300) AS body
 FROM generate_series(1, 3000) g;
 
--- Embeds every long text (several seconds of work) and returns how long it ran before it was canceled.
+-- Embeds every long text (several seconds of work); returns how long it ran before it was canceled, or fails if the
+-- cancel came later than the deadline or never.
 CREATE FUNCTION embed_until_canceled(deadline interval) RETURNS interval LANGUAGE plpgsql AS $$
 DECLARE started timestamptz := clock_timestamp();
 BEGIN
     PERFORM embed(array_agg(body)) FROM long_texts;
     RAISE EXCEPTION 'the embedding was not canceled';
 EXCEPTION WHEN query_canceled THEN
-    ASSERT clock_timestamp() - started < deadline, format('canceled after %s', clock_timestamp() - started);
+    PERFORM expect(clock_timestamp() - started < deadline, format('canceled after %s', clock_timestamp() - started));
     RETURN clock_timestamp() - started;
 END $$;
 
+CREATE TEMP TABLE results (cause text, after interval);
 SET statement_timeout = '200ms';
-SELECT embed_until_canceled('1.2 seconds') > interval '0.2 seconds' AS timed_out_after_200ms;
+INSERT INTO results SELECT 'statement_timeout 200ms', embed_until_canceled('1.2 seconds');
 RESET statement_timeout;
-DO $$ BEGIN ASSERT abs(vector_norm(embed('still usable after a timeout')) - 1) < 1e-5; END $$;
+SELECT expect(after >= interval '0.2 seconds', format('stopped after %s, before the timeout', after))
+FROM results WHERE cause ~ 'timeout';
+SELECT expect(abs(vector_norm(embed('still usable after a timeout')) - 1) < 1e-5, 'unusable after a timeout');
 
 -- pg_cancel_backend from another session: a background psql cancels us by application_name after 1 s.
 SET application_name = 'qwen_embed_cancel_me';
 \! (sleep 1; psql -X -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'qwen_embed_cancel_me'" >/dev/null) &
-SELECT embed_until_canceled('2.5 seconds') > interval '0.9 seconds' AS canceled_by_another_session;
-DO $$ BEGIN ASSERT abs(vector_norm(embed('still usable after a cancel')) - 1) < 1e-5; END $$;
+INSERT INTO results SELECT 'pg_cancel_backend after 1 s', embed_until_canceled('2.5 seconds');
+SELECT expect(after >= interval '0.9 seconds', format('stopped after %s, before the cancel was sent', after))
+FROM results WHERE cause ~ 'cancel';
+SELECT expect(abs(vector_norm(embed('still usable after a cancel')) - 1) < 1e-5, 'unusable after a cancel');
+SELECT expect(count(*) = 2, count(*) || ' results') FROM results;
+
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT * FROM results LOOP
+        RAISE NOTICE 'qwen_embed test: % stopped a 3,000-text embedding after %', r.cause, r.after;
+    END LOOP;
+END $$;
+
+-- The model server dropped the two abandoned requests (their callers closed the connection) instead of finishing them.
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT value::int FROM qwen_embed.server_info() WHERE key = 'canceled') >= 2;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT expect(value::int >= 2, value || ' requests dropped by the server') FROM qwen_embed.server_info()
+WHERE key = 'canceled';

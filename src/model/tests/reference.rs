@@ -110,6 +110,11 @@ fn half_precision_stays_within_the_accuracy_target() {
             // On a CPU bf16 means packed bf16 weights with f32 activations, where the CPU has a bf16 kernel.
             let packed = qwen_embed_model::bf16_matmul::available();
             assert_eq!(model.dtype(), if packed { DType::BF16 } else { DType::F32 });
+            if !packed {
+                // The model fell back to f32: comparing it would say nothing about bf16.
+                println!("SKIPPED half_precision_stays_within_the_accuracy_target (bf16): no bf16 kernel on this CPU");
+                continue;
+            }
         }
         let mut min_cos = 1.0f64;
         for case in &reference_cases() {

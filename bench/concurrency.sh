@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Many sessions at once: the model server against every backend running its own model, side by side in one run, on
+# the real Qwen3-Embedding-0.6B shape with random weights (tools/make_random_model.py). pgbench runs instructed single
+# queries (result cache off) with 1, 4, 8 and 16 clients against each path; for each it prints queries/s, p50 and p95
+# latency, and the memory (RSS) of all the cluster's processes and their children. Then, on the server, single queries
+# while a 20,000-row backfill runs, against the same queries idle. A benchmark, not a test: it asserts nothing.
+#
+#     bash bench/concurrency.sh [SECONDS_PER_RUN=20] [CLIENT_COUNTS="1 4 8 16"]
+#
+# Needs the extension installed (scripts/demo.sh or scripts/test.sh). The in-backend path is skipped at client counts
+# whose models would not fit in the machine's memory (one model per backend).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+secs=${1:-20} counts=${2:-"1 4 8 16"}
+model=$HOME/.cache/qwen_embed/qwen3-0.6b-random
+[ -f "$model/model.safetensors" ] || python3 tools/make_random_model.py --out "$model"
+models=$(scratch_dir)/models
+mkdir -p "$models" && cp -r "$model" "$models/qwen3-0.6b" && chmod -R a+rX "$models"
+model=$models/qwen3-0.6b
+dtype=${QWEN_EMBED_DTYPE:-auto}
+
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "model: 0.6B shape, random weights; dtype $dtype; ${secs}s per run; cache off"
+
+# The RSS of a process and all its descendants, in MiB.
+tree_rss() {
+    local pids=("$1") all=() p
+    while [ ${#pids[@]} -gt 0 ]; do
+        p=${pids[0]}
+        pids=("${pids[@]:1}")
+        all+=("$p")
+        for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do pids+=("$c"); done
+    done
+    local kib=0
+    for p in "${all[@]}"; do kib=$((kib + $(awk '/^VmRSS:/ { print $2 }' /proc/"$p"/status 2>/dev/null || echo 0))); done
+    echo $((kib / 1024))
+}
+
+query=$(scratch_dir)/query.sql
+cat >"$query" <<'SQL'
+\set n random(1, 1000000)
+SELECT vector_dims(embed('what is the best way to store question number ' || :n || ' in a database?', 'Given a web search query, retrieve relevant passages that answer the query'));
+SQL
+chmod 644 "$query"
+
+# run_pgbench CLIENTS SECONDS: prints "qps p50_ms p95_ms peak_rss_mib".
+run_pgbench() {
+    local clients=$1 seconds=$2 logdir peak=0 rss
+    logdir=$(scratch_dir)/log.$RANDOM
+    $SUDO install -d -o postgres -m 755 "$logdir"
+    (cd "$logdir" && PGOPTIONS="-c qwen_embed.cache_size=0" as_postgres pgbench -n -c "$clients" -j "$clients" \
+        -T "$seconds" -l -f "$query" qwen_embed_bench >"$logdir/out" 2>&1) &
+    local bench=$!
+    while kill -0 $bench 2>/dev/null; do
+        rss=$(tree_rss "$(as_postgres head -1 "$PGHOST/data/postmaster.pid")")
+        [ "$rss" -gt "$peak" ] && peak=$rss
+        sleep 1
+    done
+    wait $bench || { cat "$logdir/out" >&2; return 1; }
+    # pgbench's log: client, transaction, latency in µs, ...
+    cat "$logdir"/pgbench_log.* | awk -v secs="$seconds" -v peak="$peak" '{ print $3 / 1000 }' | sort -n | awk \
+        -v secs="$seconds" -v peak="$peak" '{ v[NR] = $1 } END {
+            printf "%.1f %.0f %.0f %d\n", NR / secs, v[int(NR * 0.5) + 1], v[int(NR * 0.95) + 1], peak }'
+}
+
+declare -A result
+for path in backend server; do
+    if [ $path = server ]; then
+        cluster_new "$(scratch_dir)/$path" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'" \
+            "qwen_embed.dtype = '$dtype'" "max_connections = 40"
+    else
+        cluster_new "$(scratch_dir)/$path" "qwen_embed.model_path = '$model'" "qwen_embed.dtype = '$dtype'" \
+            "max_connections = 40"
+    fi
+    pg -q -c "CREATE DATABASE qwen_embed_bench" >/dev/null
+    PGDATABASE=qwen_embed_bench pg -q -c "CREATE EXTENSION qwen_embed CASCADE" -c "SELECT vector_dims(embed('warm up'))" \
+        >/dev/null
+    weights_mib=$(PGDATABASE=qwen_embed_bench pg -q -At -c "SELECT vector_dims(embed('x'))" \
+        -c "SELECT value FROM qwen_embed.info() WHERE key = 'weights_mb'" | tail -1)
+    for clients in $counts; do
+        available=$(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) / 1024))
+        if [ $path = backend ] && [ $((clients * (${weights_mib:-2300} + 300))) -gt $((available * 8 / 10)) ]; then
+            result[$path,$clients]="(not run: $clients models of about $((${weights_mib:-2300} + 300)) MiB exceed the ${available} MiB available)"
+            continue
+        fi
+        PGDATABASE=qwen_embed_bench run_pgbench "$clients" 3 >/dev/null # warm every connection's path
+        result[$path,$clients]=$(PGDATABASE=qwen_embed_bench run_pgbench "$clients" "$secs")
+        echo "$path $clients clients: ${result[$path,$clients]}" >&2
+    done
+    if [ $path = server ]; then
+        idle=$(PGDATABASE=qwen_embed_bench run_pgbench 1 "$secs")
+        PGDATABASE=qwen_embed_bench pg -q -c "CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector)" \
+            -c "INSERT INTO docs SELECT g, 'row ' || g || ' of the backfill, with a few words of text' FROM generate_series(1, 20000) g" >/dev/null
+        (PGDATABASE=qwen_embed_bench pg -q -c "CALL qwen_embed.backfill('docs', 'body', 'embedding', batch => 256)" \
+            >/dev/null 2>&1 || true) &
+        backfill=$!
+        sleep 5
+        busy=$(PGDATABASE=qwen_embed_bench run_pgbench 1 "$secs")
+        filled=$(PGDATABASE=qwen_embed_bench pg -q -At -c "SELECT count(embedding) FROM docs")
+        kill $backfill 2>/dev/null || true
+        wait || true
+        PGDATABASE=qwen_embed_bench pg -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ~ 'backfill'" >/dev/null
+    fi
+    cluster_stop "$PGHOST"
+done
+
+echo
+echo "| clients | in-backend q/s | p50 ms | p95 ms | RSS MiB | server q/s | p50 ms | p95 ms | RSS MiB |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for clients in $counts; do
+    read -r bq bp50 bp95 brss <<<"${result[backend,$clients]}"
+    read -r sq sp50 sp95 srss <<<"${result[server,$clients]}"
+    if [[ ${result[backend,$clients]} == \(* ]]; then bq=${result[backend,$clients]} bp50="" bp95="" brss=""; fi
+    echo "| $clients | $bq | $bp50 | $bp95 | $brss | $sq | $sp50 | $sp95 | $srss |"
+done
+read -r _ idle50 idle95 _ <<<"$idle"
+read -r _ busy50 busy95 _ <<<"$busy"
+echo
+echo "server, single client: idle p50 $idle50 ms (p95 $idle95); during a 20,000-row backfill p50 $busy50 ms (p95 $busy95),"
+echo "$(awk -v a="$busy50" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }')× idle; the backfill had filled $filled rows by the end"

@@ -1,0 +1,167 @@
+//! Messages between backends and the model server: one request and one reply per connection, each a frame of a
+//! 4-byte little-endian length and a bincode body. A caller that goes away closes its connection; that is how the
+//! server learns a request was canceled.
+
+use std::io::{self, Read, Write};
+
+use qwen_embed_model::ErrorKind;
+use serde::{Deserialize, Serialize};
+
+/// Frames larger than this are refused (a request of 100,000 texts of 1 kB is 100 MB).
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// The model a request is for: the server answers only requests for the model it runs.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct ModelSpec {
+    pub path: String,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// The length settings of the requesting session.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Lengths {
+    pub max_length: usize,
+    pub truncate: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Job {
+    /// Texts sharing an instruction; `dim` keeps the first dimensions (Matryoshka).
+    Embed { texts: Vec<String>, instruct: Option<String>, dim: Option<i64> },
+    /// A long document in chunks.
+    Chunks { doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64> },
+    /// One vector for a long document.
+    Document { doc: String, chunk_tokens: usize, overlap: usize, weighting: String, dim: Option<i64> },
+    /// Tokens of a text as the model sees it, before any length limit.
+    CountTokens { text: String, instruct: Option<String> },
+    /// The server's state and counters.
+    Status,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Request {
+    /// Who asks (a backend's pid), for per-session counts.
+    pub client: i32,
+    pub model: ModelSpec,
+    pub lengths: Lengths,
+    pub job: Job,
+}
+
+/// What a request cost.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub texts: u64,
+    pub tokens: u64,
+    /// Forward passes the request took part in (shared with other requests).
+    pub forward_passes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Reply {
+    Vectors {
+        vectors: Vec<Vec<f32>>,
+        cost: Cost,
+    },
+    /// Byte ranges in the document and their vectors.
+    Chunks {
+        chunks: Vec<(usize, usize, Vec<f32>)>,
+        cost: Cost,
+    },
+    Vector {
+        vector: Vec<f32>,
+        cost: Cost,
+    },
+    Count(usize),
+    Status(Box<Status>),
+    /// A model error, as the model core reported it.
+    Failed {
+        kind: ErrorKind,
+        message: String,
+        hint: Option<String>,
+    },
+    /// The server runs another model than the request asks for.
+    OtherModel {
+        serving: ModelSpec,
+    },
+    /// The queue is full.
+    Overloaded {
+        queued_texts: usize,
+        limit: usize,
+    },
+}
+
+/// The server's state and counters since it started.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Status {
+    pub pid: i32,
+    pub model: ModelSpec,
+    /// "loading", "ready" or "failed: …".
+    pub state: String,
+    pub device: String,
+    pub dtype: String,
+    pub load_ms: f64,
+    pub threads: usize,
+    pub batch_tokens: usize,
+    pub queue_limit: usize,
+    pub queued_requests: usize,
+    pub queued_texts: usize,
+    pub requests: u64,
+    pub canceled: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub texts: u64,
+    pub tokens: u64,
+    pub batches: u64,
+    pub max_batch_texts: u64,
+    pub max_batch_tokens: u64,
+    /// Requests per client pid, for the clients seen most recently.
+    pub per_client: Vec<(i32, u64)>,
+}
+
+pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
+    let body = bincode::serialize(message).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes is too large", body.len()),
+        ));
+    }
+    w.write_all(&(body.len() as u32).to_le_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    bincode::deserialize(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let request = Request {
+            client: 42,
+            model: ModelSpec { path: "/m".into(), device: "cpu".into(), dtype: "auto".into() },
+            lengths: Lengths { max_length: 8192, truncate: false },
+            job: Job::Embed { texts: vec!["a".into(), "ü 北京".into()], instruct: None, dim: Some(32) },
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &request).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!(back.client, 42);
+        assert!(matches!(back.job, Job::Embed { ref texts, dim: Some(32), .. } if texts[1] == "ü 北京"));
+        // A truncated frame is an error, not a hang or a partial message.
+        assert!(read_frame::<Request>(&mut &buf[..buf.len() - 1]).is_err());
+    }
+}

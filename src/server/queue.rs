@@ -1,0 +1,204 @@
+//! Pending requests and the choice of the next batch.
+//!
+//! Every request's sequences wait here until a batch takes them. A batch takes sequences round-robin, one from each
+//! waiting request in turn, until the token budget is spent: a session sending one query gets into the next batch
+//! even while another session's 100,000-text backfill is queued, and requests share the model in proportion to how
+//! many are waiting, not to their size. Within a request, sequences go shortest first (the model then packs each
+//! batch by length itself). Canceled requests are dropped here, before anything is computed for them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Which requests a batch may take from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Only small requests (at most `small_tokens` tokens in all): a lane that a large request never occupies, so an
+    /// interactive query never waits behind a bulk batch.
+    Interactive { small_tokens: usize },
+    /// Every request.
+    Any,
+}
+
+struct Entry {
+    id: u64,
+    /// (index in the request, token ids), shortest first; `next` is the first not yet handed out.
+    seqs: Vec<(usize, Vec<u32>)>,
+    next: usize,
+    total_tokens: usize,
+    canceled: Arc<AtomicBool>,
+}
+
+impl Entry {
+    fn remaining(&self) -> usize {
+        self.seqs.len() - self.next
+    }
+}
+
+/// One sequence of a batch: its request, its index in that request, its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub request: u64,
+    pub index: usize,
+    pub ids: Vec<u32>,
+}
+
+/// The queue is full: `queued` texts wait, `limit` may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    pub queued: usize,
+    pub limit: usize,
+}
+
+pub struct Queue {
+    entries: VecDeque<Entry>,
+    queued_texts: usize,
+    limit: usize,
+}
+
+impl Queue {
+    /// A queue that holds at most `limit` texts waiting to be computed.
+    pub fn new(limit: usize) -> Self {
+        Queue { entries: VecDeque::new(), queued_texts: 0, limit }
+    }
+
+    pub fn queued_texts(&self) -> usize {
+        self.queued_texts
+    }
+
+    pub fn queued_requests(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Queues a request's token sequences. Refused when they would take the queue over its limit (a request alone
+    /// in an empty queue is always taken, so no request is refused for its size alone).
+    pub fn push(&mut self, id: u64, seqs: Vec<Vec<u32>>, canceled: Arc<AtomicBool>) -> Result<(), Full> {
+        if !self.entries.is_empty() && self.queued_texts + seqs.len() > self.limit {
+            return Err(Full { queued: self.queued_texts, limit: self.limit });
+        }
+        let mut seqs: Vec<(usize, Vec<u32>)> = seqs.into_iter().enumerate().collect();
+        seqs.sort_by_key(|(_, ids)| ids.len());
+        let total_tokens = seqs.iter().map(|(_, ids)| ids.len()).sum();
+        self.queued_texts += seqs.len();
+        self.entries.push_back(Entry { id, seqs, next: 0, total_tokens, canceled });
+        Ok(())
+    }
+
+    /// Drops canceled requests; returns their ids.
+    pub fn drop_canceled(&mut self) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let queued = &mut self.queued_texts;
+        self.entries.retain(|e| {
+            let keep = !e.canceled.load(Ordering::Relaxed);
+            if !keep {
+                *queued -= e.remaining();
+                dropped.push(e.id);
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// The next batch for `lane`: sequences taken round-robin across the requests the lane may serve, at least one,
+    /// then as many as fit in `budget` tokens. Empty when nothing waits for this lane.
+    pub fn next_batch(&mut self, budget: usize, lane: Lane) -> Vec<Item> {
+        let eligible = |e: &Entry| match lane {
+            Lane::Interactive { small_tokens } => e.total_tokens <= small_tokens,
+            Lane::Any => true,
+        };
+        let mut batch: Vec<Item> = Vec::new();
+        let mut tokens = 0;
+        'rounds: loop {
+            let mut took = false;
+            for e in self.entries.iter_mut().filter(|e| eligible(e) && e.remaining() > 0) {
+                let len = e.seqs[e.next].1.len();
+                if !batch.is_empty() && tokens + len > budget {
+                    break 'rounds;
+                }
+                let (index, ids) = std::mem::take(&mut e.seqs[e.next]);
+                e.next += 1;
+                tokens += len;
+                batch.push(Item { request: e.id, index, ids });
+                took = true;
+            }
+            if !took {
+                break;
+            }
+        }
+        self.queued_texts -= batch.len();
+        self.entries.retain(|e| e.remaining() > 0);
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(lens: &[usize]) -> Vec<Vec<u32>> {
+        lens.iter().map(|&n| vec![7; n]).collect()
+    }
+
+    fn flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    #[test]
+    fn a_single_query_is_not_starved_by_a_bulk_request() {
+        let mut q = Queue::new(1_000_000);
+        q.push(1, seqs(&[20; 100_000]), flag()).unwrap();
+        let first = q.next_batch(200, Lane::Any);
+        assert_eq!(first.len(), 10);
+        q.push(2, seqs(&[30]), flag()).unwrap();
+        let second = q.next_batch(200, Lane::Any);
+        assert!(second.iter().any(|i| i.request == 2), "the query waits for the next batch only");
+        assert!(second.iter().map(|i| i.ids.len()).sum::<usize>() <= 200);
+        // The interactive lane takes the small request and never the bulk one.
+        q.push(3, seqs(&[12]), flag()).unwrap();
+        let lane = Lane::Interactive { small_tokens: 512 };
+        assert_eq!(q.next_batch(200, lane), vec![Item { request: 3, index: 0, ids: vec![7; 12] }]);
+        assert!(q.next_batch(200, lane).is_empty());
+    }
+
+    #[test]
+    fn requests_share_batches_round_robin_and_every_sequence_goes_once() {
+        let mut q = Queue::new(100);
+        q.push(1, seqs(&[5, 1, 3]), flag()).unwrap();
+        q.push(2, seqs(&[2, 2]), flag()).unwrap();
+        let batch = q.next_batch(8, Lane::Any);
+        // Round 1: request 1's shortest (1), request 2's first (2); round 2: request 1's next (3), request 2 (2).
+        let got: Vec<(u64, usize)> = batch.iter().map(|i| (i.request, i.index)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 0), (1, 2), (2, 1)]);
+        assert_eq!(q.queued_texts(), 1);
+        let rest = q.next_batch(8, Lane::Any);
+        assert_eq!(rest, vec![Item { request: 1, index: 0, ids: vec![7; 5] }]);
+        assert_eq!((q.queued_texts(), q.queued_requests()), (0, 0));
+    }
+
+    #[test]
+    fn a_sequence_over_the_budget_goes_alone() {
+        let mut q = Queue::new(100);
+        q.push(1, seqs(&[500, 10]), flag()).unwrap();
+        assert_eq!(q.next_batch(64, Lane::Any).len(), 1);
+        assert_eq!(q.next_batch(64, Lane::Any)[0].ids.len(), 500);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_canceled_requests_are_dropped_before_compute() {
+        let mut q = Queue::new(10);
+        q.push(1, seqs(&[1; 8]), flag()).unwrap();
+        assert_eq!(q.push(2, seqs(&[1; 3]), flag()), Err(Full { queued: 8, limit: 10 }));
+        let gone = flag();
+        q.push(3, seqs(&[1; 2]), gone.clone()).unwrap();
+        gone.store(true, Ordering::Relaxed);
+        assert_eq!(q.drop_canceled(), vec![3]);
+        assert_eq!(q.queued_texts(), 8);
+        assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 1));
+        // Alone in an empty queue, a request larger than the limit is taken.
+        assert!(q.push(4, seqs(&[1; 50]), flag()).is_ok());
+    }
+}

@@ -1,0 +1,434 @@
+//! The model server: one model, every session's requests.
+//!
+//! Threads: the caller's thread accepts connections; each connection gets a thread that reads its one request,
+//! tokenises it (off the compute path, as TEI does) and queues it, then waits for its vectors while watching the
+//! socket, so a caller that goes away (cancel, timeout, a dead backend) has its request dropped before it is computed.
+//! Two batch threads take work from the queue ([`crate::queue`]): one only from small requests, one from all, so an
+//! interactive query is computed next to a running bulk batch instead of behind it. Both run the encoder on one
+//! thread pool sized by the settings.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Weighting};
+
+use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
+use crate::queue::{Item, Lane, Queue};
+
+/// How the server runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Encoder threads.
+    pub threads: usize,
+    /// Tokens per batch taken from the queue (the encoder packs each batch by length).
+    pub batch_tokens: usize,
+    /// Texts that may wait in the queue; more is refused at once.
+    pub queue_limit: usize,
+    /// Requests of at most this many tokens may use the interactive lane.
+    pub small_tokens: usize,
+}
+
+/// How often waiting threads look at their caller's socket and at canceled requests.
+const POLL: Duration = Duration::from_millis(20);
+/// Per-client request counts kept for the status.
+const CLIENTS_KEPT: usize = 1024;
+
+enum ModelState {
+    Loading,
+    Ready(Arc<Embedder>),
+    Failed(Box<Reply>),
+}
+
+/// A request being computed: its vectors as they arrive, and where to send them when all are there.
+struct Collecting {
+    /// Set when the request is given up (its caller left, or a batch with its sequences failed): the queue then drops
+    /// the rest of its sequences.
+    canceled: Arc<AtomicBool>,
+    vectors: Vec<Option<Vec<f32>>>,
+    missing: usize,
+    dim: Option<i64>,
+    cost: Cost,
+    done: Sender<Reply>,
+}
+
+struct Shared {
+    spec: ModelSpec,
+    settings: Settings,
+    model: Mutex<ModelState>,
+    model_ready: Condvar,
+    queue: Mutex<Queue>,
+    work_waiting: Condvar,
+    collecting: Mutex<HashMap<u64, Collecting>>,
+    status: Mutex<Status>,
+    clients: Mutex<HashMap<i32, u64>>,
+    next_id: AtomicU64,
+    pool: rayon::ThreadPool,
+}
+
+/// Serves requests on `listener` until the process ends. `load` loads the model (on a thread of its own: the server
+/// answers status requests while it loads, and a failed load is every later request's error).
+pub fn serve(
+    listener: UnixListener,
+    spec: ModelSpec,
+    settings: Settings,
+    load: impl FnOnce() -> Result<Embedder, Error> + Send + 'static,
+) -> io::Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(settings.threads)
+        .thread_name(|i| format!("qwen_embed-server-{i}"))
+        .build()
+        .map_err(io::Error::other)?;
+    let status = Status {
+        pid: std::process::id() as i32,
+        model: spec.clone(),
+        state: "loading".into(),
+        threads: settings.threads,
+        batch_tokens: settings.batch_tokens,
+        queue_limit: settings.queue_limit,
+        ..Status::default()
+    };
+    let shared = Arc::new(Shared {
+        spec,
+        settings,
+        model: Mutex::new(ModelState::Loading),
+        model_ready: Condvar::new(),
+        queue: Mutex::new(Queue::new(settings.queue_limit)),
+        work_waiting: Condvar::new(),
+        collecting: Mutex::new(HashMap::new()),
+        status: Mutex::new(status),
+        clients: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        pool,
+    });
+
+    let loader = shared.clone();
+    std::thread::Builder::new().name("qwen_embed-load".into()).spawn(move || {
+        let started = Instant::now();
+        let state = match loader.pool.install(load) {
+            Ok(model) => {
+                let mut s = lock(&loader.status);
+                s.state = "ready".into();
+                s.device = qwen_embed_model::device::device_name(model.device()).into();
+                s.dtype = model.dtype().as_str().into();
+                s.load_ms = started.elapsed().as_secs_f64() * 1e3;
+                ModelState::Ready(Arc::new(model))
+            }
+            Err(e) => {
+                lock(&loader.status).state = format!("failed: {e}");
+                ModelState::Failed(Box::new(failed(&e)))
+            }
+        };
+        *lock(&loader.model) = state;
+        loader.model_ready.notify_all();
+    })?;
+
+    for lane in [Lane::Interactive { small_tokens: settings.small_tokens }, Lane::Any] {
+        let batcher = shared.clone();
+        std::thread::Builder::new().name("qwen_embed-batch".into()).spawn(move || run_batches(&batcher, lane))?;
+    }
+
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = shared.clone();
+        std::thread::Builder::new().name("qwen_embed-conn".into()).spawn(move || {
+            // An error here means the caller went away mid-message; there is nobody to tell.
+            let _ = handle(&shared, conn);
+        })?;
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks would be a bug in this file; keep serving rather than cascade.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failed(e: &Error) -> Reply {
+    Reply::Failed { kind: e.kind(), message: e.to_string(), hint: e.hint() }
+}
+
+/// True once the caller has closed its end (it sends nothing after its request, so readable means closed).
+fn caller_gone(conn: &UnixStream) -> bool {
+    let mut fd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready != 0
+}
+
+fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
+    let request: Request = read_frame(&mut conn)?;
+    {
+        let mut clients = lock(&shared.clients);
+        if clients.len() >= CLIENTS_KEPT && !clients.contains_key(&request.client) {
+            clients.clear();
+        }
+        *clients.entry(request.client).or_default() += 1;
+    }
+    let reply = match request.job {
+        Job::Status => Reply::Status(Box::new(status(shared))),
+        _ if request.model != shared.spec => Reply::OtherModel { serving: shared.spec.clone() },
+        job => match wait_for_model(shared, &conn) {
+            None => return Ok(()),
+            Some(Err(reply)) => reply,
+            Some(Ok(model)) => {
+                lock(&shared.status).requests += 1;
+                let reply = run_job(shared, &model, job, request.lengths, &conn);
+                match reply {
+                    None => {
+                        lock(&shared.status).canceled += 1;
+                        return Ok(());
+                    }
+                    Some(reply) => reply,
+                }
+            }
+        },
+    };
+    if matches!(reply, Reply::Failed { .. }) {
+        lock(&shared.status).errors += 1;
+    }
+    write_frame(&mut conn, &reply)
+}
+
+/// The loaded model, or the load's error; None if the caller left while it loaded.
+fn wait_for_model(shared: &Shared, conn: &UnixStream) -> Option<Result<Arc<Embedder>, Reply>> {
+    let mut state = lock(&shared.model);
+    loop {
+        match &*state {
+            ModelState::Ready(m) => return Some(Ok(m.clone())),
+            ModelState::Failed(reply) => return Some(Err((**reply).clone())),
+            ModelState::Loading => {
+                if caller_gone(conn) {
+                    return None;
+                }
+                state = shared.model_ready.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+    }
+}
+
+fn limits(shared: &Shared, lengths: Lengths) -> Limits {
+    Limits {
+        max_length: lengths.max_length,
+        policy: if lengths.truncate { LengthPolicy::Truncate } else { LengthPolicy::Error },
+        batch_tokens: shared.settings.batch_tokens,
+    }
+}
+
+/// Runs one job; None if the caller left first.
+fn run_job(shared: &Shared, model: &Arc<Embedder>, job: Job, lengths: Lengths, conn: &UnixStream) -> Option<Reply> {
+    let limits = limits(shared, lengths);
+    let gone = || caller_gone(conn);
+    let cost = |w: qwen_embed_model::Work| Cost {
+        texts: w.texts as u64,
+        tokens: w.tokens as u64,
+        forward_passes: w.forward_passes as u64,
+    };
+    let result = match job {
+        Job::Status => unreachable!("answered before"),
+        Job::Embed { texts, instruct, dim } => return embed(shared, model, texts, instruct, dim, &limits, conn),
+        Job::CountTokens { text, instruct } => {
+            model.tokenizer().encode(&format_input(&text, instruct.as_deref())).map(|ids| Reply::Count(ids.len()))
+        }
+        Job::Chunks { doc, chunk_tokens, overlap, dim } => shared
+            .pool
+            .install(|| model.embed_chunks(&doc, chunk_tokens, overlap, dim, &limits, &gone))
+            .map(|(chunks, work)| Reply::Chunks {
+                chunks: chunks.into_iter().map(|c| (c.range.start, c.range.end, c.embedding)).collect(),
+                cost: cost(work),
+            }),
+        Job::Document { doc, chunk_tokens, overlap, weighting, dim } => weighting.parse::<Weighting>().and_then(|w| {
+            shared
+                .pool
+                .install(|| model.embed_document(&doc, chunk_tokens, overlap, w, dim, &limits, &gone))
+                .map(|(vector, work)| Reply::Vector { vector, cost: cost(work) })
+        }),
+    };
+    match result {
+        Err(Error::Canceled) => None,
+        Err(e) => Some(failed(&e)),
+        Ok(reply) => Some(reply),
+    }
+}
+
+/// Tokenises, queues and waits for an embedding request; None if the caller left first.
+fn embed(
+    shared: &Shared,
+    model: &Embedder,
+    texts: Vec<String>,
+    instruct: Option<String>,
+    dim: Option<i64>,
+    limits: &Limits,
+    conn: &UnixStream,
+) -> Option<Reply> {
+    if let Err(e) = model.truncate_to(Vec::new(), dim) {
+        return Some(failed(&e));
+    }
+    let mut seqs = Vec::with_capacity(texts.len());
+    for text in &texts {
+        match model.tokenize(text, instruct.as_deref(), limits) {
+            Ok(ids) => seqs.push(ids),
+            Err(e) => return Some(failed(&e)),
+        }
+        if seqs.len() % 256 == 0 && caller_gone(conn) {
+            return None;
+        }
+    }
+    if seqs.is_empty() {
+        return Some(Reply::Vectors { vectors: Vec::new(), cost: Cost::default() });
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let canceled = Arc::new(AtomicBool::new(false));
+    let (done, results) = channel();
+    let cost = Cost { texts: seqs.len() as u64, tokens: seqs.iter().map(|s| s.len() as u64).sum(), forward_passes: 0 };
+    lock(&shared.collecting).insert(
+        id,
+        Collecting {
+            canceled: canceled.clone(),
+            vectors: vec![None; seqs.len()],
+            missing: seqs.len(),
+            dim,
+            cost,
+            done,
+        },
+    );
+    let pushed = lock(&shared.queue).push(id, seqs, canceled.clone());
+    if let Err(full) = pushed {
+        lock(&shared.collecting).remove(&id);
+        lock(&shared.status).rejected += 1;
+        return Some(Reply::Overloaded { queued_texts: full.queued, limit: full.limit });
+    }
+    shared.work_waiting.notify_all();
+    loop {
+        match results.recv_timeout(POLL) {
+            Ok(reply) => return Some(reply),
+            Err(RecvTimeoutError::Timeout) if caller_gone(conn) => {
+                canceled.store(true, Ordering::Relaxed);
+                lock(&shared.collecting).remove(&id);
+                shared.work_waiting.notify_all();
+                return None;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(failed(&Error::Compute(qwen_embed_model::candle::Error::Msg(
+                    "the request was dropped by the server".into(),
+                ))))
+            }
+        }
+    }
+}
+
+/// A batch thread: takes batches for its lane from the queue and computes them, until the process ends.
+fn run_batches(shared: &Shared, lane: Lane) {
+    let model = loop {
+        let state = lock(&shared.model);
+        match &*state {
+            ModelState::Ready(m) => break m.clone(),
+            ModelState::Failed(_) => return, // every request is answered with the error before it is queued
+            ModelState::Loading => drop(shared.model_ready.wait(state)),
+        }
+    };
+    loop {
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                let dropped = queue.drop_canceled();
+                if !dropped.is_empty() {
+                    let mut collecting = lock(&shared.collecting);
+                    dropped.iter().for_each(|id| drop(collecting.remove(id)));
+                }
+                let batch = queue.next_batch(shared.settings.batch_tokens, lane);
+                if !batch.is_empty() {
+                    let mut s = lock(&shared.status);
+                    s.queued_requests = queue.queued_requests();
+                    s.queued_texts = queue.queued_texts();
+                    break batch;
+                }
+                queue = shared.work_waiting.wait_timeout(queue, POLL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        };
+        compute(shared, &model, batch);
+    }
+}
+
+fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
+    let seqs: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
+    let requests: Vec<u64> = batch.iter().map(|i| i.request).collect();
+    // Stop early only if every request in the batch is gone.
+    let canceled = || {
+        let collecting = lock(&shared.collecting);
+        requests.iter().all(|id| !collecting.contains_key(id))
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        shared.pool.install(|| model.embed_tokens(&seqs, shared.settings.batch_tokens, &canceled))
+    }))
+    .unwrap_or_else(|panic| {
+        let what =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(Error::Compute(qwen_embed_model::candle::Error::Msg(format!(
+            "internal error in the encoder: {}",
+            what.unwrap_or_else(|| "panic".into())
+        ))))
+    });
+    {
+        let mut s = lock(&shared.status);
+        s.batches += 1;
+        s.texts += seqs.len() as u64;
+        let tokens: u64 = seqs.iter().map(|s| s.len() as u64).sum();
+        s.tokens += tokens;
+        s.max_batch_texts = s.max_batch_texts.max(seqs.len() as u64);
+        s.max_batch_tokens = s.max_batch_tokens.max(tokens);
+    }
+    let mut collecting = lock(&shared.collecting);
+    match result {
+        Ok((vectors, work)) => {
+            let mut counted: Vec<u64> = Vec::new();
+            for (item, vector) in batch.into_iter().zip(vectors) {
+                let Some(c) = collecting.get_mut(&item.request) else { continue };
+                if !counted.contains(&item.request) {
+                    c.cost.forward_passes += work.forward_passes as u64;
+                    counted.push(item.request);
+                }
+                c.vectors[item.index] = Some(vector);
+                c.missing -= 1;
+                if c.missing == 0 {
+                    let c = collecting.remove(&item.request).expect("present");
+                    let vectors: Vec<Vec<f32>> = c.vectors.into_iter().map(|v| v.expect("complete")).collect();
+                    let reply = match model.truncate_to(vectors, c.dim) {
+                        Ok(vectors) => Reply::Vectors { vectors, cost: c.cost },
+                        Err(e) => failed(&e),
+                    };
+                    let _ = c.done.send(reply);
+                }
+            }
+        }
+        Err(e) => {
+            // Every request with a sequence in this batch fails, and the rest of its sequences leave the queue.
+            let reply = failed(&e);
+            for id in requests {
+                if let Some(c) = collecting.remove(&id) {
+                    c.canceled.store(true, Ordering::Relaxed);
+                    let _ = c.done.send(reply.clone());
+                }
+            }
+        }
+    }
+}
+
+fn status(shared: &Shared) -> Status {
+    let mut s = lock(&shared.status).clone();
+    {
+        let queue = lock(&shared.queue);
+        s.queued_requests = queue.queued_requests();
+        s.queued_texts = queue.queued_texts();
+    }
+    let mut clients: Vec<(i32, u64)> = lock(&shared.clients).iter().map(|(k, v)| (*k, *v)).collect();
+    clients.sort();
+    s.per_client = clients;
+    s
+}

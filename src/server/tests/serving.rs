@@ -1,0 +1,170 @@
+//! The server end to end on the bundled tiny model: a real Unix socket, real threads, no PostgreSQL.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qwen_embed_model::{DType, Device, Embedder, Limits};
+use qwen_embed_server::client::{call, CallError};
+use qwen_embed_server::protocol::{write_frame, Job, Lengths, ModelSpec, Reply, Request, Status};
+use qwen_embed_server::server::{serve, Settings};
+
+fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
+}
+
+fn spec() -> ModelSpec {
+    ModelSpec { path: tiny_model().display().to_string(), device: "cpu".into(), dtype: "f32".into() }
+}
+
+const LENGTHS: Lengths = Lengths { max_length: 8192, truncate: false };
+
+/// A server on a socket in a fresh directory, running for the rest of the test process.
+fn start(settings: Settings) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        serve(listener, spec(), settings, || Embedder::load(&tiny_model(), &Device::Cpu, DType::F32))
+    });
+    (dir, socket)
+}
+
+const SETTINGS: Settings = Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512 };
+
+fn request(job: Job) -> Request {
+    Request { client: 7, model: spec(), lengths: LENGTHS, job }
+}
+
+fn embed(socket: &Path, texts: &[&str], instruct: Option<&str>) -> Reply {
+    let job = Job::Embed {
+        texts: texts.iter().map(|t| t.to_string()).collect(),
+        instruct: instruct.map(Into::into),
+        dim: None,
+    };
+    call(socket, &request(job), || {}).unwrap()
+}
+
+fn status(socket: &Path) -> Status {
+    match call(socket, &request(Job::Status), || {}).unwrap() {
+        Reply::Status(s) => *s,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
+    let (_dir, socket) = start(SETTINGS);
+    let direct = Embedder::load(&tiny_model(), &Device::Cpu, DType::F32).unwrap();
+    let texts: Vec<String> = (0..16).map(|i| format!("question number {i} about databases and vectors")).collect();
+    // Warm up: the model is loaded before the concurrent part.
+    assert!(matches!(embed(&socket, &["warm"], None), Reply::Vectors { .. }));
+    let before = status(&socket).batches;
+    let socket = Arc::new(socket);
+    let handles: Vec<_> = texts
+        .iter()
+        .cloned()
+        .map(|t| {
+            let socket = socket.clone();
+            std::thread::spawn(move || (t.clone(), embed(&socket, &[&t], Some("Find answers"))))
+        })
+        .collect();
+    for h in handles {
+        let (text, reply) = h.join().unwrap();
+        let Reply::Vectors { vectors, cost } = reply else { panic!("{reply:?}") };
+        let (want, _) = direct.embed(&[&text], Some("Find answers"), None, &Limits::default(), &|| false).unwrap();
+        assert!(max_diff(&vectors[0], &want[0]) < 1e-5, "{text}");
+        assert_eq!(cost.texts, 1);
+    }
+    let batches = status(&socket).batches - before;
+    assert!(batches < 16, "16 concurrent single queries took {batches} batches");
+    let s = status(&socket);
+    assert_eq!((s.state.as_str(), s.canceled, s.errors), ("ready", 0, 0));
+    assert!(s.per_client.iter().any(|&(pid, n)| pid == 7 && n >= 17));
+}
+
+#[test]
+fn errors_carry_the_model_errors_kind_and_hint() {
+    let (_dir, socket) = start(SETTINGS);
+    let job = Job::Embed { texts: vec!["x".into()], instruct: None, dim: Some(8) };
+    match call(&socket, &request(job), || {}).unwrap() {
+        Reply::Failed { kind, message, hint } => {
+            assert_eq!(kind, qwen_embed_model::ErrorKind::BadArgument);
+            assert!(message.contains("dim must be between 32 and 64, got 8"), "{message}");
+            assert!(hint.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let long = Request {
+        lengths: Lengths { max_length: 4, truncate: false },
+        ..request(Job::Embed { texts: vec!["The capital of China is Beijing.".into()], instruct: None, dim: None })
+    };
+    assert!(matches!(
+        call(&socket, &long, || {}).unwrap(),
+        Reply::Failed { kind: qwen_embed_model::ErrorKind::TooLong, .. }
+    ));
+    let other = Request { model: ModelSpec { path: "/elsewhere".into(), ..spec() }, ..request(Job::Status) };
+    assert!(matches!(call(&socket, &other, || {}).unwrap(), Reply::Status(_)), "status answers whatever the model");
+    let other = Request {
+        model: ModelSpec { path: "/elsewhere".into(), ..spec() },
+        ..request(Job::CountTokens { text: "x".into(), instruct: None })
+    };
+    assert!(matches!(call(&socket, &other, || {}).unwrap(), Reply::OtherModel { .. }));
+    assert!(matches!(
+        call(
+            &socket,
+            &request(Job::CountTokens { text: "The capital of China is Beijing.".into(), instruct: None }),
+            || {}
+        )
+        .unwrap(),
+        Reply::Count(8)
+    ));
+}
+
+#[test]
+fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once() {
+    let (_dir, socket) = start(Settings { threads: 1, batch_tokens: 512, queue_limit: 25_000, small_tokens: 64 });
+    assert!(matches!(embed(&socket, &["warm"], None), Reply::Vectors { .. }));
+    // A bulk request (20,000 texts, seconds of work even for the tiny model) that a client abandons after sending it.
+    let bulk: Vec<String> = (0..20_000).map(|i| format!("document {i} ") + &"with many words ".repeat(15)).collect();
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    write_frame(&mut conn, &request(Job::Embed { texts: bulk.clone(), instruct: None, dim: None })).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&socket).queued_texts < 15_000 {
+        assert!(Instant::now() < deadline, "the bulk request was never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Meanwhile another large request is refused at once.
+    let started = Instant::now();
+    let more: Vec<&str> = bulk.iter().take(6_000).map(String::as_str).collect();
+    match embed(&socket, &more, None) {
+        Reply::Overloaded { limit, .. } => assert_eq!(limit, 25_000),
+        Reply::Vectors { .. } => panic!("a request over the queue limit was accepted"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A single query still gets through quickly (the interactive lane).
+    let started = Instant::now();
+    assert!(matches!(embed(&socket, &["a quick question"], None), Reply::Vectors { .. }));
+    let quick = started.elapsed();
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&socket).canceled == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = status(&socket);
+    assert_eq!((s.canceled, s.rejected), (1, 1), "{s:?}");
+    assert_eq!(s.queued_texts, 0, "the abandoned request's texts left the queue");
+    assert!(s.texts < 20_000, "the abandoned request was computed in full: {} texts", s.texts);
+    assert!(quick < Duration::from_secs(2), "a single query waited {quick:?} behind the bulk request");
+    // No server: Unavailable, not a hang.
+    assert!(matches!(
+        call(Path::new("/nonexistent/s.sock"), &request(Job::Status), || {}),
+        Err(CallError::Unavailable(_))
+    ));
+}

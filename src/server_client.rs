@@ -1,0 +1,171 @@
+//! The backend side of the model server: whether this session's work goes there, and the calls that send it.
+//!
+//! A session uses the server when qwen_embed is preloaded, `qwen_embed.server` is on, and the session asks for the
+//! model the server runs (the cluster's `model_path`, `device` and `dtype`). A superuser session that sets another
+//! model runs that one in its own backend, as every session does without preloading (`runtime`).
+//!
+//! Waiting never blocks interrupts: the client checks for them every 10 ms, and a statement_timeout, cancel or
+//! terminate raises its ERROR there, which closes the connection; the server then drops the request unless it is
+//! already being computed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgrx::PgSqlErrorCode;
+use qwen_embed_model::Work;
+use qwen_embed_server::client::{call, CallError};
+use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
+
+use crate::errors::{raise_kind, raise_with};
+use crate::{runtime, settings, stats, supervisor};
+
+/// Does the model server serve this session's model?
+pub fn serves_this_session() -> bool {
+    settings::SERVER.get() && supervisor::published().is_some_and(|(spec, ..)| spec == settings::model_spec())
+}
+
+fn lengths() -> Lengths {
+    Lengths { max_length: settings::MAX_LENGTH.get() as usize, truncate: settings::TRUNCATE.get() }
+}
+
+fn work(cost: Cost) -> Work {
+    Work { texts: cost.texts as usize, tokens: cost.tokens as usize, forward_passes: cost.forward_passes as usize }
+}
+
+/// Sends a job to the server and waits for its reply; every failure is an ERROR (never returns one).
+fn request(job: Job) -> Reply {
+    let request =
+        Request { client: unsafe { pgrx::pg_sys::MyProcPid }, model: settings::model_spec(), lengths: lengths(), job };
+    let wait = Duration::from_millis(settings::SERVER_WAIT.get().max(0) as u64);
+    let started = Instant::now();
+    loop {
+        match call(Path::new(supervisor::SOCKET), &request, interrupts) {
+            Ok(Reply::Failed { kind, message, hint }) => {
+                stats::record(|s| s.errors += 1);
+                raise_kind(kind, &message, hint)
+            }
+            Ok(Reply::Overloaded { queued_texts, limit }) => {
+                stats::record(|s| s.errors += 1);
+                raise_with(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!("qwen_embed: the model server is overloaded: {queued_texts} texts wait in its queue, the limit is {limit}"),
+                    Some("Retry later, send fewer texts at once, or raise qwen_embed.server_queue_limit.".into()),
+                )
+            }
+            // Starting, restarting, or still running the model from before a settings change: wait for it.
+            Ok(Reply::OtherModel { .. }) | Err(CallError::Unavailable(_)) if started.elapsed() < wait => {
+                pause(Duration::from_millis(50))
+            }
+            Ok(Reply::OtherModel { serving }) => raise_with(
+                PgSqlErrorCode::ERRCODE_CANNOT_CONNECT_NOW,
+                format!("qwen_embed: the model server still runs {} after {} ms", serving.path, wait.as_millis()),
+                Some("It restarts with the new settings after pg_reload_conf(); see the server log.".into()),
+            ),
+            Err(CallError::Unavailable(e)) => raise_with(
+                PgSqlErrorCode::ERRCODE_CANNOT_CONNECT_NOW,
+                format!("qwen_embed: the model server is not running ({e}) after {} ms", wait.as_millis()),
+                Some("It is a background worker of qwen_embed (shared_preload_libraries); see the server log.".into()),
+            ),
+            Err(CallError::Lost(e)) => {
+                stats::record(|s| s.errors += 1);
+                raise_with(
+                    PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+                    format!("qwen_embed: the model server stopped while computing this request ({e})"),
+                    Some(
+                        "It is restarted by itself; run the statement again. The server log says why it stopped."
+                            .into(),
+                    ),
+                )
+            }
+            Ok(reply) => return reply,
+        }
+    }
+}
+
+/// Raises the ERROR of a pending interrupt (cancel, statement_timeout, terminate), if there is one.
+fn interrupts() {
+    pgrx::check_for_interrupts!();
+}
+
+/// Sleeps, staying interruptible.
+fn pause(total: Duration) {
+    let until = Instant::now() + total;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn unexpected(reply: Reply) -> ! {
+    raise_with(
+        PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+        format!("qwen_embed: unexpected reply from the model server: {reply:?}"),
+        None,
+    )
+}
+
+/// Texts per request: a larger call is sent in pieces, one after another, so that one session never holds more than
+/// this many texts in the server's queue and other sessions' requests interleave with its pieces.
+const TEXTS_PER_REQUEST: usize = 512;
+
+pub fn embed(mut texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> (Vec<Vec<f32>>, Work) {
+    let mut vectors = Vec::with_capacity(texts.len());
+    let mut total = Work::default();
+    while !texts.is_empty() {
+        let rest = texts.split_off(texts.len().min(TEXTS_PER_REQUEST));
+        let piece = std::mem::replace(&mut texts, rest);
+        match request(Job::Embed { texts: piece, instruct: instruct.clone(), dim }) {
+            Reply::Vectors { vectors: v, cost } => {
+                vectors.extend(v);
+                let w = work(cost);
+                total.texts += w.texts;
+                total.tokens += w.tokens;
+                total.forward_passes += w.forward_passes;
+            }
+            other => unexpected(other),
+        }
+    }
+    (vectors, total)
+}
+
+pub fn chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> (runtime::Chunks, Work) {
+    match request(Job::Chunks { doc, chunk_tokens, overlap, dim }) {
+        Reply::Chunks { chunks, cost } => (chunks.into_iter().map(|(a, b, v)| (a..b, v)).collect(), work(cost)),
+        other => unexpected(other),
+    }
+}
+
+pub fn document(
+    doc: String,
+    chunk_tokens: usize,
+    overlap: usize,
+    weighting: String,
+    dim: Option<i64>,
+) -> (Vec<f32>, Work) {
+    match request(Job::Document { doc, chunk_tokens, overlap, weighting, dim }) {
+        Reply::Vector { vector, cost } => (vector, work(cost)),
+        other => unexpected(other),
+    }
+}
+
+pub fn count_tokens(text: String, instruct: Option<String>) -> usize {
+    match request(Job::CountTokens { text, instruct }) {
+        Reply::Count(n) => n,
+        other => unexpected(other),
+    }
+}
+
+/// The server's status, if it is running and answers.
+pub fn status() -> Option<(Status, i32, u64, String)> {
+    let (_, pid, restarts, last_exit) = supervisor::published()?;
+    let request = Request {
+        client: unsafe { pgrx::pg_sys::MyProcPid },
+        model: ModelSpec::default(),
+        lengths: lengths(),
+        job: Job::Status,
+    };
+    match call(Path::new(supervisor::SOCKET), &request, interrupts) {
+        Ok(Reply::Status(s)) => Some((*s, pid, restarts, last_exit)),
+        _ => None,
+    }
+}

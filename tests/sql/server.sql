@@ -1,0 +1,57 @@
+-- The model server (qwen_embed preloaded, qwen_embed.server on): one model for every session, forward passes shared
+-- by sessions that wait at the same time, the same vectors as a backend's own model.
+CREATE EXTENSION qwen_embed CASCADE;
+CREATE EXTENSION dblink;
+
+SELECT expect(vector_dims(embed('served by the model server')) = 64, 'embed through the server');
+SELECT expect(value = 'server', 'route ' || value) FROM qwen_embed.info() WHERE key = 'route';
+SELECT expect(value = 'ready', 'server state ' || value) FROM qwen_embed.server_info() WHERE key = 'state';
+SELECT expect(value ~ 'tiny-qwen3$', 'server model ' || value) FROM qwen_embed.server_info() WHERE key = 'model_path';
+
+-- The server's vectors equal this backend's own model's (a copy of the same model: another model_path is computed in
+-- the backend), for single texts, batches, instructions, Matryoshka, chunks and documents.
+CREATE TEMP TABLE texts AS SELECT t FROM unnest(ARRAY['The cat sits on the mat.', '北京是中国的首都。', '',
+    repeat('a longer text with many words ', 60), 'Instruct: x' || E'\n' || 'Query:y']) t;
+CREATE TEMP TABLE served AS SELECT t, embed(t) AS v, embed(t, 'Find answers') AS q, embed(t, dim => 32) AS d FROM texts;
+CREATE TEMP TABLE served_batch AS SELECT embed(array_agg(t ORDER BY t)) AS vs FROM texts;
+CREATE TEMP TABLE served_doc AS SELECT embed_document(repeat('Paragraph about storage. ', 400), 128, 16) AS v,
+    (SELECT array_agg(embedding ORDER BY chunk_no) FROM embed_chunks(repeat('Paragraph about storage. ', 400), 128, 16)) AS cs;
+CREATE TEMP TABLE served_count AS SELECT token_count('The capital of China is Beijing.') AS n;
+SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3-copy', false);
+SELECT expect(vector_dims(embed('now in this backend')) = 64, 'embed in the backend');
+SELECT expect(value = 'backend', 'route ' || value) FROM qwen_embed.info() WHERE key = 'route';
+SELECT expect(max(1 - cosine_sim(v, embed(t))) < 1e-5, 'single texts differ') FROM served;
+SELECT expect(max(1 - cosine_sim(q, embed(t, 'Find answers'))) < 1e-5, 'instructed texts differ') FROM served;
+SELECT expect(max(1 - cosine_sim(d, embed(t, dim => 32))) < 1e-5 AND min(vector_dims(d)) = 32, 'Matryoshka differs')
+FROM served;
+SELECT expect((SELECT max(1 - cosine_sim(a, b)) FROM unnest(vs, (SELECT embed(array_agg(t ORDER BY t)) FROM texts)) x(a, b))
+              < 1e-5, 'batches differ') FROM served_batch;
+SELECT expect(1 - cosine_sim(v, embed_document(repeat('Paragraph about storage. ', 400), 128, 16)) < 1e-5
+              AND cardinality(cs) = (SELECT count(*) FROM embed_chunks(repeat('Paragraph about storage. ', 400), 128, 16)),
+              'documents differ') FROM served_doc;
+SELECT expect(n = token_count('The capital of China is Beijing.') AND n = 8, 'token counts differ') FROM served_count;
+RESET qwen_embed.model_path;
+
+-- Eight sessions asking at the same moment share forward passes.
+CREATE TEMP TABLE before AS SELECT value::bigint AS batches FROM qwen_embed.server_info() WHERE key = 'batches';
+SELECT dblink_connect('s' || i, 'dbname=' || current_database()) FROM generate_series(1, 8) i;
+SELECT dblink_send_query('s' || i, format(
+    $q$SELECT vector_dims(embed('concurrent question ' || %s || repeat(' with words', 40))) FROM pg_sleep_until(%L)$q$,
+    i, clock_timestamp() + interval '1 second')) FROM generate_series(1, 8) i;
+SELECT expect(bool_and(d = 64), 'a concurrent session failed')
+FROM generate_series(1, 8) i, dblink_get_result('s' || i) AS r(d int);
+SELECT dblink_disconnect('s' || i) FROM generate_series(1, 8) i;
+SELECT expect(value::bigint - (SELECT batches FROM before) < 8,
+              format('8 concurrent queries took %s batches', value::bigint - (SELECT batches FROM before)))
+FROM qwen_embed.server_info() WHERE key = 'batches';
+DO $$ BEGIN RAISE NOTICE 'qwen_embed test: 8 concurrent single queries took % batches in the model server',
+    (SELECT value::bigint FROM qwen_embed.server_info() WHERE key = 'batches') - (SELECT batches FROM before); END $$;
+
+-- Errors through the server keep their SQLSTATE, message and hint.
+SELECT expect_error($q$SELECT embed('hello', dim => 8)$q$, '22023', 'dim must be between 32 and 64, got 8',
+                    'Pass NULL for the model''s full dimension');
+SET qwen_embed.max_length = 4;
+SELECT expect_error($q$SELECT embed('The capital of China is Beijing.')$q$, '54000',
+                    'input is 8 tokens long, which exceeds max_length 4', 'set qwen_embed.truncate = on');
+RESET qwen_embed.max_length;
+SELECT expect(value::int >= 2, 'server errors ' || value) FROM qwen_embed.server_info() WHERE key = 'errors';
