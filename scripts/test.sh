@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Every test: the model core against transformers' reference vectors (plain cargo test), the extension's pg_tests on a
-# throw-away server (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across statements,
-# as a client sees them), then the server-level fault and load tests (tests/faults.sh, tests/load.sh). Every server
-# is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the machine's own
-# PostgreSQL clusters are never reconfigured, restarted or connected to.
+# Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
+# extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
+# statements, the model server, as a client sees them), then the fault, hot-standby and load tests (tests/faults.sh,
+# tests/standby.sh, tests/load.sh). Every server is a throw-away cluster made in a temporary directory and removed
+# afterwards (scripts/cluster.sh); the machine's own PostgreSQL clusters are never reconfigured, restarted or
+# connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 source scripts/cluster.sh
 
-echo "== model core"
-cargo test -p qwen_embed_model -- --nocapture # --nocapture: shows which kernels ran and any SKIPPED test
+echo "== model core and model server (no PostgreSQL)"
+cargo test -p qwen_embed_model -p qwen_embed_server -- --nocapture # shows which kernels ran and any SKIPPED test
 
 echo "== pg_tests"
 cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata /tmp/pgrx-pgdata
