@@ -33,7 +33,10 @@ tree_rss() {
         for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do pids+=("$c"); done
     done
     local kib=0
-    for p in "${all[@]}"; do kib=$((kib + $(awk '/^VmRSS:/ { print $2 }' /proc/"$p"/status 2>/dev/null || echo 0))); done
+    for p in "${all[@]}"; do
+        r=$(awk '/^VmRSS:/ { print $2 }' /proc/"$p"/status 2>/dev/null || true)
+        kib=$((kib + ${r:-0}))
+    done
     echo $((kib / 1024))
 }
 
@@ -44,7 +47,9 @@ SELECT vector_dims(embed('what is the best way to store question number ' || :n 
 SQL
 chmod 644 "$query"
 
-# run_pgbench CLIENTS SECONDS: prints "qps p50_ms p95_ms peak_rss_mib".
+# run_pgbench CLIENTS SECONDS: prints "qps p50_ms p95_ms peak_rss_mib". Each client's first query is left out (on the
+# in-backend path it includes loading that connection's model): queries/s counts the others over the time from the
+# last client's first answer to the end.
 run_pgbench() {
     local clients=$1 seconds=$2 logdir peak=0 rss
     logdir=$(scratch_dir)/log.$RANDOM
@@ -58,10 +63,14 @@ run_pgbench() {
         sleep 1
     done
     wait $bench || { cat "$logdir/out" >&2; return 1; }
-    # pgbench's log: client, transaction, latency in µs, ...
-    cat "$logdir"/pgbench_log.* | awk -v secs="$seconds" -v peak="$peak" '{ print $3 / 1000 }' | sort -n | awk \
-        -v secs="$seconds" -v peak="$peak" '{ v[NR] = $1 } END {
-            printf "%.1f %.0f %.0f %d\n", NR / secs, v[int(NR * 0.5) + 1], v[int(NR * 0.95) + 1], peak }'
+    # pgbench's log: client, transaction number, latency µs, script, end epoch s, end µs.
+    local window
+    window=$(cat "$logdir"/pgbench_log.* | awk '{ t = $5 + $6 / 1e6; if (t > end) end = t
+        if (!($1 in first) || t < first[$1]) first[$1] = t } END { for (c in first) if (first[c] > start) start = first[c]
+        print end - start }')
+    cat "$logdir"/pgbench_log.* | sort -k1,1n -k5,5n -k6,6n | awk 'BEGIN { last = -1 } $1 == last { print $3 / 1000 } { last = $1 }' |
+        sort -n | awk -v window="$window" -v peak="$peak" '{ v[NR] = $1 } END {
+            printf "%.2f %.0f %.0f %d\n", (window > 0 ? NR / window : 0), v[int(NR * 0.5) + 1], v[int(NR * 0.95) + 1], peak }'
 }
 
 declare -A result
@@ -76,17 +85,18 @@ for path in backend server; do
     pg -q -c "CREATE DATABASE qwen_embed_bench" >/dev/null
     PGDATABASE=qwen_embed_bench pg -q -c "CREATE EXTENSION qwen_embed CASCADE" -c "SELECT vector_dims(embed('warm up'))" \
         >/dev/null
-    weights_mib=$(PGDATABASE=qwen_embed_bench pg -q -At -c "SELECT vector_dims(embed('x'))" \
-        -c "SELECT value FROM qwen_embed.info() WHERE key = 'weights_mb'" | tail -1)
+    per_backend=0 # MiB a backend with its own model takes, measured with one client
     for clients in $counts; do
         available=$(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) / 1024))
-        if [ $path = backend ] && [ $((clients * (${weights_mib:-2300} + 300))) -gt $((available * 8 / 10)) ]; then
-            result[$path,$clients]="(not run: $clients models of about $((${weights_mib:-2300} + 300)) MiB exceed the ${available} MiB available)"
+        if [ $path = backend ] && [ $((clients * per_backend)) -gt $((available * 7 / 10)) ]; then
+            result[$path,$clients]="(not run: $clients models of about $per_backend MiB exceed 70 % of the ${available} MiB available)"
             continue
         fi
         PGDATABASE=qwen_embed_bench run_pgbench "$clients" 3 >/dev/null # warm every connection's path
         result[$path,$clients]=$(PGDATABASE=qwen_embed_bench run_pgbench "$clients" "$secs")
         echo "$path $clients clients: ${result[$path,$clients]}" >&2
+        read -r _ _ _ peak <<<"${result[$path,$clients]}"
+        [ "$per_backend" -gt 0 ] || per_backend=$((peak / clients))
     done
     if [ $path = server ]; then
         idle=$(PGDATABASE=qwen_embed_bench run_pgbench 1 "$secs")
@@ -100,7 +110,8 @@ for path in backend server; do
         filled=$(PGDATABASE=qwen_embed_bench pg -q -At -c "SELECT count(embedding) FROM docs")
         kill $backfill 2>/dev/null || true
         wait || true
-        PGDATABASE=qwen_embed_bench pg -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ~ 'backfill'" >/dev/null
+        PGDATABASE=qwen_embed_bench pg -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+            WHERE query ~ 'qwen_embed.backfill' AND pid <> pg_backend_pid()" >/dev/null
     fi
     cluster_stop "$PGHOST"
 done

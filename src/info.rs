@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 extension_sql!("CREATE SCHEMA IF NOT EXISTS qwen_embed;", name = "qwen_embed_schema", bootstrap);
 
 #[pg_schema]
-mod qwen_embed {
+pub(crate) mod qwen_embed {
     use pgrx::prelude::*;
 
     use qwen_embed_model::device::device_name;
@@ -76,7 +76,7 @@ mod qwen_embed {
     /// The cluster's model server: its model, state, queue and counters (no rows when it is not running: qwen_embed
     /// is not preloaded, or qwen_embed.server is off), and the requests of each session it has served.
     #[pg_extern(volatile, parallel_restricted)]
-    fn server_info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
+    pub(crate) fn server_info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
         let mut rows: Vec<(String, String)> = Vec::new();
         if let Some((s, pid, restarts, last_exit)) = server_client::status() {
             let mut add = |k: &str, v: String| rows.push((k.to_string(), v));

@@ -233,12 +233,23 @@ CREATE VIEW qwen_embed.stats AS
 SELECT pid, model, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors,
        round(total_ms::numeric, 1) AS total_ms, round(max_ms::numeric, 1) AS max_ms,
        CASE WHEN calls > 0 THEN round((total_ms / calls)::numeric, 2) END AS avg_ms,
-       'epoch'::timestamptz + interval '946684800 seconds' + last_call_us * interval '1 microsecond' AS last_call
-FROM qwen_embed.backend_stats();
+       'epoch'::timestamptz + interval '946684800 seconds' + last_call_us * interval '1 microsecond' AS last_call,
+       'backend'::text AS process
+FROM qwen_embed.backend_stats()
+UNION ALL
+-- The cluster's model server, when it runs: calls are the requests it answered, forward_passes its batches.
+SELECT max(value) FILTER (WHERE key = 'pid')::int, max(value) FILTER (WHERE key = 'model_path'),
+       max(value) FILTER (WHERE key = 'device'), max(value) FILTER (WHERE key = 'dtype'),
+       max(value) FILTER (WHERE key = 'requests')::bigint, max(value) FILTER (WHERE key = 'texts')::bigint,
+       max(value) FILTER (WHERE key = 'tokens')::bigint, max(value) FILTER (WHERE key = 'batches')::bigint, 0,
+       max(value) FILTER (WHERE key = 'errors')::bigint, NULL, NULL, NULL, NULL, 'model server'
+FROM qwen_embed.server_info()
+HAVING count(*) > 0;
 GRANT SELECT ON qwen_embed.stats TO PUBLIC;
 COMMENT ON VIEW qwen_embed.stats IS
-    'What each backend''s encoder did (every backend when qwen_embed is in shared_preload_libraries, else this one)';
+    'What each backend''s encoder did (every backend when qwen_embed is in shared_preload_libraries, else this one), and the model server';
 "#,
     name = "stats_view",
-    requires = [qwen_embed::backend_stats]
+    // Last in the script: it reads backend_stats() and info.rs's server_info().
+    finalize
 );

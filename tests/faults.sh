@@ -72,6 +72,55 @@ echo "ok: killed the model server (pid $server) mid-batch; the waiting session g
 echo "    ran meanwhile, the cluster did not restart, a new server (pid $(server_pid)) answers the next embed()"
 q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'" | sed 's/^/    server_info last_exit: /'
 
+echo "-- cancel and terminate while waiting on the model server"
+# A session waits on the server (its 500 long texts queued with another session's bulk request); another session
+# cancels it, then terminates a second one, and measures how long until the backend stops waiting.
+waiting_session() {
+    (q -v ON_ERROR_STOP=0 -c "SET application_name = '$1'" \
+        -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT 'waiting ' || g || repeat(' word', 600) FROM generate_series(1, 500) g)))" \
+        >/dev/null 2>&1 || true) &
+}
+(q -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('bulk text ' || g || ' ', 200) FROM generate_series(1, 2000) g)))" \
+    >/dev/null 2>&1 || true) &
+bulk=$!
+sleep 1
+stop_latency() { # stop_latency FUNCTION APPLICATION_NAME: ms from the call until the backend stops waiting
+    q <<SQL
+DO \$\$
+DECLARE p int; t0 timestamptz;
+BEGIN
+    FOR i IN 1..200 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        SELECT pid INTO p FROM pg_stat_activity WHERE application_name = '$2' AND state = 'active';
+        EXIT WHEN p IS NOT NULL;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    IF p IS NULL THEN RAISE EXCEPTION 'the waiting session never started'; END IF;
+    PERFORM pg_sleep(0.3); -- well inside its wait
+    t0 := clock_timestamp();
+    PERFORM $1(p);
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND state = 'active');
+        EXIT WHEN clock_timestamp() - t0 > interval '5 seconds';
+        PERFORM pg_sleep(0.002);
+    END LOOP;
+    RAISE NOTICE 'ms=%', round(extract(epoch FROM clock_timestamp() - t0) * 1000);
+END \$\$;
+SQL
+}
+waiting_session qwen_embed_cancel_me
+canceled=$(stop_latency pg_cancel_backend qwen_embed_cancel_me 2>&1 | sed -n 's/.*ms=//p')
+waiting_session qwen_embed_terminate_me
+terminated=$(stop_latency pg_terminate_backend qwen_embed_terminate_me 2>&1 | sed -n 's/.*ms=//p')
+kill $bulk 2>/dev/null || true
+q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ~ 'bulk text' AND pid <> pg_backend_pid()" >/dev/null
+wait
+[ -n "$canceled" ] && [ "$canceled" -le 100 ] || fail "pg_cancel_backend ended the wait after ${canceled:-?} ms"
+[ -n "$terminated" ] && [ "$terminated" -le 100 ] || fail "pg_terminate_backend ended the wait after ${terminated:-?} ms"
+echo "ok: a session waiting on the model server stopped ${canceled} ms after pg_cancel_backend and ${terminated} ms"
+echo "    after pg_terminate_backend (limit 100 ms)"
+
 echo "-- a full queue"
 q -c "ALTER SYSTEM SET qwen_embed.server_queue_limit = 600" -c "SELECT pg_reload_conf()" >/dev/null
 for _ in $(seq 100); do

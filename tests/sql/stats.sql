@@ -16,7 +16,9 @@ FROM qwen_embed.stats s JOIN other USING (pid);
 SELECT expect(NOT EXISTS (SELECT FROM qwen_embed.stats WHERE pid = pg_backend_pid()), 'this backend has done nothing yet');
 
 SELECT vector_dims(embed('this backend now'));
-SELECT expect(count(*) = 2, count(*) || ' backends in qwen_embed.stats') FROM qwen_embed.stats;
+SELECT expect(count(*) = 2, count(*) || ' backends in qwen_embed.stats') FROM qwen_embed.stats WHERE process = 'backend';
+SELECT expect(count(*) = 1 AND min(calls) >= 1 AND min(forward_passes) >= 1, 'no model server row')
+FROM qwen_embed.stats WHERE process = 'model server';
 
 -- The other backend's slot is freed when it exits.
 SELECT dblink_disconnect('other');
