@@ -50,6 +50,9 @@ INSERT INTO demo_old_docs SELECT g, 'archived note number ' || g FROM generate_s
 CALL qwen_embed.backfill('demo_old_docs', 'body', 'embedding', batch => 100);
 SELECT relation, state, rows_done, rows_total, rows_per_s FROM qwen_embed.backfill_status;
 
--- What each backend's encoder did.
-SELECT pid, model, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors, total_ms, max_ms
+-- What each backend did, and the cluster's model server (qwen_embed is preloaded: one model for every session).
+SELECT process, pid, device, dtype, calls, texts, tokens, forward_passes, cache_hits, errors, total_ms, max_ms
 FROM qwen_embed.stats;
+SELECT key, value FROM qwen_embed.server_info()
+WHERE key IN ('state', 'device', 'dtype', 'load_ms', 'requests', 'batches', 'mean_batch_texts', 'max_batch_texts',
+              'queued_texts', 'restarts');

@@ -78,7 +78,7 @@ echo "-- cancel and terminate while waiting on the model server"
 waiting_session() {
     (q -v ON_ERROR_STOP=0 -c "SET application_name = '$1'" \
         -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT 'waiting ' || g || repeat(' word', 600) FROM generate_series(1, 500) g)))" \
-        >/dev/null 2>&1 || true) &
+        >"$(scratch_dir)/$1.out" 2>&1 || true) &
 }
 (q -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('bulk text ' || g || ' ', 200) FROM generate_series(1, 2000) g)))" \
     >/dev/null 2>&1 || true) &
@@ -116,6 +116,11 @@ terminated=$(stop_latency pg_terminate_backend qwen_embed_terminate_me 2>&1 | se
 kill $bulk 2>/dev/null || true
 q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ~ 'bulk text' AND pid <> pg_backend_pid()" >/dev/null
 wait
+# Each was stopped while it waited, not after it had finished.
+grep -q "canceling statement due to user request" "$(scratch_dir)/qwen_embed_cancel_me.out" ||
+    fail "the session was not canceled: $(cat "$(scratch_dir)/qwen_embed_cancel_me.out")"
+grep -q "terminating connection due to administrator command" "$(scratch_dir)/qwen_embed_terminate_me.out" ||
+    fail "the session was not terminated: $(cat "$(scratch_dir)/qwen_embed_terminate_me.out")"
 [ -n "$canceled" ] && [ "$canceled" -le 100 ] || fail "pg_cancel_backend ended the wait after ${canceled:-?} ms"
 [ -n "$terminated" ] && [ "$terminated" -le 100 ] || fail "pg_terminate_backend ended the wait after ${terminated:-?} ms"
 echo "ok: a session waiting on the model server stopped ${canceled} ms after pg_cancel_backend and ${terminated} ms"
