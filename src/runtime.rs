@@ -22,6 +22,8 @@ use qwen_embed_model::{Embedder, Error, LengthPolicy, Limits, Weighting, Work};
 use crate::errors::{raise, raise_with, OrRaise};
 use crate::{server_client, settings, stats, supervisor};
 
+pub use crate::server_client::Chunks;
+
 /// What identifies a loaded model: changing any of these settings loads it again.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ModelKey {
@@ -294,9 +296,6 @@ pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64
     vectors.iter().for_each(|v| check_finite(v));
     vectors
 }
-
-/// A document's chunks: byte ranges in the document and their vectors.
-pub type Chunks = Vec<(std::ops::Range<usize>, Vec<f32>)>;
 
 /// A long document's chunks and their vectors.
 pub fn embed_chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> Chunks {

@@ -17,7 +17,7 @@ use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 
 use crate::errors::{raise_kind, raise_with};
-use crate::{runtime, settings, stats, supervisor};
+use crate::{settings, stats, supervisor};
 
 /// Does the model server serve this session's model?
 pub fn serves_this_session() -> bool {
@@ -104,6 +104,9 @@ fn unexpected(reply: Reply) -> ! {
     )
 }
 
+/// A document's chunks: byte ranges in the document and their vectors.
+pub type Chunks = Vec<(std::ops::Range<usize>, Vec<f32>)>;
+
 /// Texts per request: a larger call is sent in pieces, one after another, so that one session never holds more than
 /// this many texts in the server's queue and other sessions' requests interleave with its pieces.
 const TEXTS_PER_REQUEST: usize = 512;
@@ -128,7 +131,7 @@ pub fn embed(mut texts: Vec<String>, instruct: Option<String>, dim: Option<i64>)
     (vectors, total)
 }
 
-pub fn chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> (runtime::Chunks, Work) {
+pub fn chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> (Chunks, Work) {
     match request(Job::Chunks { doc, chunk_tokens, overlap, dim }) {
         Reply::Chunks { chunks, cost } => (chunks.into_iter().map(|(a, b, v)| (a..b, v)).collect(), work(cost)),
         other => unexpected(other),
