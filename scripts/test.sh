@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
-# statements, the model server, as a client sees them), then the fault, hot-standby and load tests (tests/faults.sh,
-# tests/standby.sh, tests/load.sh). Every server is a throw-away cluster made in a temporary directory and removed
-# afterwards (scripts/cluster.sh); the machine's own PostgreSQL clusters are never reconfigured, restarted or
-# connected to.
+# statements, the model server, as a client sees them), the pg_regress tests in tests/regress, then the fault,
+# hot-standby and load tests (tests/faults.sh, tests/standby.sh, tests/load.sh). Every server is a throw-away cluster
+# made in a temporary directory and removed afterwards (scripts/cluster.sh); the machine's own PostgreSQL clusters
+# are never reconfigured, restarted or connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -20,6 +20,9 @@ cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata /tmp/pgrx-pgdata
 echo "== SQL tests"
 install_extension
 bash tests/run_sql_tests.sh
+
+echo "== pg_regress tests"
+bash tests/run_regress.sh
 
 echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
 bash tests/faults.sh

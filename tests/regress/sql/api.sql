@@ -1,0 +1,39 @@
+-- The SQL surface's deterministic behaviour, as pg_regress output (tests/run_regress.sh): shapes, NULL conventions,
+-- token counts, errors with their hints. The vectors' values are checked against transformers in the pg_tests.
+CREATE EXTENSION qwen_embed CASCADE;
+\set SHOW_CONTEXT never
+
+SELECT vector_dims(embed('The capital of China is Beijing.')) AS dims,
+       round(vector_norm(embed('The capital of China is Beijing.'))::numeric, 5) AS norm;
+SELECT embed(NULL) IS NULL AS null_in_null_out;
+SELECT cardinality(embed(ARRAY['a', NULL, 'b'])) AS n, (embed(ARRAY['a', NULL, 'b']))[2] IS NULL AS null_kept,
+       cardinality(embed(ARRAY[]::text[])) AS empty;
+SELECT vector_dims(embed('short', dim => 32)) AS matryoshka, round(vector_norm(embed('short', dim => 32))::numeric, 5);
+SELECT token_count('The capital of China is Beijing.') AS plain,
+       token_count('What is the capital of China?', 'Given a web search query, retrieve relevant passages') AS instructed,
+       token_count('') AS empty;
+SELECT round(semantic_similarity('same text', 'same text')::numeric, 5) AS identical;
+SELECT round(cosine_sim('[1,0]'::vector, '[1,1]'::vector)::numeric, 6) AS cos45,
+       cosine_sim('[0,0,0]'::vector, '[1,2,3]'::vector) AS zero_vector,
+       round(cosine_sim(ARRAY[1, 0]::real[], ARRAY[0, 1]::real[])::numeric, 6) AS orthogonal;
+
+-- Errors, with SQLSTATE-bearing messages and hints.
+SELECT embed('hello', dim => 8);
+SELECT cosine_sim('[1,2]'::vector, '[1,2,3]'::vector);
+SELECT cosine_sim(ARRAY[1, NULL]::real[], ARRAY[1, 2]::real[]);
+SET qwen_embed.max_length = 4;
+SELECT embed('The capital of China is Beijing.');
+SET qwen_embed.truncate = on;
+SELECT vector_dims(embed('The capital of China is Beijing.')) AS truncated_dims;
+RESET qwen_embed.truncate;
+RESET qwen_embed.max_length;
+SELECT * FROM embed_chunks('text', 100, 60);
+SELECT embed_document('text', weighting => 'median');
+
+-- Long documents: chunk boundaries are deterministic (sentence ends within the token budget).
+SELECT chunk_no, chunk, token_count(chunk) AS tokens
+FROM embed_chunks('PostgreSQL stores rows in heap pages. pgvector adds HNSW indexes. '
+                  || 'Qwen3 turns text into vectors. Triggers keep them fresh. Backfill fills old rows.', 16, 4);
+SELECT string_agg(chunk, '' ORDER BY chunk_no) = repeat('One. Two. Three. Four. Five. Six. ', 4) AS chunks_concatenate,
+       count(*) AS chunks
+FROM embed_chunks(repeat('One. Two. Three. Four. Five. Six. ', 4), 16, 0);
