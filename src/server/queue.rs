@@ -3,7 +3,8 @@
 //! Every request's sequences wait here until a batch takes them. A batch takes sequences round-robin, one from each
 //! waiting request in turn, until the token budget is spent: a session sending one query gets into the next batch
 //! even while another session's 100,000-text backfill is queued, and requests share the model in proportion to how
-//! many are waiting, not to their size. Within a request, sequences go shortest first (the model then packs each
+//! many are waiting, not to their size. Lanes split small and large requests, so that two batch threads can compute
+//! interactive queries next to bulk work. Within a request, sequences go shortest first (the model then packs each
 //! batch by length itself). Canceled requests are dropped here, before anything is computed for them.
 
 use std::collections::VecDeque;
@@ -14,8 +15,10 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
     /// Only small requests (at most `small_tokens` tokens in all): a lane that a large request never occupies, so an
-    /// interactive query never waits behind a bulk batch.
+    /// interactive query never waits behind a bulk batch, and concurrent queries share its batches.
     Interactive { small_tokens: usize },
+    /// Only large requests (more than `small_tokens` tokens): bulk work, computed next to the interactive lane.
+    Bulk { small_tokens: usize },
     /// Every request.
     Any,
 }
@@ -108,6 +111,7 @@ impl Queue {
     pub fn next_batch(&mut self, budget: usize, lane: Lane) -> Vec<Item> {
         let eligible = |e: &Entry| match lane {
             Lane::Interactive { small_tokens } => e.total_tokens <= small_tokens,
+            Lane::Bulk { small_tokens } => e.total_tokens > small_tokens,
             Lane::Any => true,
         };
         let mut batch: Vec<Item> = Vec::new();
@@ -157,11 +161,12 @@ mod tests {
         let second = q.next_batch(200, Lane::Any);
         assert!(second.iter().any(|i| i.request == 2), "the query waits for the next batch only");
         assert!(second.iter().map(|i| i.ids.len()).sum::<usize>() <= 200);
-        // The interactive lane takes the small request and never the bulk one.
+        // The interactive lane takes the small request and never the bulk one; the bulk lane the other way round.
         q.push(3, seqs(&[12]), flag()).unwrap();
-        let lane = Lane::Interactive { small_tokens: 512 };
-        assert_eq!(q.next_batch(200, lane), vec![Item { request: 3, index: 0, ids: vec![7; 12] }]);
-        assert!(q.next_batch(200, lane).is_empty());
+        let (interactive, bulk) = (Lane::Interactive { small_tokens: 512 }, Lane::Bulk { small_tokens: 512 });
+        assert!(q.next_batch(200, bulk).iter().all(|i| i.request == 1));
+        assert_eq!(q.next_batch(200, interactive), vec![Item { request: 3, index: 0, ids: vec![7; 12] }]);
+        assert!(q.next_batch(200, interactive).is_empty());
     }
 
     #[test]

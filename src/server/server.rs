@@ -3,8 +3,9 @@
 //! Threads: the caller's thread accepts connections; each connection gets a thread that reads its one request,
 //! tokenises it (off the compute path, as TEI does) and queues it, then waits for its vectors while watching the
 //! socket, so a caller that goes away (cancel, timeout, a dead backend) has its request dropped before it is computed.
-//! Two batch threads take work from the queue ([`crate::queue`]): one only from small requests, one from all, so an
-//! interactive query is computed next to a running bulk batch instead of behind it. Both run the encoder on one
+//! Two batch threads take work from the queue ([`crate::queue`]): one from small requests, one from large ones, so an
+//! interactive query is computed next to a running bulk batch instead of behind it, and concurrent queries share
+//! batches. Both run the encoder on one
 //! thread pool sized by the settings.
 
 use std::collections::HashMap;
@@ -128,7 +129,8 @@ pub fn serve(
         loader.model_ready.notify_all();
     })?;
 
-    for lane in [Lane::Interactive { small_tokens: settings.small_tokens }, Lane::Any] {
+    let small_tokens = settings.small_tokens;
+    for lane in [Lane::Interactive { small_tokens }, Lane::Bulk { small_tokens }] {
         let batcher = shared.clone();
         std::thread::Builder::new().name("qwen_embed-batch".into()).spawn(move || run_batches(&batcher, lane))?;
     }
