@@ -271,6 +271,14 @@ fn embed(
     if let Err(e) = model.truncate_to(Vec::new(), dim) {
         return Some(failed(&e));
     }
+    // Refuse at once, before tokenising, what the queue cannot take now (checked again when queued).
+    {
+        let queue = lock(&shared.queue);
+        if queue.queued_requests() > 0 && queue.queued_texts() + texts.len() > queue.limit() {
+            lock(&shared.status).rejected += 1;
+            return Some(Reply::Overloaded { queued_texts: queue.queued_texts(), limit: queue.limit() });
+        }
+    }
     let mut seqs = Vec::with_capacity(texts.len());
     for text in &texts {
         match model.tokenize(text, instruct.as_deref(), limits) {
