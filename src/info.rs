@@ -19,46 +19,46 @@ pub(crate) mod qwen_embed {
     fn info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut add = |k: &str, v: String| rows.push((k.to_string(), v));
-        let server = if runtime::last_on_server() { server_client::status() } else { None };
-        if let Some((s, pid, restarts, last_exit)) = server {
+        if runtime::last_on_server() {
             add("route", "server".into());
-            add("model_path", s.model.path);
-            add("device", s.device);
-            add("dtype", s.dtype);
-            add("load_ms", format!("{:.1}", s.load_ms));
-            add("server_pid", pid.to_string());
-            add("server_state", s.state);
-            add("server_restarts", restarts.to_string());
-            if !last_exit.is_empty() {
-                add("server_last_exit", last_exit);
+            if let Some((s, pid, restarts, last_exit)) = server_client::status() {
+                add("model_path", s.model.path);
+                add("device", s.device);
+                add("dtype", s.dtype);
+                add("load_ms", format!("{:.1}", s.load_ms));
+                add("server_pid", pid.to_string());
+                add("server_state", s.state);
+                add("server_restarts", restarts.to_string());
+                if !last_exit.is_empty() {
+                    add("server_last_exit", last_exit);
+                }
             }
         } else {
             add("route", "backend".into());
-        }
-        match runtime::loaded().filter(|_| !runtime::last_on_server()) {
-            Some(m) => {
-                let c = m.config();
-                add("model_path", m.model_dir().display().to_string());
-                add("architecture", "qwen3".into());
-                add("dims", c.hidden_size.to_string());
-                add("layers", c.num_hidden_layers.to_string());
-                add("attention_heads", c.num_attention_heads.to_string());
-                add("kv_heads", c.num_key_value_heads.to_string());
-                add("head_dim", c.head_dim.to_string());
-                add("intermediate_size", c.intermediate_size.to_string());
-                add("vocab_size", c.vocab_size.to_string());
-                add("max_position_embeddings", c.max_position_embeddings.to_string());
-                add("device", device_name(m.device()).into());
-                add("dtype", m.dtype().as_str().into());
-                add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
-                add("weights_mb", (m.weights_bytes() >> 20).to_string());
-                if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {
-                    add("gpu_memory_used_mb", ((total - free) >> 20).to_string());
-                    add("gpu_memory_total_mb", (total >> 20).to_string());
+            match runtime::loaded() {
+                Some(m) => {
+                    let c = m.config();
+                    add("model_path", m.model_dir().display().to_string());
+                    add("architecture", "qwen3".into());
+                    add("dims", c.hidden_size.to_string());
+                    add("layers", c.num_hidden_layers.to_string());
+                    add("attention_heads", c.num_attention_heads.to_string());
+                    add("kv_heads", c.num_key_value_heads.to_string());
+                    add("head_dim", c.head_dim.to_string());
+                    add("intermediate_size", c.intermediate_size.to_string());
+                    add("vocab_size", c.vocab_size.to_string());
+                    add("max_position_embeddings", c.max_position_embeddings.to_string());
+                    add("device", device_name(m.device()).into());
+                    add("dtype", m.dtype().as_str().into());
+                    add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
+                    add("weights_mb", (m.weights_bytes() >> 20).to_string());
+                    if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {
+                        add("gpu_memory_used_mb", ((total - free) >> 20).to_string());
+                        add("gpu_memory_total_mb", (total >> 20).to_string());
+                    }
                 }
+                None => add("model_path", "(not loaded in this backend)".into()),
             }
-            None if runtime::last_on_server() => {}
-            None => add("model_path", "(not loaded in this backend)".into()),
         }
         add("threads", settings::threads().to_string());
         let s = stats::local();

@@ -153,10 +153,7 @@ pub fn model_spec() -> qwen_embed_server::protocol::ModelSpec {
 }
 
 pub fn server_threads() -> usize {
-    match SERVER_THREADS.get() {
-        n if n > 0 => n as usize,
-        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    }
+    threads_or_cores(SERVER_THREADS.get())
 }
 
 pub fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
@@ -172,7 +169,12 @@ pub fn limits() -> Limits {
 }
 
 pub fn threads() -> usize {
-    match THREADS.get() {
+    threads_or_cores(THREADS.get())
+}
+
+/// A thread-count setting: 0 (or less) means one thread per core.
+fn threads_or_cores(setting: i32) -> usize {
+    match setting {
         n if n > 0 => n as usize,
         _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }

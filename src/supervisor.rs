@@ -137,10 +137,7 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
             if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
                 return;
             }
-            if BackgroundWorker::sighup_received() {
-                // SAFETY: this worker's main thread, in its main loop, as PostgreSQL's own processes do on SIGHUP.
-                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            }
+            reload_on_sighup();
             continue;
         }
         let config = Config::current();
@@ -164,15 +161,11 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
                 publish(|p| p.running = false);
                 return;
             }
-            if BackgroundWorker::sighup_received() {
-                // SAFETY: this worker's main thread, in its main loop, as PostgreSQL's own processes do on SIGHUP.
-                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-                if !settings::SERVER.get() || Config::current() != config {
-                    log!("qwen_embed: settings changed; restarting the model server");
-                    stop(child);
-                    backoff = Duration::from_millis(100);
-                    break None;
-                }
+            if reload_on_sighup() && (!settings::SERVER.get() || Config::current() != config) {
+                log!("qwen_embed: settings changed; restarting the model server");
+                stop(child);
+                backoff = Duration::from_millis(100);
+                break None;
             }
             if let Some(status) = exited(child) {
                 break Some(status);
@@ -192,6 +185,16 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
+}
+
+/// Rereads the configuration files if a SIGHUP came since the last call; says whether one did.
+fn reload_on_sighup() -> bool {
+    let reload = BackgroundWorker::sighup_received();
+    if reload {
+        // SAFETY: this worker's main thread, in its main loop, as PostgreSQL's own processes do on SIGHUP.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+    reload
 }
 
 /// How the child ended, if it has.

@@ -354,9 +354,6 @@ fn run_batches(shared: &Shared, lane: Lane) {
                 }
                 let batch = queue.next_batch(shared.settings.batch_tokens, lane);
                 if !batch.is_empty() {
-                    let mut s = lock(&shared.status);
-                    s.queued_requests = queue.queued_requests();
-                    s.queued_texts = queue.queued_texts();
                     break batch;
                 }
                 queue = shared.work_waiting.wait_timeout(queue, POLL).unwrap_or_else(|p| p.into_inner()).0;
