@@ -25,6 +25,7 @@ pub(crate) mod qwen_embed {
                 add("model_path", s.model.path);
                 add("device", s.device);
                 add("dtype", s.dtype);
+                add("kernel", s.kernel);
                 add("load_ms", format!("{:.1}", s.load_ms));
                 add("server_pid", pid.to_string());
                 add("server_state", s.state);
@@ -50,6 +51,7 @@ pub(crate) mod qwen_embed {
                     add("max_position_embeddings", c.max_position_embeddings.to_string());
                     add("device", device_name(m.device()).into());
                     add("dtype", m.dtype().as_str().into());
+                    add("kernel", m.precision().kernel_name().into());
                     add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
                     add("weights_mb", (m.weights_bytes() >> 20).to_string());
                     if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {
@@ -85,6 +87,7 @@ pub(crate) mod qwen_embed {
             add("state", s.state);
             add("device", s.device);
             add("dtype", s.dtype);
+            add("kernel", s.kernel);
             add("load_ms", format!("{:.1}", s.load_ms));
             add("threads", s.threads.to_string());
             add("batch_tokens", s.batch_tokens.to_string());

@@ -446,10 +446,10 @@ mod tests {
     }
 
     #[pg_test]
-    fn bf16_stays_close_to_the_reference_and_auto_picks_it_only_with_amx() {
-        use qwen_embed_model::bf16_matmul::{kernel, Kernel};
+    fn bf16_stays_close_to_the_reference_and_auto_picks_it_with_a_bf16_kernel() {
+        let bf16 = qwen_embed_model::cpu::bf16_kernel().is_some();
         Spi::run("SET qwen_embed.dtype = 'bf16'").unwrap();
-        if kernel().is_none() {
+        if !bf16 {
             // bf16 falls back to f32 here: comparing it would say nothing about bf16.
             eprintln!("SKIPPED bf16_stays_close_to_the_reference: no bf16 kernel on this CPU");
         }
@@ -457,10 +457,13 @@ mod tests {
         let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
         let expected = floats(&case["embedding"]);
         let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
-        assert!(cos >= if kernel().is_some() { 0.9999 } else { 0.99999 }, "bf16 cosine {cos}");
-        assert_eq!(info_value("dtype"), if kernel().is_some() { "bf16" } else { "f32" });
+        assert!(cos >= if bf16 { 0.9999 } else { 0.99999 }, "bf16 cosine {cos}");
+        assert_eq!(info_value("dtype"), if bf16 { "bf16" } else { "f32" });
         Spi::run("SET qwen_embed.dtype = 'auto'; SELECT embed('auto')").unwrap();
-        assert_eq!(info_value("dtype"), if kernel() == Some(Kernel::Amx) { "bf16" } else { "f32" });
+        assert_eq!(info_value("dtype"), if bf16 { "bf16" } else { "f32" });
+        let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
+        assert_eq!(info_value("kernel"), kernel);
+        assert_ne!(kernel, "candle", "every CPU this is tested on has AVX2/FMA at least");
     }
 
     #[pg_test(error = "permission denied to set parameter \"qwen_embed.model_path\"")]

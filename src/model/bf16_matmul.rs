@@ -1,7 +1,7 @@
 //! `y = x · Wᵀ` with bf16 weights and f32 accumulation, on x86-64 CPUs with AMX (Sapphire Rapids and later: `tdpbf16ps`
 //! multiplies 16×32 by 32×16 bf16 tiles) or else AVX512-BF16 (`vdpbf16ps`). candle's CPU matmul has no bf16 kernel (it
-//! converts to f32 on every call), and at f32 the encoder is already near the FMA peak, so this is where speed comes
-//! from.
+//! converts to f32 on every call); these instructions do twice (AVX512-BF16) to several times (AMX) the work of f32 FMA
+//! per cycle and halve the bytes of weights streamed per pass. `precision` decides when they are used.
 //!
 //! The weights are packed once, at load, into the layout both instructions consume: 64-column panels, and within a
 //! panel, for each pair of input features k, k+1, the 64 columns' (W[n][k], W[n][k+1]) bf16 pairs — which is also the
@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::{Bf16Instructions, Bf16Kernel};
+
 /// Output columns per panel (four 16-lane registers).
 const PANEL: usize = 64;
 /// Output rows per micro-kernel call.
@@ -19,41 +21,10 @@ const MR: usize = 6;
 /// Pairs of input features per AMX tile row (32 bf16 = 64 bytes).
 const TILE_PAIRS: usize = 16;
 
-/// Which instructions the kernel uses on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    Amx,
-    Avx512Bf16,
-}
-
-/// The fastest kernel this CPU (and kernel, for AMX) allows, if any. `QWEN_EMBED_NO_AMX=1` skips AMX.
-pub fn kernel() -> Option<Kernel> {
-    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
-    *KERNEL.get_or_init(detect)
-}
-
-/// True when this CPU can run a bf16 kernel.
-pub fn available() -> bool {
-    kernel().is_some()
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect() -> Option<Kernel> {
-    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
-        return None;
-    }
-    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of these is not stable yet).
-    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-    let amx_cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
-    if amx_cpu && std::env::var_os("QWEN_EMBED_NO_AMX").is_none() && amx::request_permission() {
-        return Some(Kernel::Amx);
-    }
-    Some(Kernel::Avx512Bf16)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> Option<Kernel> {
-    None
+/// Linux hands out AMX state only to processes that ask (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); `cpu`
+/// asks once, during detection.
+pub(crate) fn request_amx_permission() -> bool {
+    amx::request_permission()
 }
 
 /// Round-to-nearest-even f32 → bf16 (the same rounding as `vcvtne2ps2bf16`).
@@ -106,21 +77,16 @@ impl PackedWeights {
         self.in_features
     }
 
-    /// `x` is rows × in_features (row-major); returns rows × out_features.
-    pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let kernel = kernel().expect("no bf16 kernel on this CPU");
-        self.matmul_with(kernel, x, rows)
-    }
-
-    /// [`matmul`](Self::matmul) with a chosen kernel (which must be available).
-    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], rows: usize) -> Vec<f32> {
+    /// `x` is rows × in_features (row-major); returns rows × out_features. The kernel token proves the CPU has its
+    /// instructions (see `cpu`).
+    pub fn matmul(&self, kernel: Bf16Kernel, x: &[f32], rows: usize) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.in_features);
-        assert!(kernel == Kernel::Avx512Bf16 || self::kernel() == Some(Kernel::Amx), "{kernel:?} is not available");
+        let kernel = kernel.instructions();
         let panels = self.out_features.div_ceil(PANEL);
         // AMX works on whole 16-row tiles (two at a time) and 64-column panels: pad, compute, then cut.
         let (padded_rows, ldc) = match kernel {
-            Kernel::Amx => (rows.next_multiple_of(2 * amx::TILE_ROWS), panels * PANEL),
-            Kernel::Avx512Bf16 => (rows, self.out_features),
+            Bf16Instructions::Amx => (rows.next_multiple_of(2 * amx::TILE_ROWS), panels * PANEL),
+            Bf16Instructions::Avx512Bf16 => (rows, self.out_features),
         };
         let a = self.activations(x, rows, padded_rows);
         let mut out = vec![0f32; padded_rows * ldc];
@@ -131,11 +97,12 @@ impl PackedWeights {
         (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
             let out_ptr = &out_ptr;
             let run = task * per_task..((task + 1) * per_task).min(panels);
-            // SAFETY: the kernel was detected on this CPU; each panel writes its own columns.
+            // SAFETY: a Bf16Kernel exists only where detection found its instructions (and AMX permission); each task
+            // writes its own panels' columns of `out`, which holds padded_rows × ldc floats.
             unsafe {
                 match kernel {
-                    Kernel::Amx => amx::panels(self, &a, padded_rows, run, out_ptr.0, ldc),
-                    Kernel::Avx512Bf16 => run.for_each(|panel| self.panel(&a, rows, panel, out_ptr.0)),
+                    Bf16Instructions::Amx => amx::panels(self, &a, padded_rows, run, out_ptr.0, ldc),
+                    Bf16Instructions::Avx512Bf16 => run.for_each(|panel| self.panel(&a, rows, panel, out_ptr.0)),
                 }
             }
         });
@@ -162,6 +129,8 @@ impl PackedWeights {
         a
     }
 
+    /// # Safety
+    /// The CPU must have AVX512F and AVX512-BF16; `out` must hold rows × out_features floats.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn panel(&self, a: &[u32], rows: usize, panel: usize, out: *mut f32) {
@@ -309,6 +278,10 @@ unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
 /// C[0..R, 0..cols] = A[0..R] · B-panel, A as bf16 pairs (stride `pairs`), C with row stride `ldc`.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16; `a` holds R rows of `pairs`, `b` a panel of `pairs` × 64, `c` R rows of
+/// `cols` floats at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn avx512_kernel<const R: usize>(
@@ -369,23 +342,18 @@ mod tests {
 
     #[test]
     fn matches_a_plain_matmul_for_odd_shapes() {
-        let kernels: &[Kernel] = match kernel() {
-            None => {
-                return println!(
-                    "SKIPPED bf16_matmul::matches_a_plain_matmul_for_odd_shapes: no bf16 kernel on this CPU"
-                )
-            }
-            Some(Kernel::Amx) => &[Kernel::Amx, Kernel::Avx512Bf16],
-            Some(Kernel::Avx512Bf16) => &[Kernel::Avx512Bf16],
-        };
+        let kernels = crate::cpu::bf16_kernels();
+        if kernels.is_empty() {
+            return println!("SKIPPED bf16_matmul::matches_a_plain_matmul_for_odd_shapes: no bf16 kernel on this CPU");
+        }
         println!("kernels tested: {kernels:?} (bf16_matmul::matches_a_plain_matmul_for_odd_shapes)");
         for (rows, out_f, in_f) in [(1, 1, 1), (7, 70, 33), (13, 128, 64), (6, 192, 97), (25, 64, 1024), (40, 130, 70)]
         {
             let w: Vec<u16> = (0..out_f * in_f).map(|i| f32_to_bf16(((i * 37 % 101) as f32 - 50.0) / 64.0)).collect();
             let x: Vec<f32> = (0..rows * in_f).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
             let packed = PackedWeights::pack(&w, out_f, in_f);
-            for &kernel in kernels {
-                let got = packed.matmul_with(kernel, &x, rows);
+            for &kernel in &kernels {
+                let got = packed.matmul(kernel, &x, rows);
                 for r in 0..rows {
                     for n in 0..out_f {
                         let expected: f64 = (0..in_f)

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 
-use crate::bf16_matmul::{kernel, Kernel};
+use crate::precision::Precision;
 
 /// `auto` (the first CUDA GPU if built with the `cuda` feature and one is usable, else the CPU), `cpu`, `cuda`,
 /// `cuda:N`. An explicit CUDA device that cannot be used is an error naming the reason.
@@ -39,12 +39,10 @@ fn cuda_device(_ordinal: usize) -> Result<Device, String> {
     Err("qwen_embed was built without CUDA support (cargo feature \"cuda\")".into())
 }
 
-/// `auto`, `f32`, `bf16` or `f16` for a device. `auto` is bf16 on a GPU and on CPUs with AMX (which multiplies bf16
-/// tiles 3-6× faster than f32 FMA), else f32 (AVX512-BF16 alone is no faster than f32 there).
+/// `auto`, `f32`, `bf16` or `f16` for a device; what `auto` means is [`Precision::auto`]'s rule.
 pub fn select_dtype(setting: &str, device: &Device) -> Result<DType, String> {
     match setting.to_ascii_lowercase().as_str() {
-        "auto" if device.is_cpu() => Ok(if kernel() == Some(Kernel::Amx) { DType::BF16 } else { DType::F32 }),
-        "auto" => Ok(DType::BF16),
+        "auto" => Ok(Precision::auto(device).weights()),
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),

@@ -12,6 +12,7 @@ use crate::config::Qwen3Config;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::pooling::{check_dim, l2_normalize, truncate_dim, weighted_mean, Weighting};
+use crate::precision::Precision;
 use crate::tokenizer::{format_input, LengthPolicy, QwenTokenizer};
 use crate::weights::Weights;
 
@@ -62,8 +63,14 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Loads `config.json`, `tokenizer.json` and the safetensors weights from a Hugging Face model directory.
+    /// Loads `config.json`, `tokenizer.json` and the safetensors weights from a Hugging Face model directory, to
+    /// compute in `dtype` as [`Precision::new`] defines it on `device`.
     pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(model_dir, device, Precision::new(dtype, device))
+    }
+
+    /// [`load`](Self::load) with an explicit precision (tests and benchmarks compare kernels).
+    pub fn load_with(model_dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let started = Instant::now();
         if !model_dir.is_dir() {
             let problem = if model_dir.exists() { "is not a directory" } else { "does not exist" };
@@ -77,9 +84,9 @@ impl Embedder {
         let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
         let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
         let weights = Weights::open(model_dir)?;
-        let weights_bytes = weights.loaded_bytes(Encoder::weights_dtype(dtype, device));
+        let weights_bytes = weights.loaded_bytes(&precision);
         crate::memory::check(weights_bytes, crate::memory::available_on(device))?;
-        let encoder = Encoder::load(&config, &weights, dtype, device)?;
+        let encoder = Encoder::load(&config, &weights, precision, device)?;
         Ok(Embedder {
             config,
             tokenizer,
@@ -109,6 +116,11 @@ impl Embedder {
 
     pub fn dtype(&self) -> DType {
         self.encoder.dtype()
+    }
+
+    /// How the model computes (kernel, weights and activations dtypes).
+    pub fn precision(&self) -> Precision {
+        self.encoder.precision()
     }
 
     pub fn device(&self) -> &Device {

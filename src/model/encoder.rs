@@ -14,6 +14,7 @@ use crate::attention;
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
 use crate::linear::{with_cpu_f32, Linear};
+use crate::precision::Precision;
 use crate::weights::Weights;
 
 /// Upper bound on the attention scores held at once (elements), which sets the query block size.
@@ -21,13 +22,9 @@ const SCORE_BLOCK_ELEMENTS: usize = 16 << 20;
 
 pub struct Encoder {
     config: Qwen3Config,
-    /// Activations' dtype.
-    activations: DType,
-    /// Linear layers' weights dtype (bf16 with f32 activations on the AVX512-BF16 path).
-    dtype: DType,
+    precision: Precision,
     device: Device,
-    /// Kept in the checkpoint's dtype: only the rows of the batch's tokens are converted, which saves a full-size copy
-    /// of the largest tensor (155M parameters in the 0.6B model).
+    /// In the dtype [`Precision::embed_tokens`] says.
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -63,17 +60,14 @@ struct Batch {
 }
 
 impl Encoder {
-    /// `dtype` is the weights' compute dtype. On a CPU, bf16 means the AVX512-BF16 kernel for every linear layer with
-    /// f32 activations; where the CPU lacks it, everything runs in f32.
-    pub fn load(config: &Qwen3Config, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+    /// Loads the layers as [`Precision`] says (kernel, weights' and activations' dtypes).
+    pub fn load(config: &Qwen3Config, weights: &Weights, precision: Precision, device: &Device) -> Result<Self> {
         let c = config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let packed = device.is_cpu() && Self::weights_dtype(dtype, device) == DType::BF16;
-        let dtype = if device.is_cpu() && dtype == DType::BF16 { DType::F32 } else { dtype };
+        let dtype = precision.activations;
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
-        let get_weight =
-            |name: &str, shape: &[usize]| weights.get(name, shape, if packed { DType::BF16 } else { dtype }, device);
+        let get_weight = |name: &str, shape: &[usize]| weights.get(name, shape, precision.weights(), device);
         let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
             let ws = names
                 .iter()
@@ -90,7 +84,7 @@ impl Encoder {
             } else {
                 None
             };
-            Linear::new(Tensor::cat(&ws, 0)?, b, packed)
+            Linear::new(Tensor::cat(&ws, 0)?, b, precision.linear)
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -118,11 +112,10 @@ impl Encoder {
                 down: linear(&[&format!("{mlp}.down_proj")], &[h], c.intermediate_size, false)?,
             });
         }
-        let embed_dtype = if dtype == DType::F32 { weights.dtype("embed_tokens.weight")? } else { dtype };
+        let embed_dtype = precision.embed_tokens(weights.dtype("embed_tokens.weight")?);
         Ok(Encoder {
             config: c.clone(),
-            activations: dtype,
-            dtype: if packed { DType::BF16 } else { dtype },
+            precision,
             device: device.clone(),
             embed_tokens: weights.get("embed_tokens.weight", &[c.vocab_size, h], embed_dtype, device)?,
             layers,
@@ -131,19 +124,13 @@ impl Encoder {
         })
     }
 
-    /// The dtype the linear layers' weights are held in for a requested `dtype`: bf16 on a CPU only where a bf16
-    /// kernel can use it (packed), else f32; the requested dtype elsewhere.
-    pub fn weights_dtype(dtype: DType, device: &Device) -> DType {
-        if device.is_cpu() && dtype == DType::BF16 && !crate::bf16_matmul::available() {
-            DType::F32
-        } else {
-            dtype
-        }
-    }
-
     /// The dtype of the linear layers' weights (what the model computes in).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.precision.weights()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn device(&self) -> &Device {
@@ -161,7 +148,7 @@ impl Encoder {
             .flat_map(|(s, &pad)| std::iter::repeat_n(0, pad).chain(s.iter().copied()))
             .collect();
         let ids = Tensor::from_vec(ids, batch.size * batch.len, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.activations)?.reshape((
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.precision.activations)?.reshape((
             batch.size,
             batch.len,
             c.hidden_size,

@@ -5,6 +5,9 @@
 //! - [`device`]: `auto`/`cpu`/`cuda:N` and `auto`/`f32`/`bf16`/`f16` → candle's device and dtype
 //! - [`weights`]: memory-mapped safetensors, single or sharded, with or without the `model.` prefix
 //! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
+//! - [`cpu`]: which kernels this CPU runs (detected once; kernel values exist only after detection)
+//! - [`precision`]: the one rule from requested dtype and device to kernel and dtypes (`auto` included)
+//! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
@@ -15,13 +18,16 @@ pub mod attention;
 pub mod bf16_matmul;
 pub mod chunking;
 pub mod config;
+pub mod cpu;
 pub mod device;
 pub mod embedder;
 pub mod encoder;
 pub mod error;
+pub mod f32_matmul;
 pub mod linear;
 pub mod memory;
 pub mod pooling;
+pub mod precision;
 pub mod tokenizer;
 pub mod weights;
 
@@ -30,4 +36,5 @@ pub use config::Qwen3Config;
 pub use embedder::{Chunk, Embedder, Limits, Work};
 pub use error::{Error, ErrorKind, Result};
 pub use pooling::Weighting;
+pub use precision::Precision;
 pub use tokenizer::{format_input, LengthPolicy};

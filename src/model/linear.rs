@@ -1,14 +1,18 @@
-//! A linear layer `y = x · Wᵀ + b` in one of two forms: candle's matmul in the compute dtype, or, on CPUs with
-//! AVX512-BF16, bf16 weights packed for `vdpbf16ps` with f32 activations and accumulation (see `bf16_matmul`).
+//! A linear layer `y = x · Wᵀ + b` with the kernel `precision` chose: candle's matmul in the compute dtype, or
+//! weights packed once at load for one of our CPU kernels (`f32_matmul`, `bf16_matmul`) with f32 activations.
 
 use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::bf16_matmul::PackedWeights;
+use crate::cpu::{Bf16Kernel, F32Kernel};
 use crate::error::Result;
+use crate::f32_matmul::PackedF32;
+use crate::precision::LinearKernel;
 
 pub enum Linear {
     Dense(candle_nn::Linear),
-    PackedBf16 { weights: PackedWeights, bias: Option<Tensor> },
+    PackedF32 { kernel: F32Kernel, weights: PackedF32, bias: Option<Tensor> },
+    PackedBf16 { kernel: Bf16Kernel, weights: PackedWeights, bias: Option<Tensor> },
 }
 
 /// Runs `f` on the f32 elements of a contiguous CPU tensor, without copying them.
@@ -22,35 +26,47 @@ pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result
 }
 
 impl Linear {
-    /// `weight` is (out_features, in_features). `packed` selects the bf16 kernel (the caller checks availability).
-    pub fn new(weight: Tensor, bias: Option<Tensor>, packed: bool) -> Result<Self> {
-        if !packed {
-            return Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)));
-        }
+    /// `weight` is (out_features, in_features), in the dtype `precision` chose for `kernel`'s weights.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, kernel: LinearKernel) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
-        let bits: Vec<u16> = weight
-            .to_dtype(DType::BF16)?
-            .flatten_all()?
-            .to_vec1::<half::bf16>()?
-            .into_iter()
-            .map(|v| v.to_bits())
-            .collect();
-        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-        Ok(Linear::PackedBf16 { weights: PackedWeights::pack(&bits, out_features, in_features), bias })
+        let bias_f32 = || bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose();
+        Ok(match kernel {
+            LinearKernel::Candle => Linear::Dense(candle_nn::Linear::new(weight, bias.clone())),
+            LinearKernel::PackedF32(kernel) => {
+                let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Linear::PackedF32 { kernel, weights: PackedF32::pack(&w, out_features, in_features), bias: bias_f32()? }
+            }
+            LinearKernel::PackedBf16(kernel) => {
+                let bits: Vec<u16> = weight
+                    .to_dtype(DType::BF16)?
+                    .flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .into_iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                let weights = PackedWeights::pack(&bits, out_features, in_features);
+                Linear::PackedBf16 { kernel, weights, bias: bias_f32()? }
+            }
+        })
     }
 
     /// x: (..., in_features) → (..., out_features).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weights, bias) = match self {
+        let (in_features, out_features, bias) = match self {
             Linear::Dense(linear) => return Ok(linear.forward(x)?),
-            Linear::PackedBf16 { weights, bias } => (weights, bias),
+            Linear::PackedF32 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
+            Linear::PackedBf16 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
         };
         let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let rows = x.elem_count() / in_features;
+        let out = with_cpu_f32(&x, |x| match self {
+            Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
+            Linear::PackedBf16 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
+            Linear::Dense(_) => unreachable!("handled above"),
+        })?;
         let mut dims = x.dims().to_vec();
-        let rows = x.elem_count() / weights.in_features();
-        let out = with_cpu_f32(&x, |x| weights.matmul(x, rows))?;
         if let Some(last) = dims.last_mut() {
-            *last = weights.out_features();
+            *last = out_features;
         }
         let y = Tensor::from_vec(out, dims, &Device::Cpu)?;
         Ok(match bias {

@@ -9,6 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -76,17 +77,17 @@ impl Weights {
         }
     }
 
-    /// Bytes the weights take once loaded: `embed_tokens` keeps its stored dtype when `dtype` is f32 (see
-    /// `Encoder`), everything else is converted to `dtype`.
-    pub fn loaded_bytes(&self, dtype: DType) -> u64 {
+    /// Bytes the weights take once loaded with `precision` (`embed_tokens` and the rest may differ in dtype).
+    pub fn loaded_bytes(&self, precision: &Precision) -> u64 {
         let embed = format!("{}embed_tokens.weight", self.prefix);
+        let embed_dtype = self.dtype("embed_tokens.weight").map_or(DType::F32, |d| precision.embed_tokens(d));
         self.files
             .tensors()
             .iter()
             .map(|(name, view)| {
                 let n = view.shape().iter().product::<usize>() as u64;
-                let stored = (view.data().len() as u64).checked_div(n).unwrap_or(4);
-                n * if *name == embed && dtype == DType::F32 { stored } else { dtype.size_in_bytes() as u64 }
+                let dtype = if *name == embed { embed_dtype } else { precision.weights() };
+                n * dtype.size_in_bytes() as u64
             })
             .sum()
     }

@@ -100,6 +100,8 @@ pub struct Status {
     pub state: String,
     pub device: String,
     pub dtype: String,
+    /// The linear layers' kernel (`Precision::kernel_name`).
+    pub kernel: String,
     pub load_ms: f64,
     pub threads: usize,
     pub batch_tokens: usize,

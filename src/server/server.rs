@@ -117,6 +117,7 @@ pub fn serve(
                 s.state = "ready".into();
                 s.device = qwen_embed_model::device::device_name(model.device()).into();
                 s.dtype = model.dtype().as_str().into();
+                s.kernel = model.precision().kernel_name().into();
                 s.load_ms = started.elapsed().as_secs_f64() * 1e3;
                 ModelState::Ready(Arc::new(model))
             }

@@ -33,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (model, cases) = (model.ok_or("--model DIR")?, cases.ok_or("--cases FILE")?);
     let started = Instant::now();
     let embedder = Embedder::load(&model, &device, dtype)?;
-    println!("{}", serde_json::json!({"load_ms": started.elapsed().as_secs_f64() * 1e3}));
+    println!(
+        "{}",
+        serde_json::json!({"load_ms": started.elapsed().as_secs_f64() * 1e3,
+                           "kernel": embedder.precision().kernel_name(), "dtype": embedder.dtype().as_str()})
+    );
     let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(cases)?)?;
     let limits = Limits::default();
     for case in cases {

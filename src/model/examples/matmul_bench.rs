@@ -1,4 +1,5 @@
-//! GFLOP/s of the linear-layer kernels on the 0.6B model's shapes: candle's f32 matmul against the AVX512-BF16 kernel.
+//! GFLOP/s of the linear-layer kernels on the 0.6B model's shapes: candle's f32 matmul against ours (packed f32 on
+//! AVX2/FMA, packed bf16 on AVX512-BF16 and AMX), whichever this CPU has.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --example matmul_bench [ROWS...]
 
@@ -6,6 +7,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use qwen_embed_model::bf16_matmul::{self, PackedWeights};
+use qwen_embed_model::cpu;
+use qwen_embed_model::f32_matmul::PackedF32;
 
 fn gflops(rows: usize, n: usize, k: usize, secs: f64) -> f64 {
     2.0 * (rows * n * k) as f64 / secs / 1e9
@@ -23,37 +26,36 @@ fn time(mut f: impl FnMut()) -> f64 {
 
 fn main() -> candle_core::Result<()> {
     let rows: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let rows = if rows.is_empty() { vec![26, 672, 4096] } else { rows };
+    let rows = if rows.is_empty() { vec![1, 26, 128, 704] } else { rows };
+    println!("CPU kernel level: {}", cpu::level().name());
     // qkv, o_proj, gate_up, down of Qwen3-Embedding-0.6B.
     for (name, n, k) in [("qkv", 4096, 1024), ("o_proj", 1024, 2048), ("gate_up", 6144, 1024), ("down", 1024, 3072)] {
+        let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let ws = w.flatten_all()?.to_vec1::<f32>()?;
+        let wt = w.t()?;
+        let packed_f32 = PackedF32::pack(&ws, n, k);
+        let bits: Vec<u16> = ws.iter().map(|v| bf16_matmul::f32_to_bf16(*v)).collect();
+        let packed_bf16 = PackedWeights::pack(&bits, n, k);
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-            let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-            let wt = w.t()?;
-            let f32_secs = time(|| {
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let secs = time(|| {
                 x.matmul(&wt).unwrap();
             });
-            let line =
-                format!("{name:>8} {m:>5}x{k:>4} -> {n:>4}: candle f32 {:>6.1} GFLOP/s", gflops(m, n, k, f32_secs));
-            if bf16_matmul::available() {
-                let bits: Vec<u16> =
-                    w.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| bf16_matmul::f32_to_bf16(*v)).collect();
-                let packed = PackedWeights::pack(&bits, n, k);
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut line = line;
-                for kernel in [bf16_matmul::Kernel::Avx512Bf16, bf16_matmul::Kernel::Amx] {
-                    if kernel == bf16_matmul::Kernel::Amx && bf16_matmul::kernel() != Some(kernel) {
-                        continue;
-                    }
-                    let secs = time(|| {
-                        packed.matmul_with(kernel, &xs, m);
-                    });
-                    line += &format!(", {kernel:?} {:>6.1} GFLOP/s", gflops(m, n, k, secs));
-                }
-                println!("{line}");
-            } else {
-                println!("{line}");
+            let mut line = format!("{name:>8} {m:>5}x{k:>4} -> {n:>4}: candle f32 {:>6.1}", gflops(m, n, k, secs));
+            if let Some(kernel) = cpu::f32_kernel() {
+                let secs = time(|| {
+                    packed_f32.matmul(kernel, &xs, m);
+                });
+                line += &format!(", packed f32 {:>6.1}", gflops(m, n, k, secs));
             }
+            for kernel in cpu::bf16_kernels() {
+                let secs = time(|| {
+                    packed_bf16.matmul(kernel, &xs, m);
+                });
+                line += &format!(", {:?} {:>6.1}", kernel.instructions(), gflops(m, n, k, secs));
+            }
+            println!("{line} GFLOP/s");
         }
     }
     Ok(())

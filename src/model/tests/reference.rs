@@ -4,26 +4,32 @@
 mod common;
 
 use common::*;
-use qwen_embed_model::{DType, Embedder, Limits, Work};
+use qwen_embed_model::{DType, Embedder, Limits, Precision, Work};
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_DIFF: f32 = 1e-4;
 
 #[test]
 fn every_reference_case_matches_transformers() {
-    let model = load(&tiny_model());
     let cases = reference_cases();
     assert!(cases.len() >= 20);
     assert!(cases.iter().any(|c| c.ids.len() > 1000), "a case over 1000 tokens");
-    let (mut min_cos, mut max_diff) = (1.0f64, 0.0f32);
-    for case in &cases {
-        let got = embed_one(&model, &case.text, case.instruct.as_deref());
-        let (cos, diff) = (cosine(&got, &case.embedding), max_abs_diff(&got, &case.embedding));
-        assert!(cos >= MIN_COSINE && diff <= MAX_DIFF, "{:?}: cos {cos}, max diff {diff}", case.input);
-        min_cos = min_cos.min(cos);
-        max_diff = max_diff.max(diff);
+    let device = test_device();
+    // Every f32 kernel this machine has (packed AVX2/FMA and candle's portable one on x86-64).
+    for precision in Precision::f32_variants(&device) {
+        let model = Embedder::load_with(&tiny_model(), &device, precision).unwrap();
+        let (mut min_cos, mut max_diff) = (1.0f64, 0.0f32);
+        for case in &cases {
+            let got = embed_one(&model, &case.text, case.instruct.as_deref());
+            let (cos, diff) = (cosine(&got, &case.embedding), max_abs_diff(&got, &case.embedding));
+            let kernel = precision.kernel_name();
+            assert!(cos >= MIN_COSINE && diff <= MAX_DIFF, "{kernel}: {:?}: cos {cos}, max diff {diff}", case.input);
+            min_cos = min_cos.min(cos);
+            max_diff = max_diff.max(diff);
+        }
+        let kernel = precision.kernel_name();
+        println!("{kernel}: {} cases: min cosine {min_cos:.9}, max |diff| {max_diff:.3e}", cases.len());
     }
-    println!("{} cases: min cosine {min_cos:.9}, max |diff| {max_diff:.3e}", cases.len());
 }
 
 #[test]
@@ -108,7 +114,7 @@ fn half_precision_stays_within_the_accuracy_target() {
         let model = Embedder::load(&tiny_model(), &device, dtype).unwrap();
         if device.is_cpu() {
             // On a CPU bf16 means packed bf16 weights with f32 activations, where the CPU has a bf16 kernel.
-            let packed = qwen_embed_model::bf16_matmul::available();
+            let packed = qwen_embed_model::cpu::bf16_kernel().is_some();
             assert_eq!(model.dtype(), if packed { DType::BF16 } else { DType::F32 });
             if !packed {
                 // The model fell back to f32: comparing it would say nothing about bf16.
@@ -122,9 +128,6 @@ fn half_precision_stays_within_the_accuracy_target() {
             min_cos = min_cos.min(cosine(&got, &case.embedding));
         }
         assert!(min_cos >= 0.9999, "{dtype:?} on {device:?}: min cosine {min_cos}");
-        println!(
-            "{dtype:?} on {device:?} ({:?} kernel): min cosine {min_cos:.7}",
-            qwen_embed_model::bf16_matmul::kernel()
-        );
+        println!("{dtype:?} on {device:?} ({} kernel): min cosine {min_cos:.7}", model.precision().kernel_name());
     }
 }

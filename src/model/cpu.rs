@@ -1,0 +1,118 @@
+//! What this CPU can run, detected once per process. The kernel types have private fields, so a value exists only
+//! after detection found its instructions: a function handed one may execute them without checking again. That is
+//! what makes the `unsafe` calls into the kernels sound.
+//!
+//! `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the detected level (to measure or test what an older
+//! CPU would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
+
+use std::sync::OnceLock;
+
+/// The instructions a [`Bf16Kernel`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Instructions {
+    /// Sapphire Rapids and later: `tdpbf16ps` on 16 × 32 tiles.
+    Amx,
+    /// Zen 4 / Cooper Lake and later: `vdpbf16ps` on 512-bit registers.
+    Avx512Bf16,
+}
+
+/// Proof that the CPU runs the bf16 matmul with the given instructions (AMX implies AVX512-BF16 too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Kernel(Bf16Instructions);
+
+impl Bf16Kernel {
+    pub fn instructions(self) -> Bf16Instructions {
+        self.0
+    }
+
+    /// The AVX512-BF16 kernel, which every CPU with a bf16 kernel has (detection requires it before AMX).
+    pub fn avx512(self) -> Bf16Kernel {
+        Bf16Kernel(Bf16Instructions::Avx512Bf16)
+    }
+}
+
+/// Proof that the CPU has AVX2 and FMA (the packed f32 matmul).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct F32Kernel(());
+
+/// Levels, lowest first; detection finds the highest the CPU has, then applies the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// candle's portable matmul (aarch64, x86-64 without AVX2).
+    Generic,
+    Avx2,
+    Avx512Bf16,
+    Amx,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Generic => "generic",
+            Level::Avx2 => "avx2",
+            Level::Avx512Bf16 => "avx512bf16",
+            Level::Amx => "amx",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Level> {
+        [Level::Generic, Level::Avx2, Level::Avx512Bf16, Level::Amx].into_iter().find(|l| l.name() == s)
+    }
+}
+
+/// The highest level this process may use.
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let mut cap = std::env::var("QWEN_EMBED_CPU_KERNEL").ok().and_then(|s| Level::parse(&s.to_ascii_lowercase()));
+        if std::env::var_os("QWEN_EMBED_NO_AMX").is_some() {
+            cap = Some(cap.unwrap_or(Level::Avx512Bf16).min(Level::Avx512Bf16));
+        }
+        detect(cap.unwrap_or(Level::Amx))
+    })
+}
+
+/// The bf16 kernel, where the CPU has one.
+pub fn bf16_kernel() -> Option<Bf16Kernel> {
+    match level() {
+        Level::Amx => Some(Bf16Kernel(Bf16Instructions::Amx)),
+        Level::Avx512Bf16 => Some(Bf16Kernel(Bf16Instructions::Avx512Bf16)),
+        _ => None,
+    }
+}
+
+/// Every bf16 kernel the CPU has, fastest first (tests and benchmarks compare them).
+pub fn bf16_kernels() -> Vec<Bf16Kernel> {
+    match bf16_kernel() {
+        Some(k) if k.instructions() == Bf16Instructions::Amx => vec![k, k.avx512()],
+        Some(k) => vec![k],
+        None => vec![],
+    }
+}
+
+/// The packed f32 kernel, where the CPU has AVX2 and FMA (every CPU with a bf16 kernel has them).
+pub fn f32_kernel() -> Option<F32Kernel> {
+    (level() >= Level::Avx2).then_some(F32Kernel(()))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect(cap: Level) -> Level {
+    if cap < Level::Avx2 || !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return Level::Generic;
+    }
+    if cap < Level::Avx512Bf16 || !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
+        return Level::Avx2;
+    }
+    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of these is not stable yet).
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    let amx_cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+    if cap == Level::Amx && amx_cpu && crate::bf16_matmul::request_amx_permission() {
+        return Level::Amx;
+    }
+    Level::Avx512Bf16
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect(_cap: Level) -> Level {
+    Level::Generic
+}

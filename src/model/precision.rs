@@ -1,0 +1,101 @@
+//! The one place that decides how the model computes: the dtype users ask for (`qwen_embed.dtype`, the benchmark's
+//! `--dtype`) and the device become the linear layers' kernel and the dtypes of weights, activations and
+//! `embed_tokens`. `encoder`, `weights` (memory estimate) and `device` (`auto`) ask here.
+//!
+//! `auto` on a CPU picks the fastest path that meets the accuracy target (min cosine ≥ 0.9999 against fp32
+//! transformers, held by `tests/reference.rs` for every kernel the test machine has):
+//!
+//! | CPU (detected by `cpu`)       | `auto`                                   | why                                          |
+//! |-------------------------------|------------------------------------------|----------------------------------------------|
+//! | AMX (Sapphire Rapids+)        | bf16 weights, AMX tiles, f32 accumulation| 3–6× the f32 FMA rate                        |
+//! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, `vdpbf16ps`                | ~3× f32 through SQL on AMD EPYC (issue #14)  |
+//! | AVX2 + FMA                    | f32, weights packed at load (`f32_matmul`)| no bf16 instructions: bf16 would be emulated |
+//! | other (aarch64, old x86-64)   | f32, candle's matmul                     | portable                                     |
+//!
+//! On a GPU `auto` is bf16 throughout.
+
+use candle_core::{DType, Device};
+
+use crate::cpu::{self, Bf16Kernel, F32Kernel};
+
+/// What multiplies the linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// candle's matmul in the activations' dtype (GPU, f16 on a CPU, CPUs without AVX2).
+    Candle,
+    /// f32 weights packed at load, AVX2/FMA micro-kernel.
+    PackedF32(F32Kernel),
+    /// bf16 weights packed at load; activations rounded to bf16 per product, f32 accumulation.
+    PackedBf16(Bf16Kernel),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    pub linear: LinearKernel,
+    /// Activations, norms and RoPE tables.
+    pub activations: DType,
+}
+
+impl Precision {
+    /// What `auto` means on `device`.
+    pub fn auto(device: &Device) -> Precision {
+        let dtype = if device.is_cpu() && cpu::bf16_kernel().is_none() { DType::F32 } else { DType::BF16 };
+        Precision::new(dtype, device)
+    }
+
+    /// How a requested dtype computes on `device`. On a CPU activations are f32 whatever the weights: bf16 means
+    /// packed bf16 weights where the CPU has a bf16 kernel, and f32 where it has none (candle's CPU bf16 matmul
+    /// converts to f32 on every call: slower, and no more accurate).
+    pub fn new(requested: DType, device: &Device) -> Precision {
+        if !device.is_cpu() || requested == DType::F16 {
+            return Precision { linear: LinearKernel::Candle, activations: requested };
+        }
+        let linear = match (requested, cpu::bf16_kernel(), cpu::f32_kernel()) {
+            (DType::BF16, Some(k), _) => LinearKernel::PackedBf16(k),
+            (_, _, Some(k)) => LinearKernel::PackedF32(k),
+            _ => LinearKernel::Candle,
+        };
+        Precision { linear, activations: DType::F32 }
+    }
+
+    /// Every f32 path `device` can run, the one [`Precision::new`] picks first: the tests hold each to the reference.
+    pub fn f32_variants(device: &Device) -> Vec<Precision> {
+        let chosen = Precision::new(DType::F32, device);
+        let candle = Precision { linear: LinearKernel::Candle, activations: DType::F32 };
+        if chosen == candle {
+            vec![chosen]
+        } else {
+            vec![chosen, candle]
+        }
+    }
+
+    /// The dtype the linear layers' weights are held in.
+    pub fn weights(&self) -> DType {
+        match self.linear {
+            LinearKernel::PackedBf16(_) => DType::BF16,
+            _ => self.activations,
+        }
+    }
+
+    /// `embed_tokens` in memory: with f32 activations it keeps the checkpoint's dtype and only the batch's rows are
+    /// converted, which saves a full-size f32 copy of the largest tensor (155M parameters in the 0.6B model).
+    pub fn embed_tokens(&self, stored: DType) -> DType {
+        if self.activations == DType::F32 {
+            stored
+        } else {
+            self.activations
+        }
+    }
+
+    /// The kernel's name, as `qwen_embed.info()` and the benchmarks print it.
+    pub fn kernel_name(&self) -> &'static str {
+        match self.linear {
+            LinearKernel::Candle => "candle",
+            LinearKernel::PackedF32(_) => "avx2-fma f32",
+            LinearKernel::PackedBf16(k) => match k.instructions() {
+                cpu::Bf16Instructions::Amx => "amx bf16",
+                cpu::Bf16Instructions::Avx512Bf16 => "avx512-bf16",
+            },
+        }
+    }
+}
