@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Our encoder and PyTorch (transformers, fp32) side by side, in one run, on the same inputs and thread count.
+"""Our encoder against its anchors (bench/anchors.py: PyTorch fp32 and bf16, ONNX Runtime fp32 and int8) side by
+side, in one run, on the same inputs and thread count; accuracy as min cosine against PyTorch fp32.
 
-    python3 tools/make_random_model.py                  # once: the real 0.6B shape with random weights
-    python3 bench/run.py [--model DIR] [--threads 2] [--reps 5] [--dtype f32]
-    python3 bench/run.py --device cuda --dtype bf16     # on a GPU (build: cargo build --features cuda): PyTorch
-                                                        # then runs on the same GPU in the same dtype
+    bash bench/setup.sh                                 # once: pinned environment (bench/requirements.txt) + model
+    bench/.venv/bin/python bench/run.py [--model DIR] [--threads 2] [--reps 5] [--dtype auto] [--only query_1]
+    bench/.venv/bin/python bench/run.py --device cuda   # on a GPU (cargo build --features cuda): PyTorch on the same
+                                                        # GPU in the same dtype
 
-Prints median ms, ms per text, tokens/s and the ratio ours/PyTorch for each case, plus the machine's load average
-before and after (timings on a busy machine are not comparable).
+Prints the date, command, CPU model and flags, the kernel ours used, the load average before and after (timings on
+a busy machine are not comparable), and per case each engine's median time, its time relative to ours and its min
+cosine.
 """
 import argparse
 import json
@@ -49,44 +51,22 @@ def run_ours(model, cases_file, threads, reps, dtype, device):
                    cwd=ROOT, check=True)
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([str(ROOT / "target/release/examples/bench"), "--model", model, "--cases", cases_file,
-                          "--reps", str(reps), "--device", device, "--dtype", dtype], env=env, check=True,
-                         capture_output=True, text=True)
+                          "--reps", str(reps), "--device", device, "--dtype", dtype, "--vectors"], env=env,
+                         check=True, capture_output=True, text=True)
     lines = [json.loads(l) for l in out.stdout.splitlines()]
-    return lines[0]["load_ms"], {l["case"]: l for l in lines[1:]}
+    return lines[0], {l["case"]: l for l in lines[1:]}
 
 
-def run_torch(model_dir, cases, threads, reps, device, dtype):
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel, PreTrainedTokenizerFast
+def run_anchor(name, model_dir, cases, threads, reps, device):
+    """Times one anchor (see anchors.py) on every case; returns its load time and, per case, times and vectors."""
+    import anchors
 
-    torch.set_num_threads(threads)
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(model_dir) / "tokenizer.json"), pad_token="<|endoftext|>")
-    tok.padding_side = "left"
-    # On the CPU the reference is fp32 (what users run there); on a GPU the same dtype as ours.
-    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
-    if not device.startswith("cuda"):
-        torch_dtype = torch.float32
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    t = time.perf_counter()
-    model = AutoModel.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
-    sync()
-    load_ms = (time.perf_counter() - t) * 1e3
-
-    @torch.inference_mode()
-    def embed(texts):
-        # What sentence-transformers does: sort by length, batches of 32, left padding, last token, normalise.
-        order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i])["input_ids"]))
-        out = [None] * len(texts)
-        for s in range(0, len(order), 32):
-            idx = order[s:s + 32]
-            batch = tok([texts[i] for i in idx], padding=True, return_tensors="pt").to(device)
-            h = model(**batch).last_hidden_state[:, -1]
-            for i, v in zip(idx, F.normalize(h.float(), p=2, dim=1).cpu()):
-                out[i] = v
-        sync()
-        return out
-
+    kind, _, variant = name.partition("-")
+    if kind == "torch":
+        load_ms, embed = anchors.torch_runner(model_dir, threads, variant, device)
+    else:
+        cache = os.path.expanduser("~/.cache/qwen_embed/onnx")
+        load_ms, embed = anchors.onnx_runner(model_dir, threads, variant == "int8", cache)
     results = {}
     for case in cases:
         texts = [t if case["instruct"] is None else f"Instruct: {case['instruct']}\nQuery:{t}" for t in case["texts"]]
@@ -94,12 +74,26 @@ def run_torch(model_dir, cases, threads, reps, device, dtype):
         times = []
         for _ in range(reps):
             t = time.perf_counter()
-            embed(texts)
+            vectors = embed(texts)
             times.append((time.perf_counter() - t) * 1e3)
         times.sort()
-        tokens = sum(len(tok(x)["input_ids"]) for x in texts)
-        results[case["name"]] = {"median_ms": times[len(times) // 2], "times_ms": times, "tokens": tokens}
+        results[case["name"]] = {"median_ms": times[len(times) // 2], "times_ms": times, "vectors": vectors}
     return load_ms, results
+
+
+def cpu_description():
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
+    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+    has = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({', '.join(has) or 'no x86 vector flags'})"
+
+
+def min_cosine(vectors, reference):
+    import numpy as np
+
+    return min(float(np.dot(np.asarray(v, dtype=np.float64), np.asarray(r, dtype=np.float64))
+                   / (np.linalg.norm(v) * np.linalg.norm(r))) for v, r in zip(vectors, reference))
 
 
 def main():
@@ -107,46 +101,53 @@ def main():
     ap.add_argument("--model", default=os.path.expanduser("~/.cache/qwen_embed/qwen3-0.6b-random"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--dtype", default="auto", help="ours: auto (the default users get), f32, bf16 or f16")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ours and PyTorch on the same device)")
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
-    ap.add_argument("--peak-gflops", type=float, default=226.0,
-                    help="the CPU's fp32 FMA peak on --threads cores (226 measured on the CI machine kind, 2 cores)")
+    ap.add_argument("--anchors", default="",
+                    help="comma-separated from torch-fp32, torch-bf16, onnx-fp32, onnx-int8 (default: all four on a "
+                         "CPU, torch in --dtype on a GPU); torch-fp32 always runs: it is the accuracy reference")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(str(Path(args.model) / "tokenizer.json"))
     cases = [c for c in make_cases(tokenizer) if not args.only or c["name"] in args.only.split(",")]
-    config = json.loads((Path(args.model) / "config.json").read_text())
-    h, layers, inter = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
-    hd, nh, nkv = config.get("head_dim", h // config["num_attention_heads"]), config["num_attention_heads"], config[
-        "num_key_value_heads"]
-    params = layers * (h * nh * hd * 2 + 2 * h * nkv * hd + 3 * h * inter)
+    on_gpu = args.device.startswith("cuda")
+    default = [f"torch-{'bf16' if args.dtype in ('auto', 'bf16') else args.dtype}"] if on_gpu else [
+        "torch-bf16", "onnx-fp32", "onnx-int8"]
+    names = ["torch-fp32"] + [a for a in (args.anchors.split(",") if args.anchors else default) if a != "torch-fp32"]
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
     load_before = os.getloadavg()
-    ours_load, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device)
-    torch_load, theirs = run_torch(args.model, cases, args.threads, args.reps, args.device, args.dtype)
+    ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device)
+    anchors = {name: run_anchor(name, args.model, cases, args.threads, args.reps, args.device) for name in names}
     load_after = os.getloadavg()
 
-    print(f"model {args.model} ({params / 1e6:.0f}M non-embedding parameters), {args.threads} threads, "
-          f"{args.reps} reps, on {args.device}, ours in {args.dtype}, "
-          f"PyTorch in {args.dtype if args.device.startswith('cuda') else 'fp32'}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-          f"model load: ours {ours_load:.0f} ms, PyTorch {torch_load:.0f} ms")
-    print(f"{'case':<11} {'texts':>5} {'tokens':>6} | {'ours ms':>9} {'ms/text':>8} {'tok/s':>7} {'%peak':>6} | "
-          f"{'torch ms':>9} {'ms/text':>8} {'tok/s':>7} | {'ours/torch':>10}")
+    reference = anchors["torch-fp32"][1]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python3 bench/run.py {' '.join(sys.argv[1:])}")
+    print(f"CPU: {cpu_description()}; {args.threads} threads, {args.reps} reps, device {args.device}")
+    print(f"ours: dtype {args.dtype} -> {ours_info['dtype']}, kernel {ours_info['kernel']}; "
+          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(f"model load ms: ours {ours_info['load_ms']:.0f}, " +
+          ", ".join(f"{n} {anchors[n][0]:.0f}" for n in names))
+    print("time per case in ms (median); 'x' = anchor's time / ours (above 1: ours is faster); "
+          "cos = min cosine against PyTorch fp32 over the case's texts")
+    header = f"{'case':<11} {'texts':>5} {'tokens':>6} | {'ours':>9} {'cos':>9}"
+    for n in names:
+        header += f" | {n:>10} {'x':>5} {'cos':>9}"
+    print(header)
     for case in cases:
-        name, n = case["name"], len(case["texts"])
-        o, t = ours[name], theirs[name]
-        flops = 2 * params * o["tokens"] + sum(
-            4 * layers * nh * hd * (len(tokenizer.encode(x).ids) ** 2) / 2 for x in case["texts"])
-        gflops = flops / (o["median_ms"] / 1e3) / 1e9
-        print(f"{name:<11} {n:>5} {o['tokens']:>6} | {o['median_ms']:>9.1f} {o['median_ms'] / n:>8.2f} "
-              f"{o['tokens'] / o['median_ms'] * 1e3:>7.0f} {100 * gflops / args.peak_gflops:>5.0f}% | "
-              f"{t['median_ms']:>9.1f} {t['median_ms'] / n:>8.2f} {t['tokens'] / t['median_ms'] * 1e3:>7.0f} | "
-              f"{o['median_ms'] / t['median_ms']:>10.2f}")
+        name = case["name"]
+        o = ours[name]
+        ref = reference[name]["vectors"]
+        line = (f"{name:<11} {len(case['texts']):>5} {o['tokens']:>6} | {o['median_ms']:>9.1f} "
+                f"{min_cosine(o['vectors'], ref):>9.6f}")
+        for n in names:
+            r = anchors[n][1][name]
+            line += f" | {r['median_ms']:>10.1f} {r['median_ms'] / o['median_ms']:>5.2f} {min_cosine(r['vectors'], ref):>9.6f}"
+        print(line)
 
 
 if __name__ == "__main__":

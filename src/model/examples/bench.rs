@@ -1,13 +1,15 @@
 //! Times the encoder on benchmark cases (written by bench/run.py) and prints one JSON line per case.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --example bench -- \
-//!         --model DIR --cases cases.json [--reps 5] [--dtype f32|bf16|f16] [--device cpu|cuda:N]
+//!         --model DIR --cases cases.json [--reps 5] [--dtype auto|f32|bf16|f16] [--device cpu|cuda:N] [--vectors]
+//!
+//! `--vectors` adds each case's vectors (from the last repetition) to its line, for accuracy checks.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use qwen_embed_model::device::{select_device, select_dtype};
-use qwen_embed_model::{DType, Device, Embedder, Limits};
+use qwen_embed_model::{Device, Embedder, Limits};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -19,19 +21,22 @@ struct Case {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut cases, mut reps, mut dtype, mut device) = (None, None, 5usize, DType::F32, Device::Cpu);
+    let (mut model, mut cases, mut reps, mut dtype, mut device) = (None, None, 5usize, None, Device::Cpu);
+    let mut with_vectors = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--model" => model = args.next().map(PathBuf::from),
             "--cases" => cases = args.next().map(PathBuf::from),
             "--reps" => reps = args.next().ok_or("--reps N")?.parse()?,
-            "--dtype" => dtype = select_dtype(&args.next().ok_or("--dtype f32|bf16|f16")?, &device)?,
+            "--dtype" => dtype = Some(args.next().ok_or("--dtype auto|f32|bf16|f16")?),
+            "--vectors" => with_vectors = true,
             "--device" => device = select_device(&args.next().ok_or("--device cpu|cuda:N")?)?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let (model, cases) = (model.ok_or("--model DIR")?, cases.ok_or("--cases FILE")?);
     let started = Instant::now();
+    let dtype = select_dtype(dtype.as_deref().unwrap_or("auto"), &device)?;
     let embedder = Embedder::load(&model, &device, dtype)?;
     println!(
         "{}",
@@ -44,19 +49,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let texts: Vec<&str> = case.texts.iter().map(String::as_str).collect();
         let run = || embedder.embed(&texts, case.instruct.as_deref(), None, &limits, &|| false);
         embedder.embed(&texts[..1], case.instruct.as_deref(), None, &limits, &|| false)?; // warm-up
-        let mut work = Default::default();
+        let (mut work, mut vectors) = (Default::default(), Vec::new());
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
-            work = run()?.1;
+            (vectors, work) = run()?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
-        println!(
-            "{}",
-            serde_json::json!({"case": case.name, "median_ms": times[times.len() / 2], "times_ms": times,
-                               "tokens": work.tokens, "forward_passes": work.forward_passes})
-        );
+        let mut line = serde_json::json!({"case": case.name, "median_ms": times[times.len() / 2], "times_ms": times,
+                                           "tokens": work.tokens, "forward_passes": work.forward_passes});
+        if with_vectors {
+            line["vectors"] = serde_json::json!(vectors);
+        }
+        println!("{line}");
     }
     Ok(())
 }
