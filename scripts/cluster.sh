@@ -76,7 +76,7 @@ install_model() {
     local dst
     dst=$(scratch_dir)/models/$2
     mkdir -p "$dst"
-    cp -r "$1"/. "$dst"/
+    cp -rL "$1"/. "$dst"/ # -L: the reranker fixture's tokenizer.json is a link to the embedder's
     chmod -R a+rX "$(dirname "$dst")"
     echo "$dst"
 }
@@ -87,15 +87,17 @@ install_extension() {
     cargo pgrx install --pg-config "$PG_CONFIG" ${SUDO:+--sudo} "$@"
 }
 
-# test_cluster [NAME]: a cluster with the extension preloaded and pointed at the bundled test model (and a copy of
-# it beside, for tests that switch models).
+# test_cluster [NAME]: a cluster with the extension preloaded and pointed at the bundled test model and reranker (and
+# copies of them beside, for tests that switch models).
 # f32: results compare with transformers' fp32 reference to 1e-4 on any CPU.
 test_cluster() {
-    local model
+    local model reranker
     model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
     install_model tests/fixtures/tiny-qwen3 tiny-qwen3-copy >/dev/null
+    reranker=$(install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker)
+    install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker-copy >/dev/null
     cluster_new "$(scratch_dir)/${1:-main}" "shared_preload_libraries = 'qwen_embed'" \
-        "qwen_embed.model_path = '$model'" "qwen_embed.dtype = 'f32'"
+        "qwen_embed.model_path = '$model'" "qwen_embed.reranker_path = '$reranker'" "qwen_embed.dtype = 'f32'"
     export QWEN_EMBED_MODEL=$model
 }
 

@@ -17,13 +17,16 @@ if [ "${1:-}" = --keep ]; then
     $SUDO rm -rf "$dir"
     mkdir -p "$dir"
     cp -r tests/fixtures/tiny-qwen3 "$dir/model"
+    cp -rL tests/fixtures/tiny-qwen3-reranker "$dir/reranker"
     chmod -R a+rX "$dir"
-    model=$dir/model
+    model=$dir/model reranker=$dir/reranker
 else
     model=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3)
+    reranker=$(install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker)
     dir=$(scratch_dir)
 fi
-cluster_new "$dir/cluster" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'"
+cluster_new "$dir/cluster" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'" \
+    "qwen_embed.reranker_path = '$reranker'"
 pg -q -c "CREATE DATABASE qwen_embed_demo"
 PGDATABASE=qwen_embed_demo pg -e -f - <sql/demo.sql
 if [ "${1:-}" = --keep ]; then

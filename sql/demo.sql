@@ -34,6 +34,17 @@ ORDER BY embedding <=> embed('How do I search vectors in Postgres?',
                              'Given a web search query, retrieve relevant passages that answer the query')
 LIMIT 3;
 
+-- Two-stage retrieval: the 50 nearest by vector distance (HNSW), re-ordered by the reranker (qwen_embed.reranker_path),
+-- the best 3 kept. (With random weights the order means nothing; with Qwen3-Reranker it is the precise one.)
+SELECT c.ids[r.idx] AS id, round(r.score::numeric, 4) AS score, c.bodies[r.idx] AS body
+FROM (SELECT array_agg(id) AS ids, array_agg(body) AS bodies
+      FROM (SELECT id, body FROM demo_docs
+            ORDER BY embedding <=> embed('How do I search vectors in Postgres?',
+                                          'Given a web search query, retrieve relevant passages that answer the query')
+            LIMIT 50) top) c,
+     rerank('How do I search vectors in Postgres?', c.bodies) r
+ORDER BY r.score DESC LIMIT 3;
+
 -- Similarity threshold.
 SELECT id, body FROM demo_docs WHERE cosine_sim(embedding, embed('Beijing is the capital of China.')) > 0.78;
 

@@ -61,6 +61,11 @@ pub(crate) mod qwen_embed {
                 }
                 None => add("model_path", "(not loaded in this backend)".into()),
             }
+            if let Some(r) = crate::rerank::loaded() {
+                add("reranker_path", r.model_dir().display().to_string());
+                add("reranker_kernel", r.precision().kernel_name().into());
+                add("reranker_load_ms", format!("{:.1}", r.load_time().as_secs_f64() * 1e3));
+            }
         }
         add("threads", settings::threads().to_string());
         let s = stats::local();
@@ -89,6 +94,10 @@ pub(crate) mod qwen_embed {
             add("dtype", s.dtype);
             add("kernel", s.kernel);
             add("load_ms", format!("{:.1}", s.load_ms));
+            if !s.reranker.path.is_empty() {
+                add("reranker_path", s.reranker.path.clone());
+                add("reranker_state", s.reranker_state.clone());
+            }
             add("threads", s.threads.to_string());
             add("batch_tokens", s.batch_tokens.to_string());
             add("queue_limit", s.queue_limit.to_string());

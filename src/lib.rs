@@ -12,6 +12,7 @@
 //! - `documents`: `embed_chunks`, `embed_document` for long texts
 //! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
 //! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
+//! - `rerank`: `rerank`, `rerank_score` (Qwen3-Reranker, in the model server or this backend)
 //! - `stats`: per-backend counters, in shared memory when preloaded: the `qwen_embed.stats` view
 //! - `info`: `qwen_embed.info()`
 
@@ -23,6 +24,7 @@ mod call_site;
 mod documents;
 mod errors;
 mod info;
+mod rerank;
 mod runtime;
 mod server_client;
 mod settings;
@@ -50,7 +52,8 @@ pub mod pg_test {
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
         let conf = format!("qwen_embed.model_path = '{}'", crate::tests::readable_test_model().display());
+        let reranker = format!("qwen_embed.reranker_path = '{}'", crate::tests::readable_test_reranker().display());
         // f32, so results compare with transformers' fp32 reference to 1e-4 whatever the CPU.
-        vec![Box::leak(conf.into_boxed_str()), "qwen_embed.dtype = 'f32'"]
+        vec![Box::leak(conf.into_boxed_str()), Box::leak(reranker.into_boxed_str()), "qwen_embed.dtype = 'f32'"]
     }
 }

@@ -165,7 +165,7 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     (key, embedder)
 }
 
-fn invalid_setting(message: String) -> ! {
+pub(crate) fn invalid_setting(message: String) -> ! {
     raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("qwen_embed: {message}"), None)
 }
 
@@ -333,7 +333,7 @@ pub fn embed_document(
 }
 
 /// Runs `compute` and counts its work and time in this backend's counters.
-fn counted<T>(compute: impl FnOnce() -> (T, Work)) -> T {
+pub(crate) fn counted<T>(compute: impl FnOnce() -> (T, Work)) -> T {
     let started = Instant::now();
     let (value, work) = compute();
     record_work(work, started.elapsed());

@@ -17,6 +17,7 @@ use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 
 use crate::errors::{raise_kind, raise_with};
+use crate::runtime::ModelKey;
 use crate::{settings, stats, supervisor};
 
 /// Does the model server serve this session's model?
@@ -34,8 +35,13 @@ fn work(cost: Cost) -> Work {
 
 /// Sends a job to the server and waits for its reply; every failure is an ERROR (never returns one).
 fn request(job: Job) -> Reply {
-    let request =
-        Request { client: unsafe { pgrx::pg_sys::MyProcPid }, model: settings::model_spec(), lengths: lengths(), job };
+    request_for(settings::model_spec(), job)
+}
+
+/// [`request`] for a job on another of the server's models (the reranker).
+fn request_for(model: ModelSpec, job: Job) -> Reply {
+    // SAFETY: MyProcPid is set once at backend start and only read here, on the backend's thread.
+    let request = Request { client: unsafe { pgrx::pg_sys::MyProcPid }, model, lengths: lengths(), job };
     let wait = Duration::from_millis(settings::SERVER_WAIT.get().max(0) as u64);
     let started = Instant::now();
     loop {
@@ -147,6 +153,20 @@ pub fn document(
 ) -> (Vec<f32>, Work) {
     match request(Job::Document { doc, chunk_tokens, overlap, weighting, dim }) {
         Reply::Vector { vector, cost } => (vector, work(cost)),
+        other => unexpected(other),
+    }
+}
+
+/// Reranker scores from the server, when it runs the session's reranker (`key`); None means: rerank in this backend.
+pub fn rerank(key: &ModelKey, query: &str, documents: &[String], instruct: Option<&str>) -> Option<(Vec<f64>, Work)> {
+    let spec = ModelSpec { path: key.path.clone(), device: key.device.clone(), dtype: key.dtype.clone() };
+    let serves = settings::SERVER.get() && supervisor::published_reranker().is_some_and(|r| r == spec);
+    if !serves {
+        return None;
+    }
+    let job = Job::Rerank { query: query.into(), documents: documents.to_vec(), instruct: instruct.map(Into::into) };
+    match request_for(spec, job) {
+        Reply::Scores { scores, cost } => Some((scores, work(cost))),
         other => unexpected(other),
     }
 }

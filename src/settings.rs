@@ -7,6 +7,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use qwen_embed_model::{LengthPolicy, Limits};
 
 pub static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RERANKER_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 pub static DTYPE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 pub static MAX_LENGTH: GucSetting<i32> = GucSetting::<i32>::new(8192);
@@ -30,6 +31,15 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"qwen_embed.reranker_path",
+        c"Directory of the Qwen3-Reranker model (Hugging Face layout) for rerank() and rerank_score().",
+        c"A causal-LM checkpoint: config.json, tokenizer.json, safetensors. It runs on qwen_embed.device and dtype, \
+          in the model server when there is one (loaded on the first rerank), else once per backend.",
+        &RERANKER_PATH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
         c"qwen_embed.device",
         c"Where the model runs: auto, cpu, cuda or cuda:N.",
         c"auto uses the first CUDA GPU when qwen_embed was built with CUDA and one is visible, else the CPU.",
@@ -40,7 +50,7 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"qwen_embed.dtype",
         c"Compute dtype: auto, f32, bf16 or f16.",
-        c"auto is bf16 on CPUs with AMX (f32 activations, bf16 weights), f32 on other CPUs, bf16 on a GPU.",
+        c"auto: bf16 weights (f32 activations) on CPUs with AMX or AVX512-BF16, f32 on other CPUs, bf16 on a GPU.",
         &DTYPE,
         GucContext::Suset,
         GucFlags::default(),

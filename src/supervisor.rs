@@ -22,9 +22,9 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
 use qwen_embed_model::device::{select_device, select_dtype};
-use qwen_embed_model::Embedder;
+use qwen_embed_model::{Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
-use qwen_embed_server::server::{serve, Settings};
+use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
 use crate::settings;
 
@@ -39,6 +39,8 @@ const SPEC_BYTES: usize = 1024;
 pub struct Published {
     running: bool,
     spec: [u8; SPEC_BYTES],
+    /// The reranker's path (empty: none); it runs on the model's device and dtype.
+    reranker: [u8; SPEC_BYTES],
     child_pid: i32,
     restarts: u64,
     last_exit: [u8; 128],
@@ -46,7 +48,14 @@ pub struct Published {
 
 impl Default for Published {
     fn default() -> Self {
-        Published { running: false, spec: [0; SPEC_BYTES], child_pid: 0, restarts: 0, last_exit: [0; 128] }
+        Published {
+            running: false,
+            spec: [0; SPEC_BYTES],
+            reranker: [0; SPEC_BYTES],
+            child_pid: 0,
+            restarts: 0,
+            last_exit: [0; 128],
+        }
     }
 }
 
@@ -75,6 +84,7 @@ pub fn init() {
 #[derive(Clone, PartialEq, Debug)]
 struct Config {
     spec: ModelSpec,
+    reranker: Option<String>,
     threads: usize,
     batch_tokens: usize,
     queue_limit: usize,
@@ -84,6 +94,7 @@ impl Config {
     fn current() -> Self {
         Config {
             spec: settings::model_spec(),
+            reranker: settings::string(&settings::RERANKER_PATH),
             threads: settings::server_threads(),
             batch_tokens: settings::SERVER_BATCH_TOKENS.get() as usize,
             queue_limit: settings::SERVER_QUEUE_LIMIT.get() as usize,
@@ -113,6 +124,15 @@ pub fn published() -> Option<(ModelSpec, i32, u64, String)> {
         dtype: parts.next().unwrap_or_default(),
     };
     Some((spec, p.child_pid, p.restarts, text(&p.last_exit)))
+}
+
+/// The reranker the running server serves (loaded on its first request), if one is configured.
+pub fn published_reranker() -> Option<ModelSpec> {
+    let (spec, ..) = published()?;
+    let p = *PUBLISHED.share();
+    let path = String::from_utf8_lossy(&p.reranker[..p.reranker.iter().position(|&c| c == 0).unwrap_or(SPEC_BYTES)])
+        .into_owned();
+    (!path.is_empty()).then_some(ModelSpec { path, ..spec })
 }
 
 fn publish(f: impl FnOnce(&mut Published)) {
@@ -150,6 +170,7 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
         publish(|p| {
             p.running = true;
             copy(&mut p.spec, &encode_spec(&config.spec));
+            copy(&mut p.reranker, config.reranker.as_deref().unwrap_or(""));
             p.child_pid = child;
         });
         log!("qwen_embed: model server started (pid {child}, model {})", config.spec.path);
@@ -283,8 +304,19 @@ fn serve_in_child(listener: UnixListener, config: Config) -> ! {
         let dtype = select_dtype(&spec.dtype, &device).map_err(qwen_embed_model::Error::Unsupported)?;
         Embedder::load(Path::new(&spec.path), &device, dtype)
     };
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(listener, config.spec, settings, load)));
+    let reranker = config.reranker.clone().map(|path| {
+        let spec = ModelSpec { path, ..config.spec.clone() };
+        let (path, device, dtype) = (spec.path.clone(), spec.device.clone(), spec.dtype.clone());
+        let load = move || {
+            let device = select_device(&device).map_err(qwen_embed_model::Error::Unsupported)?;
+            let dtype = select_dtype(&dtype, &device).map_err(qwen_embed_model::Error::Unsupported)?;
+            Reranker::load(Path::new(&path), &device, dtype)
+        };
+        RerankerSource { spec, load: Box::new(load) }
+    });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(listener, config.spec, settings, load, reranker)
+    }));
     let code = match result {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {

@@ -6,18 +6,27 @@ use std::path::PathBuf;
 /// The bundled test model, copied where the (unprivileged) test server can read it (by the test harness, hence
 /// cfg(test): the extension library built for the server does not need it). The pg_tests run on several threads of
 /// one process and each asks for the server's settings, so the copy is made once per process; files are replaced by
-/// rename (never rewritten in place) because a server of an earlier run may still be reading them.
+/// rename (never rewritten in place) because a server of an earlier run may still be reading them; symbolic links
+/// are copied as the files they point to.
 #[cfg(test)]
 pub fn readable_test_model() -> PathBuf {
     static COPIED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPIED
-        .get_or_init(|| {
-            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3");
-            let dst = std::env::temp_dir().join("qwen_embed-test-model");
-            copy_readable(&src, &dst);
-            dst
-        })
-        .clone()
+    COPIED.get_or_init(|| readable_fixture("tiny-qwen3", "qwen_embed-test-model")).clone()
+}
+
+/// The bundled tiny reranker, copied likewise.
+#[cfg(test)]
+pub fn readable_test_reranker() -> PathBuf {
+    static COPIED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPIED.get_or_init(|| readable_fixture("tiny-qwen3-reranker", "qwen_embed-test-reranker")).clone()
+}
+
+#[cfg(test)]
+fn readable_fixture(name: &str, copy: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dst = std::env::temp_dir().join(copy);
+    copy_readable(&src, &dst);
+    dst
 }
 
 #[cfg(test)]
@@ -464,6 +473,88 @@ mod tests {
         let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
         assert_eq!(info_value("kernel"), kernel);
         assert_ne!(kernel, "candle", "every CPU this is tested on has AVX2/FMA at least");
+    }
+
+    /// Reranker scores from transformers (tools/make_reranker_fixtures.py).
+    const RERANKER_REFERENCE: &str = include_str!("../tests/fixtures/tiny-qwen3-reranker-reference.json");
+
+    /// The fixture cases; the server's configuration points qwen_embed.reranker_path at the tiny reranker.
+    fn use_test_reranker() -> Vec<Value> {
+        let json: Value = serde_json::from_str(RERANKER_REFERENCE).unwrap();
+        json["cases"].as_array().unwrap().clone()
+    }
+
+    fn sql_or_null(v: &Value) -> String {
+        v.as_str().map_or("NULL".into(), sql_literal)
+    }
+
+    #[pg_test]
+    fn rerank_scores_match_the_transformers_reference() {
+        let cases = use_test_reranker();
+        for case in cases.iter().filter(|c| c["max_length"] == 8192) {
+            let (q, d, i) = (
+                sql_literal(case["query"].as_str().unwrap()),
+                sql_literal(case["document"].as_str().unwrap()),
+                sql_or_null(&case["instruct"]),
+            );
+            let got = float(&format!("SELECT rerank_score({q}, {d}, {i})"));
+            let want = case["score"].as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-4, "{}: {got} vs {want}", case["query"]);
+        }
+        // Truncation keeps the prefix and suffix and cuts the pair, as the official code does.
+        Spi::run("SET qwen_embed.truncate = on; SET qwen_embed.max_length = 160").unwrap();
+        let case = cases.iter().find(|c| c["max_length"] == 160).unwrap();
+        let (q, d) = (sql_literal(case["query"].as_str().unwrap()), sql_literal(case["document"].as_str().unwrap()));
+        let got = float(&format!("SELECT rerank_score({q}, {d})"));
+        assert!((got - case["score"].as_f64().unwrap()).abs() <= 1e-4, "truncated: {got}");
+    }
+
+    #[pg_test]
+    fn rerank_orders_the_documents_and_skips_nulls() {
+        use_test_reranker();
+        let rows: Vec<(i32, f64)> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT idx, score FROM rerank('What is the capital of China?', \
+                     ARRAY['Gravity pulls bodies together.', NULL, 'The capital of China is Beijing.', '北京'])",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| (row.get::<i32>(1).unwrap().unwrap(), row.get::<f64>(2).unwrap().unwrap()))
+                .collect()
+        });
+        let mut idx: Vec<i32> = rows.iter().map(|r| r.0).collect();
+        idx.sort();
+        assert_eq!(idx, [1, 3, 4], "{rows:?}");
+        assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "descending: {rows:?}");
+        for (i, score) in &rows {
+            let doc =
+                ["Gravity pulls bodies together.", "", "The capital of China is Beijing.", "北京"][*i as usize - 1];
+            let alone = float(&format!("SELECT rerank_score('What is the capital of China?', {})", sql_literal(doc)));
+            assert!((alone - score).abs() < 1e-6, "{i}: {alone} vs {score}");
+            assert!((0.0..=1.0).contains(score));
+        }
+        assert!(Spi::get_one::<bool>("SELECT rerank_score(NULL, 'x') IS NULL").unwrap().unwrap());
+        assert!(Spi::get_one::<bool>("SELECT rerank_score('x', NULL) IS NULL").unwrap().unwrap());
+        let count = |q: &str| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {q}")).unwrap().unwrap();
+        assert_eq!(count("rerank(NULL, ARRAY['a'])"), 0);
+        assert_eq!(count("rerank('q', NULL)"), 0);
+        assert_eq!(count("rerank('q', ARRAY[NULL]::text[])"), 0);
+        assert_eq!(count("rerank('q', ARRAY[]::text[])"), 0);
+    }
+
+    #[pg_test(error = "qwen_embed: qwen_embed.reranker_path is not set")]
+    fn reranking_without_a_reranker_is_an_error() {
+        Spi::run("SET qwen_embed.reranker_path = ''; SELECT rerank_score('q', 'd')").unwrap();
+    }
+
+    #[pg_test(error = "qwen_embed: input is 787 tokens long, which exceeds max_length 160")]
+    fn an_over_long_pair_is_an_error_without_truncation() {
+        let cases = use_test_reranker();
+        let case = cases.iter().find(|c| c["max_length"] == 160).unwrap();
+        let (q, d) = (sql_literal(case["query"].as_str().unwrap()), sql_literal(case["document"].as_str().unwrap()));
+        Spi::run(&format!("SET qwen_embed.max_length = 160; SELECT rerank_score({q}, {d})")).unwrap();
     }
 
     #[pg_test(error = "permission denied to set parameter \"qwen_embed.model_path\"")]

@@ -21,6 +21,8 @@ pub struct Qwen3Config {
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     pub attention_bias: bool,
+    /// A causal LM's head is `embed_tokens` (true) or its own `lm_head.weight` (false); the reranker reads it.
+    pub tie_word_embeddings: bool,
     /// The dtype the checkpoint was saved in, as named in the file (informational).
     pub saved_dtype: Option<String>,
 }
@@ -48,6 +50,7 @@ struct RawConfig {
     rope_scaling: Option<RawRope>,
     max_position_embeddings: Option<usize>,
     attention_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
     hidden_act: Option<String>,
     use_sliding_window: Option<bool>,
     torch_dtype: Option<String>,
@@ -116,6 +119,8 @@ impl Qwen3Config {
             rope_theta,
             max_position_embeddings: required(raw.max_position_embeddings, "max_position_embeddings", path)?,
             attention_bias: raw.attention_bias.unwrap_or(false),
+            // transformers' Qwen3Config default.
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             saved_dtype: raw.torch_dtype.or(raw.dtype),
         };
         if num_attention_heads % num_key_value_heads != 0 {

@@ -72,21 +72,8 @@ impl Embedder {
     /// [`load`](Self::load) with an explicit precision (tests and benchmarks compare kernels).
     pub fn load_with(model_dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let started = Instant::now();
-        if !model_dir.is_dir() {
-            let problem = if model_dir.exists() { "is not a directory" } else { "does not exist" };
-            return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: problem.into() });
-        }
-        for file in ["config.json", "tokenizer.json"] {
-            if !model_dir.join(file).is_file() {
-                return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: format!("has no {file}") });
-            }
-        }
-        let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
+        let Backbone { config, weights: _, encoder, weights_bytes } = Backbone::load(model_dir, device, precision)?;
         let tokenizer = QwenTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
-        let weights = Weights::open(model_dir)?;
-        let weights_bytes = weights.loaded_bytes(&precision);
-        crate::memory::check(weights_bytes, crate::memory::available_on(device))?;
-        let encoder = Encoder::load(&config, &weights, precision, device)?;
         Ok(Embedder {
             config,
             tokenizer,
@@ -261,6 +248,35 @@ impl Embedder {
             }
         }
         Ok((out, work))
+    }
+}
+
+/// What loading any Qwen3 model directory does (the embedder's and the reranker's): check the files, read the config,
+/// map the weights, check that they fit in memory, load the transformer.
+pub(crate) struct Backbone {
+    pub config: Qwen3Config,
+    pub weights: Weights,
+    pub encoder: Encoder,
+    pub weights_bytes: u64,
+}
+
+impl Backbone {
+    pub fn load(model_dir: &Path, device: &Device, precision: Precision) -> Result<Backbone> {
+        if !model_dir.is_dir() {
+            let problem = if model_dir.exists() { "is not a directory" } else { "does not exist" };
+            return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: problem.into() });
+        }
+        for file in ["config.json", "tokenizer.json"] {
+            if !model_dir.join(file).is_file() {
+                return Err(Error::ModelDir { path: model_dir.to_path_buf(), problem: format!("has no {file}") });
+            }
+        }
+        let config = Qwen3Config::from_file(&model_dir.join("config.json"))?;
+        let weights = Weights::open(model_dir)?;
+        let weights_bytes = weights.loaded_bytes(&precision);
+        crate::memory::check(weights_bytes, crate::memory::available_on(device))?;
+        let encoder = Encoder::load(&config, &weights, precision, device)?;
+        Ok(Backbone { config, weights, encoder, weights_bytes })
     }
 }
 

@@ -31,6 +31,10 @@ pub enum Error {
     #[error("input is {tokens} tokens long, which exceeds max_length {limit}")]
     TooLong { tokens: usize, limit: usize },
 
+    /// A reranker input (prompt, query and document) over the limit; the same message, its own hint.
+    #[error("input is {tokens} tokens long, which exceeds max_length {limit}")]
+    PairTooLong { tokens: usize, limit: usize },
+
     #[error("dim must be between {min} and {max}, got {dim}")]
     BadDim { dim: i64, min: usize, max: usize },
 
@@ -75,7 +79,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::TooLong { .. } => ErrorKind::TooLong,
+            Error::TooLong { .. } | Error::PairTooLong { .. } => ErrorKind::TooLong,
             Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ErrorKind::BadArgument,
             Error::Canceled => ErrorKind::Canceled,
             Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
@@ -93,7 +97,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::ModelDir { .. } => Some(
-                "Point qwen_embed.model_path at a Hugging Face model directory with config.json, tokenizer.json and \
+                "Point qwen_embed.model_path (reranker_path for the reranker) at a Hugging Face model directory with config.json, tokenizer.json and \
                  model.safetensors (or model.safetensors.index.json and its shards)."
                     .into(),
             ),
@@ -110,6 +114,11 @@ impl Error {
             Error::TooLong { .. } => Some(
                 "Raise qwen_embed.max_length, set qwen_embed.truncate = on to embed only the beginning, or split the \
                  text into chunks."
+                    .into(),
+            ),
+            Error::PairTooLong { .. } => Some(
+                "Raise qwen_embed.max_length, or set qwen_embed.truncate = on to score only the beginning of the \
+                 document (the prompt around it is never cut)."
                     .into(),
             ),
             Error::BadDim { .. } => Some("Pass NULL for the model's full dimension.".into()),

@@ -13,6 +13,7 @@
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
 //! - [`chunking`]: long documents into token-budget chunks cut at paragraph/sentence boundaries
 //! - [`embedder`]: all of the above behind one call, with token-budget batching
+//! - [`reranker`]: Qwen3-Reranker, the same backbone scoring (query, document) pairs through two rows of its LM head
 
 pub mod attention;
 pub mod bf16_matmul;
@@ -28,6 +29,7 @@ pub mod linear;
 pub mod memory;
 pub mod pooling;
 pub mod precision;
+pub mod reranker;
 pub mod tokenizer;
 pub mod weights;
 
@@ -37,4 +39,5 @@ pub use embedder::{Chunk, Embedder, Limits, Work};
 pub use error::{Error, ErrorKind, Result};
 pub use pooling::Weighting;
 pub use precision::Precision;
+pub use reranker::Reranker;
 pub use tokenizer::{format_input, LengthPolicy};

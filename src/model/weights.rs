@@ -92,6 +92,44 @@ impl Weights {
             .sum()
     }
 
+    /// Whether the checkpoint has the tensor `full_name` (exactly so, no prefix added).
+    pub fn has_exact(&self, full_name: &str) -> bool {
+        self.files.get(full_name).is_ok()
+    }
+
+    /// Some rows of a 2-D tensor as f32, read straight from the mapped file: the reranker needs two rows of an LM head
+    /// that holds 155M parameters in the 0.6B model. `name` is without prefix unless `exact`.
+    pub fn rows(&self, name: &str, exact: bool, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let full = if exact { name.to_string() } else { format!("{}{name}", self.prefix) };
+        let bad = |problem: String| Error::Weights { path: self.source.clone(), problem };
+        let view = self.files.get(&full).map_err(|_| bad(format!("missing tensor \"{full}\"")))?;
+        let &[n_rows, cols] = view.shape() else {
+            return Err(bad(format!("tensor \"{full}\" is not a matrix: {:?}", view.shape())));
+        };
+        use safetensors::Dtype as St;
+        let width = match view.dtype() {
+            St::BF16 | St::F16 => 2,
+            St::F32 => 4,
+            other => return Err(Error::Unsupported(format!("tensor \"{full}\" is stored as {other:?}"))),
+        };
+        let data = view.data();
+        rows.iter()
+            .map(|&r| {
+                if r >= n_rows {
+                    return Err(bad(format!("tensor \"{full}\" has {n_rows} rows; row {r} was asked for")));
+                }
+                let bytes = &data[r * cols * width..][..cols * width];
+                Ok(match view.dtype() {
+                    St::BF16 => {
+                        bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                    }
+                    St::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                    _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                })
+            })
+            .collect()
+    }
+
     /// Loads `name` (without prefix), checking its shape, converted to `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         self.dtype(name)?;

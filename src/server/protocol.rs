@@ -33,6 +33,8 @@ pub enum Job {
     Chunks { doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64> },
     /// One vector for a long document.
     Document { doc: String, chunk_tokens: usize, overlap: usize, weighting: String, dim: Option<i64> },
+    /// Scores of documents for a query, from the server's reranker (the request's `model` names the reranker).
+    Rerank { query: String, documents: Vec<String>, instruct: Option<String> },
     /// Tokens of a text as the model sees it, before any length limit.
     CountTokens { text: String, instruct: Option<String> },
     /// The server's state and counters.
@@ -73,6 +75,11 @@ pub enum Reply {
         cost: Cost,
     },
     Count(usize),
+    /// Reranker scores, in the order of the documents.
+    Scores {
+        scores: Vec<f64>,
+        cost: Cost,
+    },
     Status(Box<Status>),
     /// A model error, as the model core reported it.
     Failed {
@@ -117,6 +124,10 @@ pub struct Status {
     pub batches: u64,
     pub max_batch_texts: u64,
     pub max_batch_tokens: u64,
+    /// The reranker the server runs when asked (loaded on first use), and its state: "not loaded", "ready" or
+    /// "failed: …"; empty path when none is configured.
+    pub reranker: ModelSpec,
+    pub reranker_state: String,
     /// Requests per client pid, for the clients seen most recently.
     pub per_client: Vec<(i32, u64)>,
 }

@@ -17,7 +17,7 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Weighting};
+use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting};
 
 use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 use crate::queue::{Item, Lane, Queue};
@@ -46,6 +46,18 @@ enum ModelState {
     Failed(Box<Reply>),
 }
 
+/// The reranker the server runs, loaded by the first request that needs it (most clusters never rerank).
+pub struct RerankerSource {
+    pub spec: ModelSpec,
+    pub load: Box<dyn FnOnce() -> Result<Reranker, Error> + Send>,
+}
+
+enum RerankerState {
+    NotLoaded(Option<Box<dyn FnOnce() -> Result<Reranker, Error> + Send>>),
+    Ready(Arc<Reranker>),
+    Failed(Box<Reply>),
+}
+
 /// A request being computed: its vectors as they arrive, and where to send them when all are there.
 struct Collecting {
     /// Set when the request is given up (its caller left, or a batch with its sequences failed): the queue then drops
@@ -63,6 +75,8 @@ struct Shared {
     settings: Settings,
     model: Mutex<ModelState>,
     model_ready: Condvar,
+    reranker_spec: Option<ModelSpec>,
+    reranker: Mutex<RerankerState>,
     queue: Mutex<Queue>,
     work_waiting: Condvar,
     collecting: Mutex<HashMap<u64, Collecting>>,
@@ -73,12 +87,14 @@ struct Shared {
 }
 
 /// Serves requests on `listener` until the process ends. `load` loads the model (on a thread of its own: the server
-/// answers status requests while it loads, and a failed load is every later request's error).
+/// answers status requests while it loads, and a failed load is every later request's error); the reranker, if
+/// any, is loaded by the first rerank request.
 pub fn serve(
     listener: UnixListener,
     spec: ModelSpec,
     settings: Settings,
     load: impl FnOnce() -> Result<Embedder, Error> + Send + 'static,
+    reranker: Option<RerankerSource>,
 ) -> io::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(settings.threads)
@@ -92,13 +108,21 @@ pub fn serve(
         threads: settings.threads,
         batch_tokens: settings.batch_tokens,
         queue_limit: settings.queue_limit,
+        reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
+        reranker_state: if reranker.is_some() { "not loaded" } else { "" }.into(),
         ..Status::default()
+    };
+    let (reranker_spec, reranker) = match reranker {
+        Some(r) => (Some(r.spec), RerankerState::NotLoaded(Some(r.load))),
+        None => (None, RerankerState::NotLoaded(None)),
     };
     let shared = Arc::new(Shared {
         spec,
         settings,
         model: Mutex::new(ModelState::Loading),
         model_ready: Condvar::new(),
+        reranker_spec,
+        reranker: Mutex::new(reranker),
         queue: Mutex::new(Queue::new(settings.queue_limit)),
         work_waiting: Condvar::new(),
         collecting: Mutex::new(HashMap::new()),
@@ -175,6 +199,19 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
     }
     let reply = match request.job {
         Job::Status => Reply::Status(Box::new(status(shared))),
+        Job::Rerank { .. } if shared.reranker_spec.as_ref() != Some(&request.model) => {
+            Reply::OtherModel { serving: shared.reranker_spec.clone().unwrap_or_default() }
+        }
+        Job::Rerank { query, documents, instruct } => {
+            lock(&shared.status).requests += 1;
+            match rerank(shared, query, documents, instruct, request.lengths, &conn) {
+                Some(reply) => reply,
+                None => {
+                    lock(&shared.status).canceled += 1;
+                    return Ok(());
+                }
+            }
+        }
         _ if request.model != shared.spec => Reply::OtherModel { serving: shared.spec.clone() },
         job => match wait_for_model(shared, &conn) {
             None => return Ok(()),
@@ -196,6 +233,61 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
         lock(&shared.status).errors += 1;
     }
     write_frame(&mut conn, &reply)
+}
+
+/// The reranker, loading it on first use (other rerank requests wait for the load); its load error otherwise.
+fn reranker(shared: &Shared) -> Result<Arc<Reranker>, Reply> {
+    let mut state = lock(&shared.reranker);
+    if let RerankerState::NotLoaded(load) = &mut *state {
+        let Some(load) = load.take() else {
+            return Err(failed(&Error::Unsupported("this model server runs no reranker".into())));
+        };
+        let started = Instant::now();
+        *state = match shared.pool.install(load) {
+            Ok(r) => {
+                lock(&shared.status).reranker_state =
+                    format!("ready ({:.0} ms, {})", started.elapsed().as_secs_f64() * 1e3, r.precision().kernel_name());
+                RerankerState::Ready(Arc::new(r))
+            }
+            Err(e) => {
+                lock(&shared.status).reranker_state = format!("failed: {e}");
+                RerankerState::Failed(Box::new(failed(&e)))
+            }
+        };
+    }
+    match &*state {
+        RerankerState::Ready(r) => Ok(r.clone()),
+        RerankerState::Failed(reply) => Err((**reply).clone()),
+        RerankerState::NotLoaded(_) => unreachable!("loaded above"),
+    }
+}
+
+/// Scores a rerank request on the server's pool (pairs of one request are batched together); None if the caller
+/// left first.
+fn rerank(
+    shared: &Shared,
+    query: String,
+    documents: Vec<String>,
+    instruct: Option<String>,
+    lengths: Lengths,
+    conn: &UnixStream,
+) -> Option<Reply> {
+    let reranker = match reranker(shared) {
+        Ok(r) => r,
+        Err(reply) => return Some(reply),
+    };
+    let limits = limits(shared, lengths);
+    let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
+    let gone = || caller_gone(conn);
+    match shared.pool.install(|| reranker.rerank(&query, &docs, instruct.as_deref(), &limits, &gone)) {
+        Ok((scores, work)) => Some(Reply::Scores { scores, cost: cost(work) }),
+        Err(Error::Canceled) => None,
+        Err(e) => Some(failed(&e)),
+    }
+}
+
+fn cost(w: qwen_embed_model::Work) -> Cost {
+    Cost { texts: w.texts as u64, tokens: w.tokens as u64, forward_passes: w.forward_passes as u64 }
 }
 
 /// The loaded model, or the load's error; None if the caller left while it loaded.
@@ -227,13 +319,8 @@ fn limits(shared: &Shared, lengths: Lengths) -> Limits {
 fn run_job(shared: &Shared, model: &Arc<Embedder>, job: Job, lengths: Lengths, conn: &UnixStream) -> Option<Reply> {
     let limits = limits(shared, lengths);
     let gone = || caller_gone(conn);
-    let cost = |w: qwen_embed_model::Work| Cost {
-        texts: w.texts as u64,
-        tokens: w.tokens as u64,
-        forward_passes: w.forward_passes as u64,
-    };
     let result = match job {
-        Job::Status => unreachable!("answered before"),
+        Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
         Job::Embed { texts, instruct, dim } => return embed(shared, model, texts, instruct, dim, &limits, conn),
         Job::CountTokens { text, instruct } => {
             model.tokenizer().encode(&format_input(&text, instruct.as_deref())).map(|ids| Reply::Count(ids.len()))

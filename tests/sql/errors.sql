@@ -26,11 +26,11 @@ SELECT expect(cosine_sim('[0,0,0]'::vector, '[1,2,3]'::vector) = 0, 'zero vector
 
 -- Model faults, each with its SQLSTATE and hint, then recovery in the same session.
 SET qwen_embed.model_path = '/nonexistent/model';
-SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'does not exist', 'Point qwen_embed.model_path at');
+SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'does not exist', 'Point qwen_embed.model_path');
 SET qwen_embed.model_path = '/etc/hostname';
-SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'is not a directory', 'Point qwen_embed.model_path at');
+SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'is not a directory', 'Point qwen_embed.model_path');
 SET qwen_embed.model_path = '/etc';
-SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'has no config.json', 'Point qwen_embed.model_path at');
+SELECT expect_error($q$SELECT embed('x')$q$, '58P01', 'has no config.json', 'Point qwen_embed.model_path');
 SELECT set_config('qwen_embed.model_path', :'model_dir' || '/unreadable', false);
 SELECT expect_error($q$SELECT embed('x')$q$, '58030', 'model.safetensors', 'must be able to read the model files');
 SELECT set_config('qwen_embed.model_path', :'model_dir' || '/truncated', false);

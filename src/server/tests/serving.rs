@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qwen_embed_model::{DType, Device, Embedder, Limits};
+use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
 use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{write_frame, Job, Lengths, ModelSpec, Reply, Request, Status};
-use qwen_embed_server::server::{serve, Settings};
+use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
 fn tiny_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
@@ -20,13 +20,25 @@ fn spec() -> ModelSpec {
 
 const LENGTHS: Lengths = Lengths { max_length: 8192, truncate: false };
 
-/// A server on a socket in a fresh directory, running for the rest of the test process.
+fn tiny_reranker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3-reranker")
+}
+
+fn reranker_spec() -> ModelSpec {
+    ModelSpec { path: tiny_reranker().display().to_string(), ..spec() }
+}
+
+/// A server on a socket in a fresh directory, running for the rest of the test process, with the tiny reranker.
 fn start(settings: Settings) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
     let listener = UnixListener::bind(&socket).unwrap();
+    let reranker = RerankerSource {
+        spec: reranker_spec(),
+        load: Box::new(|| Reranker::load(&tiny_reranker(), &Device::Cpu, DType::F32)),
+    };
     std::thread::spawn(move || {
-        serve(listener, spec(), settings, || Embedder::load(&tiny_model(), &Device::Cpu, DType::F32))
+        serve(listener, spec(), settings, || Embedder::load(&tiny_model(), &Device::Cpu, DType::F32), Some(reranker))
     });
     (dir, socket)
 }
@@ -86,6 +98,31 @@ fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
     let s = status(&socket);
     assert_eq!((s.state.as_str(), s.canceled, s.errors), ("ready", 0, 0));
     assert!(s.per_client.iter().any(|&(pid, n)| pid == 7 && n >= 17));
+}
+
+#[test]
+fn the_reranker_is_loaded_on_first_use_and_scores_as_the_direct_one() {
+    let (_dir, socket) = start(SETTINGS);
+    assert_eq!(status(&socket).reranker_state, "not loaded");
+    let docs: Vec<String> = vec!["Beijing is the capital of China.".into(), "Gravity pulls.".into(), "".into()];
+    let job = |model: ModelSpec| Request {
+        model,
+        job: Job::Rerank { query: "capital of China?".into(), documents: docs.clone(), instruct: None },
+        ..request(Job::Status)
+    };
+    let Reply::Scores { scores, cost } = call(&socket, &job(reranker_spec()), || {}).unwrap() else { panic!() };
+    let direct = Reranker::load(&tiny_reranker(), &Device::Cpu, DType::F32).unwrap();
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let (want, _) = direct.rerank("capital of China?", &refs, None, &Limits::default(), &|| false).unwrap();
+    assert!(scores.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{scores:?} vs {want:?}");
+    assert_eq!(cost.texts, 3);
+    assert!(status(&socket).reranker_state.starts_with("ready"), "{}", status(&socket).reranker_state);
+    // Another reranker than the server's: the caller is told which one it runs.
+    let other = ModelSpec { path: "/elsewhere".into(), ..reranker_spec() };
+    match call(&socket, &job(other), || {}).unwrap() {
+        Reply::OtherModel { serving } => assert_eq!(serving, reranker_spec()),
+        reply => panic!("{reply:?}"),
+    }
 }
 
 #[test]
