@@ -8,7 +8,7 @@
 //! Scores stay in a per-task buffer of at most 128 × length floats (cache-sized), never the whole matrix.
 //!
 //! The two products run on `gemm` (the kernel under candle's CPU matmul) single-threaded inside each task; `exp` is a
-//! vectorised polynomial (Cephes' expf, within 2 ulp), 10× faster than calling libm per score.
+//! vectorised polynomial (`elementwise::exp_shifted`), 10× faster than calling libm per score.
 
 use rayon::prelude::*;
 
@@ -144,82 +144,16 @@ fn matmul(
 fn softmax_visible(row: &mut [f32], lo: usize, hi: usize) {
     let visible = &mut row[lo..=hi];
     let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let sum = exp_shifted(visible, max);
+    let sum = crate::elementwise::exp_shifted(visible, max);
     let inv = 1.0 / sum;
     visible.iter_mut().for_each(|x| *x *= inv);
     row[..lo].fill(0.0);
     row[hi + 1..].fill(0.0);
 }
 
-/// xs[i] = exp(xs[i] - max) for all i; returns their sum.
-pub fn exp_shifted(xs: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f")) {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { exp_shifted_avx512(xs, max) };
-        }
-    }
-    exp_shifted_generic(xs, max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_avx512(xs: &mut [f32], max: f32) -> f32 {
-    exp_shifted_generic(xs, max)
-}
-
-/// Written so the compiler vectorises both loops (no libm call, no serial dependency).
-#[inline(always)]
-fn exp_shifted_generic(xs: &mut [f32], max: f32) -> f32 {
-    xs.iter_mut().for_each(|x| *x = exp_approx(*x - max));
-    let mut lanes = [0f32; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for chunk in &mut chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x);
-    }
-    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
-}
-
-/// e^x for x ≤ 0 (softmax after subtracting the maximum), Cephes' expf: x = k·ln2 + r, |r| ≤ ln2/2, e^r by a
-/// degree-7 polynomial, 2^k from the exponent bits. Below -87 the result is flushed to about 1e-38.
-#[inline(always)]
-fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23: adding and subtracting it rounds to the nearest integer
-    let x = x.clamp(-87.0, 0.0);
-    // After adding ROUND the low mantissa bits hold k itself (two's complement), so 2^k is built from the bits with
-    // integer operations only: an `as i32` cast would be a saturating scalar conversion that blocks vectorisation.
-    let t = x * LOG2E + ROUND;
-    let k = t - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm() {
-        let mut worst = 0f32;
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let (got, want) = (exp_approx(x), x.exp());
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 2.5e-7, "relative error {worst}");
-    }
 
     #[test]
     fn softmax_sums_to_one_over_the_visible_keys_only() {

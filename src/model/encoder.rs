@@ -200,10 +200,7 @@ impl Layer {
         let residual = if last_only { x.narrow(1, first_query, 1)? } else { x.clone() };
         let x = (residual + attn)?.contiguous()?;
         let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
-        let gate_up = self.gate_up.forward(&normed)?;
-        let inter = c.intermediate_size;
-        let hidden = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?
-            * gate_up.narrow(D::Minus1, inter, inter)?)?;
+        let hidden = swiglu(&self.gate_up.forward(&normed)?, c.intermediate_size)?;
         Ok((x + self.down.forward(&hidden)?)?)
     }
 
@@ -249,6 +246,22 @@ impl Layer {
         };
         self.o_proj.forward(&out)
     }
+}
+
+/// silu(gate) · up from the fused gate/up output (..., 2 × inter): one vectorised pass on a CPU in f32, candle's
+/// operations elsewhere.
+fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+    if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
+        let gate_up = gate_up.contiguous()?;
+        let mut dims = gate_up.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = inter;
+        }
+        let mut out = vec![0f32; gate_up.elem_count() / 2];
+        with_cpu_f32(&gate_up, |gu| crate::elementwise::silu_mul(gu, &mut out, inter))?;
+        return Ok(Tensor::from_vec(out, dims, gate_up.device())?);
+    }
+    Ok((candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)? * gate_up.narrow(D::Minus1, inter, inter)?)?)
 }
 
 /// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality

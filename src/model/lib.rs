@@ -10,6 +10,7 @@
 //! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
+//! - [`elementwise`]: vectorised exp (softmax) and SwiGLU, compiled for the CPU's vector width
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
 //! - [`chunking`]: long documents into token-budget chunks cut at paragraph/sentence boundaries
 //! - [`embedder`]: all of the above behind one call, with token-budget batching
@@ -21,6 +22,7 @@ pub mod chunking;
 pub mod config;
 pub mod cpu;
 pub mod device;
+pub mod elementwise;
 pub mod embedder;
 pub mod encoder;
 pub mod error;

@@ -46,7 +46,6 @@ pub struct Reranker {
     direction: Vec<f32>,
     model_dir: PathBuf,
     load_time: Duration,
-    weights_bytes: u64,
 }
 
 impl Reranker {
@@ -58,7 +57,7 @@ impl Reranker {
 
     pub fn load_with(model_dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let started = Instant::now();
-        let Backbone { config, weights, encoder, weights_bytes } = Backbone::load(model_dir, device, precision)?;
+        let Backbone { config, weights, encoder, .. } = Backbone::load(model_dir, device, precision)?;
         let path = model_dir.join("tokenizer.json");
         let bad_tokenizer = |problem: String| Error::Tokenizer { path: path.clone(), problem };
         let tokenizer = Tokenizer::from_file(&path).map_err(|e| bad_tokenizer(e.to_string()))?;
@@ -99,12 +98,7 @@ impl Reranker {
             tokenizer,
             model_dir: model_dir.to_path_buf(),
             load_time: started.elapsed(),
-            weights_bytes,
         })
-    }
-
-    pub fn config(&self) -> &Qwen3Config {
-        &self.config
     }
 
     pub fn model_dir(&self) -> &Path {
@@ -115,16 +109,8 @@ impl Reranker {
         self.load_time
     }
 
-    pub fn weights_bytes(&self) -> u64 {
-        self.weights_bytes
-    }
-
     pub fn precision(&self) -> Precision {
         self.encoder.precision()
-    }
-
-    pub fn device(&self) -> &Device {
-        self.encoder.device()
     }
 
     /// The model input for one pair: prefix + body (cut to fit when `limits.policy` allows) + suffix.

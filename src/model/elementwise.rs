@@ -1,0 +1,132 @@
+//! Element-wise passes of the CPU forward pass, written so the compiler vectorises them (no libm call, no serial
+//! dependency) and compiled for the vector width the CPU has (AVX-512 or AVX2 + FMA, as `cpu` detected; SSE2
+//! otherwise): softmax's exponentials and the MLP's SwiGLU.
+
+use rayon::prelude::*;
+
+use crate::cpu::{self, Level};
+
+/// Runs `generic` compiled for the widest vectors this CPU has. Every caller passes an `#[inline(always)]` body, so
+/// each `target_feature` wrapper gets its own copy of it.
+macro_rules! widest {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident) => {
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $generic($($arg),*)
+                }
+                match cpu::level() {
+                    // SAFETY: these levels are detected only where the CPU has AVX-512F, AVX2 and FMA.
+                    Level::Avx512Bf16 | Level::Amx => return unsafe { avx512($($arg),*) },
+                    // SAFETY: this level is detected only where the CPU has AVX2 and FMA.
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Generic => {}
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+widest!(exp_shifted(xs: &mut [f32], max: f32) -> f32 = exp_shifted_generic);
+widest!(silu_mul_rows(gate_up: &[f32], out: &mut [f32], n: usize) -> () = silu_mul_generic);
+
+/// xs[i] = exp(xs[i] - max) for all i; returns their sum (softmax after subtracting the maximum).
+#[inline(always)]
+fn exp_shifted_generic(xs: &mut [f32], max: f32) -> f32 {
+    xs.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x);
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// SwiGLU over rows of the fused gate/up projection: row r of `gate_up` is [gate (n) | up (n)]; row r of `out` gets
+/// silu(gate) · up. Blocks of rows are spread over the rayon pool.
+pub fn silu_mul(gate_up: &[f32], out: &mut [f32], n: usize) {
+    assert_eq!(gate_up.len(), 2 * out.len());
+    assert_eq!(out.len() % n.max(1), 0);
+    const ROWS: usize = 16;
+    out.par_chunks_mut(n * ROWS).zip(gate_up.par_chunks(2 * n * ROWS)).for_each(|(o, gu)| silu_mul_rows(gu, o, n));
+}
+
+#[inline(always)]
+fn silu_mul_generic(gate_up: &[f32], out: &mut [f32], n: usize) {
+    for (o, gu) in out.chunks_exact_mut(n).zip(gate_up.chunks_exact(2 * n)) {
+        let (g, u) = gu.split_at(n);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = silu_times(g, u);
+        }
+    }
+}
+
+/// silu(g) · u with sigmoid from [`exp_approx`] on −|g| (so its argument is never positive).
+#[inline(always)]
+fn silu_times(g: f32, u: f32) -> f32 {
+    let e = exp_approx(-g.abs());
+    let sigmoid = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    g * sigmoid * u
+}
+
+/// e^x for x ≤ 0, Cephes' expf: x = k·ln2 + r, |r| ≤ ln2/2, e^r by a degree-7 polynomial, 2^k from the exponent bits.
+/// Below -87 the result is flushed to about 1e-38.
+#[inline(always)]
+pub(crate) fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23: adding and subtracting it rounds to the nearest integer
+    let x = x.clamp(-87.0, 0.0);
+    // After adding ROUND the low mantissa bits hold k itself (two's complement), so 2^k is built from the bits with
+    // integer operations only: an `as i32` cast would be a saturating scalar conversion that blocks vectorisation.
+    let t = x * LOG2E + ROUND;
+    let k = t - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0f32;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (got, want) = (exp_approx(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+    }
+
+    #[test]
+    fn silu_mul_matches_the_definition() {
+        let n = 37;
+        let gate_up: Vec<f32> = (0..5 * 2 * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 40.0).collect();
+        let mut out = vec![0f32; 5 * n];
+        silu_mul(&gate_up, &mut out, n);
+        for (r, row) in out.chunks(n).enumerate() {
+            for (i, &got) in row.iter().enumerate() {
+                let (g, u) = (gate_up[r * 2 * n + i] as f64, gate_up[r * 2 * n + n + i] as f64);
+                let want = g / (1.0 + (-g).exp()) * u;
+                assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "[{r},{i}] {got} vs {want}");
+            }
+        }
+    }
+}
