@@ -2,7 +2,8 @@
 # Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
 # statements, the model server, as a client sees them), the pg_regress tests in tests/regress, then the fault,
-# hot-standby and load tests (tests/faults.sh, tests/standby.sh, tests/load.sh). Every server is a throw-away cluster
+# hot-standby and load tests (tests/faults.sh, tests/standby.sh, tests/load.sh), and the Debian package
+# (tests/package.sh: built, installed with dpkg, smoke-tested). Every server is a throw-away cluster
 # made in a temporary directory and removed afterwards (scripts/cluster.sh); the machine's own PostgreSQL clusters
 # are never reconfigured, restarted or connected to.
 set -euo pipefail
@@ -32,3 +33,6 @@ bash tests/standby.sh
 
 echo "== load: pgbench, 16 clients, 60 s"
 bash tests/load.sh 60 16
+
+echo "== package: the Debian package installed with dpkg, smoke-tested on a fresh cluster"
+bash tests/package.sh

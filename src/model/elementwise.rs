@@ -4,8 +4,6 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{self, Level};
-
 /// Runs `generic` compiled for the widest vectors this CPU has. Every caller passes an `#[inline(always)]` body, so
 /// each `target_feature` wrapper gets its own copy of it.
 macro_rules! widest {
@@ -21,7 +19,8 @@ macro_rules! widest {
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
                     $generic($($arg),*)
                 }
-                match cpu::level() {
+                use crate::cpu::Level;
+                match crate::cpu::level() {
                     // SAFETY: these levels are detected only where the CPU has AVX-512F, AVX2 and FMA.
                     Level::Avx512Bf16 | Level::Amx => return unsafe { avx512($($arg),*) },
                     // SAFETY: this level is detected only where the CPU has AVX2 and FMA.
