@@ -91,22 +91,25 @@ def make_tokenizer(tokenizer_json, out_dir):
     return PreTrainedTokenizerFast.from_pretrained(out_dir, padding_side="left")
 
 
-def random_model(seed):
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(**TINY)
-    model = Qwen3Model(cfg).eval()
+def randomize(model, embed_std):
+    """Random weights (the tools/make_reranker_fixtures.py model too), every value bf16-representable."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 # Random norm weights, so a missing (q/k) norm changes the result.
                 p.copy_(torch.empty_like(p).uniform_(0.5, 2.0))
             elif "embed_tokens" in name:
-                p.normal_(0.0, 1.0)
+                p.normal_(0.0, embed_std)
             else:
                 p.normal_(0.0, 0.15)
             # Make every value bf16-representable so the bf16 file holds exactly the fp32 model.
             p.copy_(p.to(torch.bfloat16).to(torch.float32))
     return model
+
+
+def random_model(seed):
+    torch.manual_seed(seed)
+    return randomize(Qwen3Model(Qwen3Config(**TINY)).eval(), embed_std=1.0)
 
 
 def save_model(model, out_dir):

@@ -22,6 +22,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from make_fixtures import randomize
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 EOT = "<|endoftext|>"
@@ -111,17 +113,7 @@ def batched_scores(model, tok, cases):
 
 def random_model(seed):
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(Qwen3Config(**TINY)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.empty_like(p).uniform_(0.5, 2.0))
-            elif "embed_tokens" in name:
-                p.normal_(0.0, 0.25)
-            else:
-                p.normal_(0.0, 0.15)
-            p.copy_(p.to(torch.bfloat16).to(torch.float32))  # the bf16 file holds exactly the fp32 model
-    return model
+    return randomize(Qwen3ForCausalLM(Qwen3Config(**TINY)).eval(), embed_std=0.25)
 
 
 def tokenizer(tokenizer_json):
