@@ -66,4 +66,4 @@ SELECT process, pid, device, dtype, calls, texts, tokens, forward_passes, cache_
 FROM qwen_embed.stats;
 SELECT key, value FROM qwen_embed.server_info()
 WHERE key IN ('state', 'device', 'dtype', 'load_ms', 'requests', 'batches', 'mean_batch_texts', 'max_batch_texts',
-              'queued_texts', 'restarts');
+              'queued_texts', 'restarts', 'reranker_state');
