@@ -35,6 +35,10 @@ pub enum Error {
     #[error("input is {tokens} tokens long, which exceeds max_length {limit}")]
     PairTooLong { tokens: usize, limit: usize },
 
+    /// A reranker length limit below what the prompt around the pair takes: truncation cannot help.
+    #[error("max_length {limit} leaves no room for the pair: the reranker's prompt alone takes {prompt} tokens")]
+    NoRoomForPair { prompt: usize, limit: usize },
+
     #[error("dim must be between {min} and {max}, got {dim}")]
     BadDim { dim: i64, min: usize, max: usize },
 
@@ -79,7 +83,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::TooLong { .. } | Error::PairTooLong { .. } => ErrorKind::TooLong,
+            Error::TooLong { .. } | Error::PairTooLong { .. } | Error::NoRoomForPair { .. } => ErrorKind::TooLong,
             Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ErrorKind::BadArgument,
             Error::Canceled => ErrorKind::Canceled,
             Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
@@ -121,6 +125,9 @@ impl Error {
                  document (the prompt around it is never cut)."
                     .into(),
             ),
+            Error::NoRoomForPair { prompt, .. } => {
+                Some(format!("Set qwen_embed.max_length well above {prompt} (8192 by default)."))
+            }
             Error::BadDim { .. } => Some("Pass NULL for the model's full dimension.".into()),
             Error::OutOfMemory { .. } => Some(
                 "Each backend that embeds holds its own copy of the model: use fewer such backends (a connection \

@@ -131,10 +131,12 @@ impl Reranker {
         if total > max_length {
             // What transformers does with truncation='longest_first' and max_length = limit − prefix − suffix: cut
             // the body so that it and the post-processor's tokens fit.
-            let room = max_length.checked_sub(fixed + added).filter(|&r| r > 0);
-            match (limits.policy, room) {
-                (LengthPolicy::Truncate, Some(room)) => encoding.truncate(room, 0, TruncationDirection::Right),
-                _ => return Err(Error::PairTooLong { tokens: total, limit: max_length }),
+            if limits.policy == LengthPolicy::Error {
+                return Err(Error::PairTooLong { tokens: total, limit: max_length });
+            }
+            match max_length.checked_sub(fixed + added).filter(|&room| room > 0) {
+                Some(room) => encoding.truncate(room, 0, TruncationDirection::Right),
+                None => return Err(Error::NoRoomForPair { prompt: fixed + added, limit: max_length }),
             }
         }
         let body = self.tokenizer.post_process(encoding, None, true).map_err(tokenizer_error)?;

@@ -150,8 +150,13 @@ fn truncation_cuts_the_body_never_prefix_or_suffix() {
         Err(Error::PairTooLong { tokens, limit: 120 }) => assert!(tokens > 120),
         other => panic!("{:?}", other.map(|(s, _)| s)),
     }
-    // A limit that leaves no room for the pair is an error even with truncation.
-    assert!(matches!(r.tokenize("q", "d", None, &truncating(20)), Err(Error::PairTooLong { limit: 20, .. })));
+    // A limit that leaves no room for the pair is an error even with truncation, naming what the prompt takes.
+    match r.tokenize("q", "d", None, &truncating(20)) {
+        Err(e @ Error::NoRoomForPair { limit: 20, prompt }) => {
+            assert!(prompt > 20 && e.hint().unwrap().contains(&prompt.to_string()), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
