@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use crate::panels::SharedOut;
+
 /// Queries per task: 128 × 2,048 keys × 4 bytes = 1 MiB of scores, and at most 1/16 of a long block computed
 /// above the causal diagonal.
 const QUERY_BLOCK: usize = 128;
@@ -28,10 +30,6 @@ pub struct Shape {
     pub first_query: usize,
 }
 
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// softmax(q · kᵀ + mask) · v for already scaled `q`; returns (batch, queries, heads × head_dim). `pads[b]` is the
 /// number of left-padding positions of sequence b: a real query sees the real keys up to itself; a padding query
 /// (whose output is never used) sees only itself.
@@ -43,7 +41,7 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shap
     assert_eq!(v.len(), k.len());
     assert_eq!(pads.len(), s.batch);
     let mut out = vec![0f32; s.batch * queries * s.heads * hd];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     let blocks = queries.div_ceil(QUERY_BLOCK);
     // Later blocks see more keys: hand them out first so the pool ends evenly.
     let tasks: Vec<(usize, usize, usize)> = (0..blocks)

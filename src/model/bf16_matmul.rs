@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::{Bf16Instructions, Bf16Kernel};
+use crate::panels::by_panel_runs;
 
 /// Output columns per panel (four 16-lane registers).
 const PANEL: usize = 64;
@@ -92,30 +93,16 @@ impl PackedWeights {
             Bf16Instructions::Avx512Bf16 => (rows, self.out_features),
         };
         let a = self.activations(x, rows, padded_rows);
-        let mut out = vec![0f32; padded_rows * ldc];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let threads = rayon::current_num_threads().max(1);
-        // Contiguous runs of panels per task: each task reuses its panels across all rows.
-        let per_task = panels.div_ceil(threads * 2).max(1);
-        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            let out_ptr = &out_ptr;
-            let run = task * per_task..((task + 1) * per_task).min(panels);
-            // SAFETY: a Bf16Kernel exists only where detection found its instructions (and AMX permission); each task
+        by_panel_runs(panels, 2, (padded_rows, ldc), (rows, self.out_features), |run, out| {
+            // SAFETY: a Bf16Kernel exists only where detection found its instructions (and AMX permission); each run
             // writes its own panels' columns of `out`, which holds padded_rows × ldc floats.
             unsafe {
                 match kernel {
-                    Bf16Instructions::Amx => amx::panels(self, &a, padded_rows, run, out_ptr.0, ldc),
-                    Bf16Instructions::Avx512Bf16 => run.for_each(|panel| self.panel(&a, rows, panel, out_ptr.0)),
+                    Bf16Instructions::Amx => amx::panels(self, &a, padded_rows, run, out, ldc),
+                    Bf16Instructions::Avx512Bf16 => run.for_each(|panel| self.panel(&a, rows, panel, out)),
                 }
             }
-        });
-        if ldc != self.out_features {
-            for r in 1..rows {
-                out.copy_within(r * ldc..r * ldc + self.out_features, r * self.out_features);
-            }
-        }
-        out.truncate(rows * self.out_features);
-        out
+        })
     }
 
     /// Activations as bf16 pairs, padded_rows × pairs (padding rows and pairs are zero).
@@ -274,11 +261,6 @@ mod amx {
         unreachable!("AMX is x86-64 only")
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// C[0..R, 0..cols] = A[0..R] · B-panel, A as bf16 pairs (stride `pairs`), C with row stride `ldc`.
 ///

@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::F32Kernel;
+use crate::panels::by_panel_runs;
 
 /// Output columns per panel: two 8-lane registers.
 const NR: usize = 16;
@@ -79,13 +80,7 @@ impl PackedF32 {
                 }
             }
         });
-        let mut out = vec![0f32; rows * ldc];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let threads = rayon::current_num_threads().max(1);
-        let per_task = panels.div_ceil(threads * 4).max(1);
-        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            let out_ptr = &out_ptr;
-            let run = task * per_task..((task + 1) * per_task).min(panels);
+        by_panel_runs(panels, 4, (rows, ldc), (rows, self.out_features), |run, out| {
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 for g0 in (0..groups).step_by(MC_GROUPS) {
@@ -98,28 +93,16 @@ impl PackedF32 {
                             // output tile (rows g*6.., columns panel*16..) lies inside `out` and is written by this
                             // task alone (tasks own disjoint panels).
                             unsafe {
-                                let c = out_ptr.0.add(g * MR * ldc + panel * NR);
+                                let c = out.add(g * MR * ldc + panel * NR);
                                 tile(r, kc, a, b, c, ldc, k0 > 0);
                             }
                         }
                     }
                 }
             }
-        });
-        if ldc != self.out_features {
-            for r in 1..rows {
-                out.copy_within(r * ldc..r * ldc + self.out_features, r * self.out_features);
-            }
-            out.truncate(rows * self.out_features);
-        }
-        out
+        })
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges (panels) of the output.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// Dispatches the micro-kernel for the `rows` (1–6) valid rows of a group.
 ///

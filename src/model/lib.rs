@@ -29,6 +29,7 @@ pub mod error;
 pub mod f32_matmul;
 pub mod linear;
 pub mod memory;
+mod panels;
 pub mod pooling;
 pub mod precision;
 pub mod reranker;

@@ -61,20 +61,27 @@ impl Weights {
 
     /// The dtype `name` is stored in.
     pub fn dtype(&self, name: &str) -> Result<DType> {
-        let full = format!("{}{name}", self.prefix);
+        self.stored(&format!("{}{name}", self.prefix)).map(|(_, dtype)| dtype)
+    }
+
+    /// The tensor named `full` (prefix included) and its dtype, which must be one the loader reads.
+    fn stored(&self, full: &str) -> Result<(safetensors::tensor::TensorView<'_>, DType)> {
         let view = self
             .files
-            .get(&full)
+            .get(full)
             .map_err(|_| Error::Weights { path: self.source.clone(), problem: format!("missing tensor \"{full}\"") })?;
         use safetensors::Dtype as St;
-        match view.dtype() {
-            St::BF16 => Ok(DType::BF16),
-            St::F16 => Ok(DType::F16),
-            St::F32 => Ok(DType::F32),
-            other => Err(Error::Unsupported(format!(
-                "tensor \"{full}\" is stored as {other:?}; only bf16, f16 and f32 weights are supported"
-            ))),
-        }
+        let dtype = match view.dtype() {
+            St::BF16 => DType::BF16,
+            St::F16 => DType::F16,
+            St::F32 => DType::F32,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "tensor \"{full}\" is stored as {other:?}; only bf16, f16 and f32 weights are supported"
+                )))
+            }
+        };
+        Ok((view, dtype))
     }
 
     /// Bytes the weights take once loaded with `precision` (`embed_tokens` and the rest may differ in dtype).
@@ -102,16 +109,11 @@ impl Weights {
     pub fn rows(&self, name: &str, exact: bool, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
         let full = if exact { name.to_string() } else { format!("{}{name}", self.prefix) };
         let bad = |problem: String| Error::Weights { path: self.source.clone(), problem };
-        let view = self.files.get(&full).map_err(|_| bad(format!("missing tensor \"{full}\"")))?;
+        let (view, dtype) = self.stored(&full)?;
         let &[n_rows, cols] = view.shape() else {
             return Err(bad(format!("tensor \"{full}\" is not a matrix: {:?}", view.shape())));
         };
-        use safetensors::Dtype as St;
-        let width = match view.dtype() {
-            St::BF16 | St::F16 => 2,
-            St::F32 => 4,
-            other => return Err(Error::Unsupported(format!("tensor \"{full}\" is stored as {other:?}"))),
-        };
+        let width = dtype.size_in_bytes();
         let data = view.data();
         rows.iter()
             .map(|&r| {
@@ -119,11 +121,13 @@ impl Weights {
                     return Err(bad(format!("tensor \"{full}\" has {n_rows} rows; row {r} was asked for")));
                 }
                 let bytes = &data[r * cols * width..][..cols * width];
-                Ok(match view.dtype() {
-                    St::BF16 => {
+                Ok(match dtype {
+                    DType::BF16 => {
                         bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
                     }
-                    St::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                    DType::F16 => {
+                        bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                    }
                     _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 })
             })
