@@ -9,19 +9,19 @@ use std::sync::Arc;
 
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::Reranker;
+use qwen_embed_server::protocol::ModelSpec;
 
 use crate::errors::raise_with;
-use crate::runtime::{self, ModelKey};
+use crate::runtime;
 use crate::{server_client, settings};
 
 thread_local! {
-    static LOADED: RefCell<Option<(ModelKey, Arc<Reranker>)>> = const { RefCell::new(None) };
+    static LOADED: RefCell<Option<(ModelSpec, Arc<Reranker>)>> = const { RefCell::new(None) };
 }
 
-/// The reranker this session's settings ask for.
-pub fn current_key() -> ModelKey {
+/// The reranker this session's settings ask for (on the embedder's device and dtype).
+pub fn current_spec() -> ModelSpec {
     let path = settings::string(&settings::RERANKER_PATH).unwrap_or_else(|| {
         raise_with(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -33,8 +33,7 @@ pub fn current_key() -> ModelKey {
             ),
         )
     });
-    let model = settings::model_spec();
-    ModelKey { path, device: model.device, dtype: model.dtype }
+    ModelSpec { path, ..settings::model_spec() }
 }
 
 /// The reranker loaded in this backend, if any (without loading one).
@@ -43,30 +42,27 @@ pub fn loaded() -> Option<Arc<Reranker>> {
 }
 
 /// The backend's reranker for the current settings, loaded on first use or after a setting changed.
-fn reranker(key: &ModelKey) -> Arc<Reranker> {
-    if let Some(r) = LOADED.with_borrow(|l| l.as_ref().filter(|(k, _)| k == key).map(|(_, r)| r.clone())) {
+fn reranker(spec: &ModelSpec) -> Arc<Reranker> {
+    if let Some(r) = LOADED.with_borrow(|l| l.as_ref().filter(|(s, _)| s == spec).map(|(_, r)| r.clone())) {
         return r;
     }
-    let device = select_device(&key.device)
-        .unwrap_or_else(|m| runtime::invalid_setting(format!("invalid qwen_embed.device: {m}")));
-    let dtype = select_dtype(&key.dtype, &device)
-        .unwrap_or_else(|m| runtime::invalid_setting(format!("invalid qwen_embed.dtype: {m}")));
+    let (device, dtype) = runtime::placement(&spec.device, &spec.dtype);
     LOADED.set(None); // never two in memory together
-    let path = PathBuf::from(&key.path);
+    let path = PathBuf::from(&spec.path);
     let reranker = runtime::execute(move |_| Reranker::load(&path, &device, dtype).map(Arc::new));
-    LOADED.set(Some((key.clone(), reranker.clone())));
+    LOADED.set(Some((spec.clone(), reranker.clone())));
     reranker
 }
 
 /// Scores of `documents` for `query`, in order.
 fn scores(query: &str, documents: Vec<String>, instruct: Option<&str>) -> Vec<f64> {
-    let key = current_key();
+    let spec = current_spec();
     let (query, instruct) = (query.to_string(), instruct.map(str::to_string));
     runtime::counted(|| {
-        if let Some(answer) = server_client::rerank(&key, &query, &documents, instruct.as_deref()) {
+        if let Some(answer) = server_client::rerank(&spec, &query, &documents, instruct.as_deref()) {
             return answer;
         }
-        let model = reranker(&key);
+        let model = reranker(&spec);
         let limits = settings::limits();
         runtime::execute(move |canceled| {
             let docs: Vec<&str> = documents.iter().map(String::as_str).collect();

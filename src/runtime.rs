@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
 use qwen_embed_model::device::{device_name, select_device, select_dtype};
-use qwen_embed_model::{Embedder, Error, LengthPolicy, Limits, Weighting, Work};
+use qwen_embed_model::{DType, Device, Embedder, Error, LengthPolicy, Limits, Weighting, Work};
 
 use crate::errors::{raise, raise_with, OrRaise};
 use crate::{server_client, settings, stats, supervisor};
@@ -141,10 +141,7 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     if let Some(m) = STATE.with_borrow(|s| s.model.as_ref().filter(|m| m.key == key).map(|m| m.embedder.clone())) {
         return (key, m);
     }
-    let device =
-        select_device(&key.device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.device: {m}")));
-    let dtype =
-        select_dtype(&key.dtype, &device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.dtype: {m}")));
+    let (device, dtype) = placement(&key.device, &key.dtype);
     // Drop the old model first so two never sit in memory together.
     STATE.with_borrow_mut(|s| {
         s.model = None;
@@ -165,7 +162,16 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     (key, embedder)
 }
 
-pub(crate) fn invalid_setting(message: String) -> ! {
+/// The device and dtype the `qwen_embed.device` and `qwen_embed.dtype` values name (for the embedder and the
+/// reranker); an ERROR naming the setting otherwise.
+pub(crate) fn placement(device: &str, dtype: &str) -> (Device, DType) {
+    let device = select_device(device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.device: {m}")));
+    let dtype =
+        select_dtype(dtype, &device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.dtype: {m}")));
+    (device, dtype)
+}
+
+fn invalid_setting(message: String) -> ! {
     raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("qwen_embed: {message}"), None)
 }
 

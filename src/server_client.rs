@@ -17,7 +17,6 @@ use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 
 use crate::errors::{raise_kind, raise_with};
-use crate::runtime::ModelKey;
 use crate::{settings, stats, supervisor};
 
 /// Does the model server serve this session's model?
@@ -157,15 +156,14 @@ pub fn document(
     }
 }
 
-/// Reranker scores from the server, when it runs the session's reranker (`key`); None means: rerank in this backend.
-pub fn rerank(key: &ModelKey, query: &str, documents: &[String], instruct: Option<&str>) -> Option<(Vec<f64>, Work)> {
-    let spec = ModelSpec { path: key.path.clone(), device: key.device.clone(), dtype: key.dtype.clone() };
-    let serves = settings::SERVER.get() && supervisor::published_reranker().is_some_and(|r| r == spec);
+/// Reranker scores from the server, when it runs the session's reranker (`spec`); None means: rerank in this backend.
+pub fn rerank(spec: &ModelSpec, query: &str, documents: &[String], instruct: Option<&str>) -> Option<(Vec<f64>, Work)> {
+    let serves = settings::SERVER.get() && supervisor::published_reranker().is_some_and(|r| &r == spec);
     if !serves {
         return None;
     }
     let job = Job::Rerank { query: query.into(), documents: documents.to_vec(), instruct: instruct.map(Into::into) };
-    match request_for(spec, job) {
+    match request_for(spec.clone(), job) {
         Reply::Scores { scores, cost } => Some((scores, work(cost))),
         other => unexpected(other),
     }

@@ -22,7 +22,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
 use qwen_embed_model::device::{select_device, select_dtype};
-use qwen_embed_model::{Embedder, Reranker};
+use qwen_embed_model::{DType, Device, Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
 use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
@@ -299,18 +299,22 @@ fn serve_in_child(listener: UnixListener, config: Config) -> ! {
         queue_limit: config.queue_limit,
         small_tokens: 512,
     };
-    let load = move || {
+    // Both models load in the server: a bad device or dtype setting is the load's error.
+    fn placed(spec: &ModelSpec) -> Result<(&Path, Device, DType), qwen_embed_model::Error> {
         let device = select_device(&spec.device).map_err(qwen_embed_model::Error::Unsupported)?;
         let dtype = select_dtype(&spec.dtype, &device).map_err(qwen_embed_model::Error::Unsupported)?;
-        Embedder::load(Path::new(&spec.path), &device, dtype)
+        Ok((Path::new(&spec.path), device, dtype))
+    }
+    let load = move || {
+        let (path, device, dtype) = placed(&spec)?;
+        Embedder::load(path, &device, dtype)
     };
     let reranker = config.reranker.clone().map(|path| {
         let spec = ModelSpec { path, ..config.spec.clone() };
-        let (path, device, dtype) = (spec.path.clone(), spec.device.clone(), spec.dtype.clone());
+        let load_spec = spec.clone();
         let load = move || {
-            let device = select_device(&device).map_err(qwen_embed_model::Error::Unsupported)?;
-            let dtype = select_dtype(&dtype, &device).map_err(qwen_embed_model::Error::Unsupported)?;
-            Reranker::load(Path::new(&path), &device, dtype)
+            let (path, device, dtype) = placed(&load_spec)?;
+            Reranker::load(path, &device, dtype)
         };
         RerankerSource { spec, load: Box::new(load) }
     });
