@@ -51,6 +51,10 @@ pub enum Error {
     #[error("not enough memory to load the model: it needs about {} MB, {} MB is left under {limit}", needed >> 20, available >> 20)]
     OutOfMemory { needed: u64, available: u64, limit: String },
 
+    /// A forward pass that the GPU had no memory for (CUDA reports it as an allocation failure mid-pass).
+    #[error("not enough GPU memory for a forward pass over {rows} × {len} tokens: {} MB of the GPU's {} MB is free", free >> 20, total >> 20)]
+    GpuOutOfMemory { rows: usize, len: usize, free: u64, total: u64 },
+
     #[error("embedding canceled")]
     Canceled,
 
@@ -86,7 +90,7 @@ impl Error {
             Error::TooLong { .. } | Error::PairTooLong { .. } | Error::NoRoomForPair { .. } => ErrorKind::TooLong,
             Error::BadDim { .. } | Error::BadChunking(_) | Error::BadWeighting(_) => ErrorKind::BadArgument,
             Error::Canceled => ErrorKind::Canceled,
-            Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Error::OutOfMemory { .. } | Error::GpuOutOfMemory { .. } => ErrorKind::OutOfMemory,
             Error::ModelDir { .. } => ErrorKind::ModelMissing,
             Error::Io { .. } => ErrorKind::Unreadable,
             Error::Unsupported(_) => ErrorKind::Unsupported,
@@ -132,6 +136,11 @@ impl Error {
             Error::OutOfMemory { .. } => Some(
                 "Each backend that embeds holds its own copy of the model: use fewer such backends (a connection \
                  pool), qwen_embed.dtype = 'bf16' (half the memory of f32), a smaller model, or raise the limit."
+                    .into(),
+            ),
+            Error::GpuOutOfMemory { .. } => Some(
+                "Lower qwen_embed.batch_tokens (qwen_embed.server_batch_tokens for the model server: the tokens \
+                 of one pass, padding included), or free GPU memory: nvidia-smi shows which processes hold it."
                     .into(),
             ),
             Error::BadChunking(_) => Some(

@@ -45,6 +45,20 @@ pub fn gpu_memory(_device: &Device) -> Option<(u64, u64)> {
     None
 }
 
+/// A failed forward pass over `rows` × `len` tokens, as the user should see it: a CUDA allocation failure becomes
+/// [`Error::GpuOutOfMemory`] naming the pass's size and the GPU's memory (SQLSTATE 53200 with a hint, where CUDA's own
+/// words would only say "out of memory"); anything else is returned unchanged. The context stays usable: CUDA
+/// allocation failures are not sticky errors.
+pub fn explain_pass_error(err: Error, device: &Device, rows: usize, len: usize) -> Error {
+    let Error::Compute(compute) = &err else { return err };
+    let words = compute.to_string();
+    if device.is_cpu() || !(words.contains("OUT_OF_MEMORY") || words.contains("ALLOC_FAILED")) {
+        return err;
+    }
+    let (free, total) = gpu_memory(device).unwrap_or((0, 0));
+    Error::GpuOutOfMemory { rows, len, free, total }
+}
+
 /// An error when `needed` bytes (plus [`HEADROOM`]) exceed what `available` says is left.
 pub fn check(needed: u64, available: Option<(u64, &'static str)>) -> Result<()> {
     match available {
