@@ -8,6 +8,8 @@
 //! never attend to padding. Attention is computed in blocks of queries, each against the keys causality allows, so a
 //! long input never materialises the whole score matrix.
 
+use std::cell::OnceCell;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::attention;
@@ -35,6 +37,7 @@ struct Layer {
     input_norm: Tensor,
     /// q, k and v projections fused into one matrix: one larger matmul instead of three.
     qkv: Linear,
+    /// Times 1/√head_dim.
     q_norm: Tensor,
     k_norm: Tensor,
     o_proj: Linear,
@@ -57,6 +60,9 @@ struct Batch {
     pads: Vec<usize>,
     cos: Tensor,
     sin: Tensor,
+    /// The device-side attention's masks for all queries, one per block: made by the first layer that needs them and
+    /// shared by the others (every layer but the last attends with the same blocks).
+    masks: OnceCell<Vec<Tensor>>,
 }
 
 impl Encoder {
@@ -99,7 +105,11 @@ impl Encoder {
                     h,
                     c.attention_bias,
                 )?,
-                q_norm: get(&format!("{attn}.q_norm.weight"), &[hd])?,
+                // Scaled by 1/√head_dim at load: RoPE is linear, so the scores come out scaled without an extra
+                // pass over the queries in every layer.
+                q_norm: (weights.get(&format!("{attn}.q_norm.weight"), &[hd], DType::F32, device)?
+                    * (1.0 / (hd as f64).sqrt()))?
+                .to_dtype(dtype)?,
                 k_norm: get(&format!("{attn}.k_norm.weight"), &[hd])?,
                 o_proj: linear(&[&format!("{attn}.o_proj")], &[h], q_out, c.attention_bias)?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
@@ -140,6 +150,12 @@ impl Encoder {
     /// Final hidden state of the last token of each sequence, (batch, hidden) in f32, not normalised.
     /// `canceled` is polled between layers; when it returns true the pass stops with [`Error::Canceled`].
     pub fn forward(&self, seqs: &[Vec<u32>], canceled: &dyn Fn() -> bool) -> Result<Tensor> {
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        self.forward_pass(seqs, canceled)
+            .map_err(|e| crate::memory::explain_pass_error(e, &self.device, seqs.len(), len))
+    }
+
+    fn forward_pass(&self, seqs: &[Vec<u32>], canceled: &dyn Fn() -> bool) -> Result<Tensor> {
         let c = &self.config;
         let batch = self.batch(seqs)?;
         let ids: Vec<u32> = seqs
@@ -186,7 +202,7 @@ impl Encoder {
         let half = self.config.head_dim / 2;
         let cos = self.rope.cos.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
         let sin = self.rope.sin.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
-        Ok(Batch { size: seqs.len(), len, pads, cos, sin })
+        Ok(Batch { size: seqs.len(), len, pads, cos, sin, masks: OnceCell::new() })
     }
 }
 
@@ -229,8 +245,8 @@ impl Layer {
             let sin = batch.sin.narrow(1, from, l - from)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let q = (rope(heads(0, nh, first_query, Some(&self.q_norm))?, first_query)? * scale)?;
+        // q_norm's weights carry the 1/√head_dim score scale (see `load`).
+        let q = rope(heads(0, nh, first_query, Some(&self.q_norm))?, first_query)?;
         let k = rope(heads(nh, nkv, 0, Some(&self.k_norm))?, 0)?;
         let v = heads(nh + nkv, nkv, 0, None)?;
 
@@ -242,7 +258,7 @@ impl Layer {
             })???;
             Tensor::from_vec(out, (b, queries, nh * hd), q.device())?
         } else {
-            candle_attention(&q, &k, &v, &batch.pads, first_query)?
+            candle_attention(&q, &k, &v, &batch.pads, first_query, &batch.masks)?
         };
         self.o_proj.forward(&out)
     }
@@ -266,23 +282,43 @@ fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
 
 /// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality
 /// allows, with an additive mask, all on the device. q is (b, heads, queries, hd) for positions `first_query..`;
-/// k and v (b, kv heads, len, hd). Returns (b, queries, heads × hd).
-fn candle_attention(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize], first_query: usize) -> Result<Tensor> {
+/// k and v (b, kv heads, len, hd). Returns (b, queries, heads × hd). With all queries (`first_query` 0) the blocks'
+/// masks are taken from `shared` (made there by the first call of a pass), since every such layer needs the same.
+fn candle_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pads: &[usize],
+    first_query: usize,
+    shared: &OnceCell<Vec<Tensor>>,
+) -> Result<Tensor> {
     let (b, nh, queries, hd) = q.dims4()?;
     let (nkv, l) = (k.dim(1)?, k.dim(2)?);
     let groups = nh / nkv;
     let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
-    let mut outputs = Vec::with_capacity(queries.div_ceil(block));
-    for start in (0..queries).step_by(block) {
-        let n = block.min(queries - start);
+    let blocks: Vec<(usize, usize)> = (0..queries).step_by(block).map(|s| (s, block.min(queries - s))).collect();
+    let make_masks = || -> Result<Vec<Tensor>> {
+        blocks.iter().map(|&(s, n)| block_mask(pads, first_query + s, n, first_query + s + n, q.device())).collect()
+    };
+    let own;
+    let masks = if first_query == 0 {
+        if shared.get().is_none() {
+            let _ = shared.set(make_masks()?);
+        }
+        shared.get().expect("set above")
+    } else {
+        own = make_masks()?;
+        &own
+    };
+    let mut outputs = Vec::with_capacity(blocks.len());
+    for (&(start, n), mask) in blocks.iter().zip(masks) {
         let keys = first_query + start + n; // causal: no query in the block sees past its own position
                                             // Query head h uses key/value head h / groups, so (b, nh, n, hd) regroups as (b, nkv, groups * n, hd).
         let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
         let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
         let v_blk = v.narrow(2, 0, keys)?.contiguous()?;
         let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
-        let mask = block_mask(pads, first_query + start, n, keys, q.device())?;
-        let scores = scores.reshape((b, nkv, groups, n, keys))?.broadcast_add(&mask)?;
+        let scores = scores.reshape((b, nkv, groups, n, keys))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.reshape((b, nkv, groups * n, keys))?.matmul(&v_blk)?;
         outputs.push(out.reshape((b, nh, n, hd))?);
@@ -291,15 +327,21 @@ fn candle_attention(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize], first_qu
 }
 
 /// Additive mask (b, 1, 1, n, keys) for the queries at positions `first..first + n`: 0 on the keys each query may
-/// see ([`attention::visible_keys`]), -inf elsewhere.
+/// see ([`attention::visible_keys`]: from a start to the query itself), -inf elsewhere. Made on the device from the
+/// b × n starts, so that a long input does not send megabytes of mask from the host.
 fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
-    let mut mask = vec![f32::NEG_INFINITY; pads.len() * n * keys];
-    for (rows, &pad) in mask.chunks_mut(n * keys).zip(pads) {
-        for (i, row) in rows.chunks_mut(keys).enumerate() {
-            row[attention::visible_keys(first + i, pad)].fill(0.0);
-        }
-    }
-    Ok(Tensor::from_vec(mask, (pads.len(), 1, 1, n, keys), device)?)
+    let starts: Vec<u32> = pads
+        .iter()
+        .flat_map(|&pad| (first..first + n).map(move |p| *attention::visible_keys(p, pad).start() as u32))
+        .collect();
+    let shape = (pads.len(), 1, 1, n, keys);
+    let starts = Tensor::from_vec(starts, (pads.len(), 1, 1, n, 1), device)?;
+    let ends = Tensor::arange(first as u32, (first + n) as u32, device)?.reshape((1, 1, 1, n, 1))?;
+    let key = Tensor::arange(0u32, keys as u32, device)?.reshape((1, 1, 1, 1, keys))?;
+    let visible = key.broadcast_ge(&starts)?.broadcast_mul(&key.broadcast_le(&ends)?)?;
+    let zero = Tensor::zeros((), DType::F32, device)?.broadcast_as(shape)?;
+    let hidden = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as(shape)?;
+    Ok(visible.where_cond(&zero, &hidden)?)
 }
 
 impl Rope {
@@ -343,7 +385,8 @@ mod tests {
             let t = |data: &[f32], heads: usize, len: usize| {
                 Tensor::from_vec(data.to_vec(), (b, heads, len, hd), &Device::Cpu).unwrap()
             };
-            let got = candle_attention(&t(&q, nh, queries), &t(&k, nkv, l), &t(&v, nkv, l), &pads, first_query)
+            let masks = OnceCell::new();
+            let got = candle_attention(&t(&q, nh, queries), &t(&k, nkv, l), &t(&v, nkv, l), &pads, first_query, &masks)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
