@@ -8,20 +8,29 @@
 #     bash bench/concurrency.sh [SECONDS_PER_RUN=20] [CLIENT_COUNTS="1 4 8 16"]
 #
 # Needs the extension installed (scripts/demo.sh or scripts/test.sh). The in-backend path is skipped at client counts
-# whose models would not fit in the machine's memory (one model per backend).
+# whose models would not fit in the machine's memory (one model per backend). QWEN_EMBED_DEVICE (default auto) and
+# QWEN_EMBED_DTYPE (default auto) set qwen_embed.device and .dtype; where nvidia-smi exists, the GPU's peak memory in
+# use during each run is a column too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 secs=${1:-20} counts=${2:-"1 4 8 16"}
-model=$HOME/.cache/qwen_embed/qwen3-0.6b-random
+model=${QWEN_EMBED_BENCH_MODEL:-$HOME/.cache/qwen_embed/qwen3-0.6b-random}
 [ -f "$model/model.safetensors" ] || python3 tools/make_random_model.py --out "$model"
 models=$(scratch_dir)/models
 mkdir -p "$models" && cp -r "$model" "$models/qwen3-0.6b" && chmod -R a+rX "$models"
 model=$models/qwen3-0.6b
-dtype=${QWEN_EMBED_DTYPE:-auto}
+dtype=${QWEN_EMBED_DTYPE:-auto} device=${QWEN_EMBED_DEVICE:-auto}
 
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "model: 0.6B shape, random weights; dtype $dtype; ${secs}s per run; cache off"
+echo "model: 0.6B shape, random weights; device $device, dtype $dtype; ${secs}s per run; cache off"
+gpu=$(command -v nvidia-smi || true)
+[ -z "$gpu" ] || echo "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+
+# MiB in use on GPU 0, or 0 without one.
+gpu_used() {
+    if [ -n "$gpu" ]; then nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0; else echo 0; fi
+}
 
 # The RSS of a process and all its descendants, in MiB.
 tree_rss() {
@@ -47,11 +56,11 @@ SELECT vector_dims(embed('what is the best way to store question number ' || :n 
 SQL
 chmod 644 "$query"
 
-# run_pgbench CLIENTS SECONDS: prints "qps p50_ms p95_ms peak_rss_mib". Each client's first query is left out (on the
+# run_pgbench CLIENTS SECONDS: prints "qps p50_ms p95_ms peak_rss_mib peak_gpu_mib". Each client's first query is left out (on the
 # in-backend path it includes loading that connection's model): queries/s counts the others over the time from the
 # last client's first answer to the end.
 run_pgbench() {
-    local clients=$1 seconds=$2 logdir peak=0 rss
+    local clients=$1 seconds=$2 logdir peak=0 rss gpu_peak=0 used
     logdir=$(scratch_dir)/log.$RANDOM
     $SUDO install -d -o postgres -m 755 "$logdir"
     (cd "$logdir" && PGOPTIONS="-c qwen_embed.cache_size=0" as_postgres pgbench -n -c "$clients" -j "$clients" \
@@ -60,6 +69,8 @@ run_pgbench() {
     while kill -0 $bench 2>/dev/null; do
         rss=$(tree_rss "$(as_postgres head -1 "$PGHOST/data/postmaster.pid")")
         [ "$rss" -gt "$peak" ] && peak=$rss
+        used=$(gpu_used)
+        [ "$used" -gt "$gpu_peak" ] && gpu_peak=$used
         sleep 1
     done
     wait $bench || { cat "$logdir/out" >&2; return 1; }
@@ -69,18 +80,19 @@ run_pgbench() {
         if (!($1 in first) || t < first[$1]) first[$1] = t } END { for (c in first) if (first[c] > start) start = first[c]
         print end - start }')
     cat "$logdir"/pgbench_log.* | sort -k1,1n -k5,5n -k6,6n | awk 'BEGIN { last = -1 } $1 == last { print $3 / 1000 } { last = $1 }' |
-        sort -n | awk -v window="$window" -v peak="$peak" '{ v[NR] = $1 } END {
-            printf "%.2f %.0f %.0f %d\n", (window > 0 ? NR / window : 0), v[int(NR * 0.5) + 1], v[int(NR * 0.95) + 1], peak }'
+        sort -n | awk -v window="$window" -v peak="$peak" -v gpu="$gpu_peak" '{ v[NR] = $1 } END {
+            printf "%.2f %.0f %.0f %d %d\n", (window > 0 ? NR / window : 0), v[int(NR * 0.5) + 1], v[int(NR * 0.95) + 1],
+                peak, gpu }'
 }
 
 declare -A result
 for path in backend server; do
     if [ $path = server ]; then
         cluster_new "$(scratch_dir)/$path" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'" \
-            "qwen_embed.dtype = '$dtype'" "max_connections = 40"
+            "qwen_embed.dtype = '$dtype'" "qwen_embed.device = '$device'" "max_connections = 40"
     else
         cluster_new "$(scratch_dir)/$path" "qwen_embed.model_path = '$model'" "qwen_embed.dtype = '$dtype'" \
-            "max_connections = 40"
+            "qwen_embed.device = '$device'" "max_connections = 40"
     fi
     pg -q -c "CREATE DATABASE qwen_embed_bench" >/dev/null
     PGDATABASE=qwen_embed_bench pg -q -c "CREATE EXTENSION qwen_embed CASCADE" -c "SELECT vector_dims(embed('warm up'))" \
@@ -95,7 +107,7 @@ for path in backend server; do
         PGDATABASE=qwen_embed_bench run_pgbench "$clients" 3 >/dev/null # warm every connection's path
         result[$path,$clients]=$(PGDATABASE=qwen_embed_bench run_pgbench "$clients" "$secs")
         echo "$path $clients clients: ${result[$path,$clients]}" >&2
-        read -r _ _ _ peak <<<"${result[$path,$clients]}"
+        read -r _ _ _ peak _ <<<"${result[$path,$clients]}"
         [ "$per_backend" -gt 0 ] || per_backend=$((peak / clients))
     done
     if [ $path = server ]; then
@@ -117,16 +129,19 @@ for path in backend server; do
 done
 
 echo
-echo "| clients | in-backend q/s | p50 ms | p95 ms | RSS MiB | server q/s | p50 ms | p95 ms | RSS MiB |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+gpu_head="" gpu_rule=""
+[ -z "$gpu" ] || gpu_head=" GPU MiB |" gpu_rule=" ---: |"
+echo "| clients | in-backend q/s | p50 ms | p95 ms | RSS MiB |$gpu_head server q/s | p50 ms | p95 ms | RSS MiB |$gpu_head"
+echo "| ---: | ---: | ---: | ---: | ---: |$gpu_rule ---: | ---: | ---: | ---: |$gpu_rule"
 for clients in $counts; do
-    read -r bq bp50 bp95 brss <<<"${result[backend,$clients]}"
-    read -r sq sp50 sp95 srss <<<"${result[server,$clients]}"
-    if [[ ${result[backend,$clients]} == \(* ]]; then bq=${result[backend,$clients]} bp50="" bp95="" brss=""; fi
-    echo "| $clients | $bq | $bp50 | $bp95 | $brss | $sq | $sp50 | $sp95 | $srss |"
+    read -r bq bp50 bp95 brss bgpu <<<"${result[backend,$clients]}"
+    read -r sq sp50 sp95 srss sgpu <<<"${result[server,$clients]}"
+    if [[ ${result[backend,$clients]} == \(* ]]; then bq=${result[backend,$clients]} bp50="" bp95="" brss="" bgpu=""; fi
+    bgpu=${gpu:+ $bgpu |} sgpu=${gpu:+ $sgpu |}
+    echo "| $clients | $bq | $bp50 | $bp95 | $brss |$bgpu $sq | $sp50 | $sp95 | $srss |$sgpu"
 done
-read -r _ idle50 idle95 _ <<<"$idle"
-read -r _ busy50 busy95 _ <<<"$busy"
+read -r _ idle50 idle95 _ _ <<<"$idle"
+read -r _ busy50 busy95 _ _ <<<"$busy"
 echo
 echo "server, single client: idle p50 $idle50 ms (p95 $idle95); during a 20,000-row backfill p50 $busy50 ms (p95 $busy95),"
 echo "$(awk -v a="$busy50" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }')× idle; the backfill had filled $filled rows by the end"

@@ -6,6 +6,8 @@ side, in one run, on the same inputs and thread count; accuracy as min cosine ag
     bench/.venv/bin/python bench/run.py [--model DIR] [--threads 2] [--reps 5] [--dtype auto] [--only query_1]
     bench/.venv/bin/python bench/run.py --device cuda   # on a GPU (cargo build --features cuda): PyTorch on the same
                                                         # GPU in the same dtype
+    bench/.venv/bin/python bench/run.py --sql           # ours through SQL too: SELECT embed(text[], instruct) on the
+                                                        # cluster psql reaches (PGHOST...), result cache off
 
 Prints the date, command, CPU model and flags, the kernel ours used, the load average before and after (timings on
 a busy machine are not comparable), and per case each engine's median time, its time relative to ours and its min
@@ -45,16 +47,45 @@ def make_cases(tokenizer):
     ]
 
 
-def run_ours(model, cases_file, threads, reps, dtype, device):
-    features = ["--features", "cuda"] if device.startswith("cuda") else []
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "qwen_embed_model", "--example", "bench", *features],
-                   cwd=ROOT, check=True)
+def run_ours(model, cases_file, threads, reps, dtype, device, binary=None):
+    if binary is None:
+        features = ["--features", "cuda"] if device.startswith("cuda") else []
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "qwen_embed_model", "--example", "bench",
+                        *features], cwd=ROOT, check=True)
+        binary = ROOT / "target/release/examples/bench"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run([str(ROOT / "target/release/examples/bench"), "--model", model, "--cases", cases_file,
+    out = subprocess.run([str(binary), "--model", model, "--cases", cases_file,
                           "--reps", str(reps), "--device", device, "--dtype", dtype, "--vectors"], env=env,
                          check=True, capture_output=True, text=True)
     lines = [json.loads(l) for l in out.stdout.splitlines()]
     return lines[0], {l["case"]: l for l in lines[1:]}
+
+
+def sql_literal(text):
+    return "'" + text.replace("'", "''") + "'"
+
+
+def run_ours_sql(cases, reps):
+    """Ours through SQL, as a client sees it: each case as one SELECT embed(text[], instruct) on the cluster that psql
+    reaches through the usual environment (PGHOST, PGPORT, PGUSER, PGDATABASE), result cache off; times are psql's
+    \\timing of a statement that returns only a count (the vectors' text form is read once, afterwards)."""
+    results = {}
+    for case in cases:
+        texts = "ARRAY[" + ", ".join(sql_literal(t) for t in case["texts"]) + "]::text[]"
+        instruct = sql_literal(case["instruct"]) if case["instruct"] else "NULL"
+        call = f"embed({texts}, {instruct})"
+        timed = f"SELECT count(*) FROM unnest({call});\n"
+        script = ("SET qwen_embed.cache_size = 0;\n" + timed + "\\timing on\n" + timed * reps + "\\timing off\n"
+                  + f"SELECT sum(token_count(t, {instruct})) FROM unnest({texts}) t;\n"
+                  + f"SELECT v::text FROM unnest({call}) v;\n")
+        out = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"], input=script, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+        times = sorted(float(l.split()[1]) for l in out if l.startswith("Time: "))
+        vectors = [json.loads(l) for l in out if l.startswith("[")]
+        tokens = int([l for l in out if l.isdigit()][-1])  # the last number printed before the vectors
+        results[case["name"]] = {"median_ms": times[len(times) // 2], "times_ms": times, "vectors": vectors,
+                                 "tokens": tokens}
+    return results
 
 
 def run_anchor(name, model_dir, cases, threads, reps, device):
@@ -104,6 +135,8 @@ def main():
     ap.add_argument("--dtype", default="auto", help="ours: auto (the default users get), f32, bf16 or f16")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ours and PyTorch on the same device)")
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--ours-bin", default=None, help="a prebuilt bench example (default: cargo build it)")
+    ap.add_argument("--sql", action="store_true", help="also ours through SQL on the cluster psql reaches")
     ap.add_argument("--anchors", default="",
                     help="comma-separated from torch-fp32, torch-bf16, onnx-fp32, onnx-int8 (default: all four on a "
                          "CPU, torch in --dtype on a GPU); torch-fp32 always runs: it is the accuracy reference")
@@ -121,7 +154,8 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
     load_before = os.getloadavg()
-    ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device)
+    ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device, args.ours_bin)
+    via_sql = run_ours_sql(cases, args.reps) if args.sql else None
     anchors = {name: run_anchor(name, args.model, cases, args.threads, args.reps, args.device) for name in names}
     load_after = os.getloadavg()
 
@@ -135,6 +169,8 @@ def main():
     print("time per case in ms (median); 'x' = anchor's time / ours (above 1: ours is faster); "
           "cos = min cosine against PyTorch fp32 over the case's texts")
     header = f"{'case':<11} {'texts':>5} {'tokens':>6} | {'ours':>9} {'cos':>9}"
+    if via_sql:
+        header += f" | {'ours (SQL)':>10} {'x':>5} {'cos':>9}"
     for n in names:
         header += f" | {n:>10} {'x':>5} {'cos':>9}"
     print(header)
@@ -144,6 +180,10 @@ def main():
         ref = reference[name]["vectors"]
         line = (f"{name:<11} {len(case['texts']):>5} {o['tokens']:>6} | {o['median_ms']:>9.1f} "
                 f"{min_cosine(o['vectors'], ref):>9.6f}")
+        if via_sql:
+            r = via_sql[name]
+            assert r["tokens"] == o["tokens"], f"{name}: {r['tokens']} tokens through SQL, {o['tokens']} direct"
+            line += f" | {r['median_ms']:>10.1f} {r['median_ms'] / o['median_ms']:>5.2f} {min_cosine(r['vectors'], ref):>9.6f}"
         for n in names:
             r = anchors[n][1][name]
             line += f" | {r['median_ms']:>10.1f} {r['median_ms'] / o['median_ms']:>5.2f} {min_cosine(r['vectors'], ref):>9.6f}"
