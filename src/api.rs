@@ -5,7 +5,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::errors::raise_with;
 use crate::vector::{Vector, VectorArray};
-use crate::{call_site, runtime};
+use crate::{call_site, runtime, statement_memo};
 
 /// `embed(input, instruct, dim)`: the embedding of one text as a pgvector `vector`; NULL input gives NULL.
 /// STABLE (the result depends on qwen_embed.model_path). Each call site remembers its last result, so a constant
@@ -36,7 +36,7 @@ fn embed_array(
     let mut vectors = if texts.is_empty() {
         Vec::new()
     } else {
-        runtime::embed_texts(texts, instruct.map(str::to_string), dim.map(i64::from))
+        statement_memo::embed_array(texts, instruct.map(str::to_string), dim.map(i64::from))
     }
     .into_iter();
     Some(VectorArray(items.iter().map(|t| t.as_ref().and_then(|_| vectors.next()).map(Vector)).collect()))

@@ -9,6 +9,7 @@
 //! - `vector`: pgvector's `vector` in and out
 //! - `api`: `embed`, `cosine_sim`, `semantic_similarity`
 //! - `call_site`: one remembered result per call site, so a per-row `embed('constant')` runs once per query
+//! - `statement_memo`: `embed(text[])` computed once per statement (the planner evaluates it too, for estimates)
 //! - `documents`: `embed_chunks`, `embed_document` for long texts
 //! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
 //! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
@@ -28,6 +29,7 @@ mod rerank;
 mod runtime;
 mod server_client;
 mod settings;
+mod statement_memo;
 mod stats;
 mod supervisor;
 mod trigger;

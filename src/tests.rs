@@ -206,6 +206,20 @@ mod tests {
         assert_eq!(counter("texts") - before, 20);
     }
 
+    /// The planner evaluates `embed(ARRAY[...])` once to estimate unnest's rows, then execution calls it: the model
+    /// runs once for both, and a different array in the same statement is computed.
+    #[pg_test]
+    fn an_array_under_unnest_is_embedded_once_per_statement() {
+        Spi::run("SET qwen_embed.cache_size = 0").unwrap();
+        let before = counter("texts");
+        let count = "SELECT count(*) FROM unnest(embed(ARRAY['one text', 'another text', 'a third']))";
+        assert_eq!(Spi::get_one::<i64>(count).unwrap(), Some(3));
+        assert_eq!(counter("texts") - before, 3, "planning and execution share one computation");
+        let other = "SELECT count(*) FROM unnest(embed(ARRAY['one text', 'another text', 'a fourth']))";
+        assert_eq!(Spi::get_one::<i64>(other).unwrap(), Some(3));
+        assert_eq!(counter("texts") - before, 6, "another array is computed");
+    }
+
     /// Remembered results (the per-backend cache and the per-call-site memory) depend on the length settings too: a
     /// result made under other limits is never served.
     #[pg_test]
