@@ -2,6 +2,7 @@
 //!
 //! - `model/` (its own crate): the encoder, with no PostgreSQL in it
 //! - `settings`: the `qwen_embed.*` GUCs
+//! - `backend`: the process globals this backend reads (pid, statement start, preloading), each read in one place
 //! - `runtime`: where each embedding runs (model server or this backend), the per-backend model, worker pool,
 //!   interrupts, counters, result cache
 //! - `supervisor`: the background worker that runs the cluster's model server (`src/server/`) in a child process
@@ -20,6 +21,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod backend;
 mod backfill;
 mod call_site;
 mod documents;

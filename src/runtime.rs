@@ -190,6 +190,8 @@ fn pool() -> Arc<rayon::ThreadPool> {
 
 /// A pool whose threads start with every signal blocked (they inherit the creating thread's mask).
 fn build_pool(threads: usize) -> rayon::ThreadPool {
+    // SAFETY: sigfillset and pthread_sigmask write through valid pointers to locals; the mask is changed on this
+    // thread only for the time the pool's threads are spawned, and restored from the saved copy.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();

@@ -17,7 +17,7 @@ use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 
 use crate::errors::{raise_kind, raise_with};
-use crate::{settings, stats, supervisor};
+use crate::{backend, settings, stats, supervisor};
 
 /// Does the model server serve this session's model?
 pub fn serves_this_session() -> bool {
@@ -39,8 +39,7 @@ fn request(job: Job) -> Reply {
 
 /// [`request`] for a job on another of the server's models (the reranker).
 fn request_for(model: ModelSpec, job: Job) -> Reply {
-    // SAFETY: MyProcPid is set once at backend start and only read here, on the backend's thread.
-    let request = Request { client: unsafe { pgrx::pg_sys::MyProcPid }, model, lengths: lengths(), job };
+    let request = Request { client: backend::pid(), model, lengths: lengths(), job };
     let wait = Duration::from_millis(settings::SERVER_WAIT.get().max(0) as u64);
     let started = Instant::now();
     loop {
@@ -179,12 +178,7 @@ pub fn count_tokens(text: String, instruct: Option<String>) -> usize {
 /// The server's status, if it is running and answers.
 pub fn status() -> Option<(Status, i32, u64, String)> {
     let (_, pid, restarts, last_exit) = supervisor::published()?;
-    let request = Request {
-        client: unsafe { pgrx::pg_sys::MyProcPid },
-        model: ModelSpec::default(),
-        lengths: lengths(),
-        job: Job::Status,
-    };
+    let request = Request { client: backend::pid(), model: ModelSpec::default(), lengths: lengths(), job: Job::Status };
     match call(Path::new(supervisor::SOCKET), &request, interrupts) {
         Ok(Reply::Status(s)) => Some((*s, pid, restarts, last_exit)),
         _ => None,

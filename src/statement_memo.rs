@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use pgrx::pg_sys;
 
+use crate::backend;
 use crate::runtime::{self, ResultKey};
 
 /// Results up to this many floats are remembered (16 MB, 4,096 vectors of 1,024): more in one array is a bulk job,
@@ -28,9 +29,7 @@ thread_local! {
 
 /// The vectors of `texts`, computed by `runtime::embed_texts` unless this statement already computed the same.
 pub fn embed_array(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
-    // SAFETY: reads a timestamp PostgreSQL sets at the start of each statement; backends are single-threaded and
-    // this runs on the backend's thread.
-    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let statement = backend::statement_start();
     let settings = ResultKey::current("", instruct.as_deref(), dim);
     let remembered = LAST.with_borrow(|last| {
         last.as_ref()

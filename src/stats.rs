@@ -14,6 +14,8 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
 
+use crate::backend;
+
 /// Counters since the backend started.
 #[derive(Default, Clone, Copy, Debug)]
 pub struct Stats {
@@ -84,16 +86,17 @@ impl Default for Table {
     }
 }
 
-// Plain old data: no pointers, no heap.
+// SAFETY: plain old data, no pointers and no heap, so it is valid at any address in any process.
 unsafe impl PGRXSharedMemory for Table {}
 
+// SAFETY: the name is unique to this extension and the lock is initialised by pg_shmem_init! in `init`.
 static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"qwen_embed_stats") };
 /// Set in the postmaster when preloaded; forked backends inherit it.
 static SHARED: AtomicBool = AtomicBool::new(false);
 
 /// Called from `_PG_init`: asks for the shared table when loaded from `shared_preload_libraries`.
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if backend::preloading() {
         pg_shmem_init!(TABLE);
         SHARED.store(true, Ordering::Relaxed);
     }
@@ -111,7 +114,7 @@ pub fn local() -> Stats {
 pub fn record(f: impl FnOnce(&mut Stats)) {
     let mut stats = LOCAL.get();
     f(&mut stats);
-    stats.last_call = unsafe { pg_sys::GetCurrentTimestamp() };
+    stats.last_call = backend::now();
     LOCAL.set(stats);
     publish();
 }
@@ -142,7 +145,7 @@ fn publish() {
     if !shared() {
         return;
     }
-    let pid = unsafe { pg_sys::MyProcPid };
+    let pid = backend::pid();
     let mut table = TABLE.exclusive();
     let index = match SLOT.get() {
         Some(i) => i,
@@ -153,6 +156,7 @@ fn publish() {
             // before_shmem_exit, not on_proc_exit: freeing the slot takes the LWLock, and a backend may wait for an
             // LWLock only while it still has its PGPROC (on_proc_exit runs after it is gone, and a wait there is a
             // PANIC: "cannot wait without a PGPROC structure", which restarts the cluster when backends exit together).
+            // SAFETY: registers a pg_guard'ed callback with a plain integer argument.
             unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(i)) };
             i
         }
@@ -166,6 +170,10 @@ fn publish() {
     });
 }
 
+/// A `before_shmem_exit` callback: frees this backend's slot (the index registered with it).
+///
+/// # Safety
+/// Called by PostgreSQL only, with the Datum `publish` registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn free_slot(_code: i32, slot: pg_sys::Datum) {
     let mut table = TABLE.exclusive();
@@ -204,7 +212,7 @@ mod qwen_embed {
             live.map(|s| (s.pid, text(&s.model), text(&s.device), text(&s.dtype), s.stats)).collect()
         } else {
             let m = MODEL.with_borrow(Clone::clone);
-            vec![(unsafe { pg_sys::MyProcPid }, m.path, m.device, m.dtype, LOCAL.get())]
+            vec![(backend::pid(), m.path, m.device, m.dtype, LOCAL.get())]
         };
         let some = |t: String| Some(t).filter(|t| !t.is_empty());
         TableIterator::new(backends.into_iter().map(move |(pid, model, device, dtype, s)| {

@@ -26,7 +26,7 @@ use qwen_embed_model::{DType, Device, Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
 use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
-use crate::settings;
+use crate::{backend, settings};
 
 /// The server's socket, relative to the data directory (every PostgreSQL process's working directory).
 pub const SOCKET: &str = "qwen_embed.sock";
@@ -62,11 +62,12 @@ impl Default for Published {
 // SAFETY: plain old data (no pointers), as PGRXSharedMemory requires.
 unsafe impl pgrx::shmem::PGRXSharedMemory for Published {}
 
+// SAFETY: the name is unique to this extension and the lock is initialised by pg_shmem_init! in `init`.
 static PUBLISHED: PgLwLock<Published> = unsafe { PgLwLock::new(c"qwen_embed_server") };
 
 /// Called from `_PG_init` under `shared_preload_libraries`: the shared state and the worker.
 pub fn init() {
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if !backend::preloading() {
         return;
     }
     pg_shmem_init!(PUBLISHED);

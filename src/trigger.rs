@@ -54,6 +54,7 @@ fn qwen_embed_trigger<'a>(
 
     Spi::connect_mut(|client| {
         // pgrx does not expose transition tables to SPI by itself.
+        // SAFETY: the trigger data is PostgreSQL's for this call of the trigger, valid for the whole SPI connection.
         unsafe { pg_sys::SPI_register_trigger_data(t.trigger_data() as *const _ as *mut _) };
         let (pk, pk_type) = primary_key(client, relid, &table);
         check_columns(client, relid, &table, &text_col, &vector_col);
@@ -93,6 +94,7 @@ fn qwen_embed_trigger<'a>(
             let texts: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
             let vectors = runtime::embed_texts(texts, instruct.clone(), None);
             for ((key, _), vector) in chunk.iter().zip(vectors) {
+                // SAFETY: each datum is paired with the oid of the type it was made from (vector, and the key's own).
                 let args =
                     unsafe { [DatumWithOid::new(Vector(vector), vector_oid), DatumWithOid::new(*key, key.oid())] };
                 client.update(&update, None, &args).unwrap_or_else(|e| error!("qwen_embed_trigger: {e}"));

@@ -18,6 +18,8 @@ pub const MAX_DIM: usize = 16000;
 pub struct Vector(pub Vec<f32>);
 
 impl FromDatum for Vector {
+    /// SAFETY (the caller's, per FromDatum): `datum` is a `vector` value; it is detoasted and its size checked
+    /// against the dimension count before any float is read.
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         if is_null {
             return None;
@@ -43,6 +45,8 @@ impl IntoDatum for Vector {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         assert!(self.0.len() <= MAX_DIM, "vector of {} dimensions exceeds pgvector's limit {MAX_DIM}", self.0.len());
         let size = HEADER + 4 * self.0.len();
+        // SAFETY: palloc0 returns `size` writable bytes (or raises an ERROR); the header, the dimension count at
+        // offset 4 and the floats at HEADER all lie inside them, written unaligned where pgvector's layout may be.
         unsafe {
             let ptr = pg_sys::palloc0(size) as *mut u8;
             pgrx::set_varsize_4b(ptr.cast(), size as i32);
@@ -61,6 +65,7 @@ impl IntoDatum for Vector {
     }
 }
 
+// SAFETY: arguments are read through FromDatum above; SQL declares them as pgvector's `vector`.
 unsafe impl<'fcx> ArgAbi<'fcx> for Vector {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
@@ -68,6 +73,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for Vector {
     }
 }
 
+// SAFETY: returns a palloc'd `vector` datum (into_datum) or NULL, as the SQL signature declares.
 unsafe impl BoxRet for Vector {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
         match self.into_datum() {
@@ -82,6 +88,8 @@ impl_sql_translatable!(Vector, "vector");
 /// A `vector[]` with NULL elements where an input was NULL.
 pub struct VectorArray(pub Vec<Option<Vector>>);
 
+// SAFETY: builds a `vector[]` with construct_md_array from datums of that type, with the type's own length,
+// by-value flag and alignment, and a null flag for each NULL element.
 unsafe impl BoxRet for VectorArray {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
         let oid = vector_type_oid();

@@ -71,11 +71,13 @@ pub fn check(needed: u64, available: Option<(u64, &'static str)>) -> Result<()> 
 
 fn address_space_left() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
     if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
     // /proc/self/statm: total program size in pages first.
     let pages: u64 = std::fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system and has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     Some(limit.rlim_cur.saturating_sub(pages * page))
 }
