@@ -297,8 +297,20 @@ fn candle_attention(
     let groups = nh / nkv;
     let block = (SCORE_BLOCK_ELEMENTS / (b * nh * l).max(1)).clamp(1, queries);
     let blocks: Vec<(usize, usize)> = (0..queries).step_by(block).map(|s| (s, block.min(queries - s))).collect();
+    let fused = fused_softmax(q);
+    // Per block: the visible keys' starts for the fused kernel, or an additive mask for candle's operations.
     let make_masks = || -> Result<Vec<Tensor>> {
-        blocks.iter().map(|&(s, n)| block_mask(pads, first_query + s, n, first_query + s + n, q.device())).collect()
+        blocks
+            .iter()
+            .map(|&(s, n)| {
+                let (first, device) = (first_query + s, q.device());
+                if fused {
+                    Ok(Tensor::from_vec(block_starts(pads, first, n), pads.len() * n, device)?)
+                } else {
+                    block_mask(pads, first, n, first + n, device)
+                }
+            })
+            .collect()
     };
     let own;
     let masks = if first_query == 0 {
@@ -317,10 +329,15 @@ fn candle_attention(
         let q_blk = q.narrow(2, start, n)?.contiguous()?.reshape((b, nkv, groups * n, hd))?;
         let k_blk = k.narrow(2, 0, keys)?.t()?.contiguous()?;
         let v_blk = v.narrow(2, 0, keys)?.contiguous()?;
-        let scores = q_blk.matmul(&k_blk)?.to_dtype(DType::F32)?;
-        let scores = scores.reshape((b, nkv, groups, n, keys))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.reshape((b, nkv, groups * n, keys))?.matmul(&v_blk)?;
+        let scores = q_blk.matmul(&k_blk)?; // (b, nkv, groups × n, keys): rows of one sequence, query fastest
+        let probs = if fused {
+            masked_softmax(&scores, mask, n, nh * n, first_query + start)?
+        } else {
+            let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, groups, n, keys))?.broadcast_add(mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            probs.reshape((b, nkv, groups * n, keys))?
+        };
+        let out = probs.matmul(&v_blk)?;
         outputs.push(out.reshape((b, nh, n, hd))?);
     }
     Ok(Tensor::cat(&outputs, 2)?.transpose(1, 2)?.contiguous()?.reshape((b, queries, nh * hd))?)
@@ -330,10 +347,7 @@ fn candle_attention(
 /// see ([`attention::visible_keys`]: from a start to the query itself), -inf elsewhere. Made on the device from the
 /// b × n starts, so that a long input does not send megabytes of mask from the host.
 fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Device) -> Result<Tensor> {
-    let starts: Vec<u32> = pads
-        .iter()
-        .flat_map(|&pad| (first..first + n).map(move |p| *attention::visible_keys(p, pad).start() as u32))
-        .collect();
+    let starts = block_starts(pads, first, n);
     let shape = (pads.len(), 1, 1, n, keys);
     let starts = Tensor::from_vec(starts, (pads.len(), 1, 1, n, 1), device)?;
     let ends = Tensor::arange(first as u32, (first + n) as u32, device)?.reshape((1, 1, 1, n, 1))?;
@@ -342,6 +356,35 @@ fn block_mask(pads: &[usize], first: usize, n: usize, keys: usize, device: &Devi
     let zero = Tensor::zeros((), DType::F32, device)?.broadcast_as(shape)?;
     let hidden = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as(shape)?;
     Ok(visible.where_cond(&zero, &hidden)?)
+}
+
+/// The first key each query at positions `first..first + n` of each sequence may see ([`attention::visible_keys`]; the
+/// last is the query itself), sequence by sequence.
+fn block_starts(pads: &[usize], first: usize, n: usize) -> Vec<u32> {
+    pads.iter()
+        .flat_map(|&pad| (first..first + n).map(move |p| *attention::visible_keys(p, pad).start() as u32))
+        .collect()
+}
+
+/// Whether attention on `q`'s device and dtype uses the fused masked-softmax kernel (a GPU, bf16 or f32).
+#[cfg(feature = "cuda")]
+fn fused_softmax(q: &Tensor) -> bool {
+    !q.device().is_cpu() && crate::gpu_softmax::supports(q.dtype())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn fused_softmax(_q: &Tensor) -> bool {
+    false
+}
+
+#[cfg(feature = "cuda")]
+fn masked_softmax(scores: &Tensor, starts: &Tensor, n: usize, per_seq: usize, first: usize) -> Result<Tensor> {
+    crate::gpu_softmax::masked_softmax(scores, starts, n, per_seq, first)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn masked_softmax(_: &Tensor, _: &Tensor, _: usize, _: usize, _: usize) -> Result<Tensor> {
+    unreachable!("fused_softmax is false without the cuda feature")
 }
 
 impl Rope {
@@ -373,6 +416,20 @@ mod tests {
     /// The device-side attention (GPU path) agrees with the CPU kernel, padding and partial queries included.
     #[test]
     fn candle_attention_matches_the_cpu_kernel() {
+        attention_matches_the_cpu_kernel(&Device::Cpu);
+    }
+
+    /// The same on a GPU, where it runs the fused masked softmax.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_fused_gpu_attention_matches_the_cpu_kernel() {
+        match Device::new_cuda(0) {
+            Ok(gpu) => attention_matches_the_cpu_kernel(&gpu),
+            Err(e) => println!("SKIPPED the_fused_gpu_attention_matches_the_cpu_kernel: no GPU ({e})"),
+        }
+    }
+
+    fn attention_matches_the_cpu_kernel(device: &Device) {
         let (b, nh, nkv, l, hd) = (3, 4, 2, 50, 8);
         let pads = [0, 13, 49];
         let fill = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.618 + seed).sin()).collect::<Vec<f32>>();
@@ -383,7 +440,7 @@ mod tests {
             let shape = attention::Shape { batch: b, heads: nh, kv_heads: nkv, len: l, head_dim: hd, first_query };
             let want = attention::causal_attention(&q, &k, &v, &pads, shape);
             let t = |data: &[f32], heads: usize, len: usize| {
-                Tensor::from_vec(data.to_vec(), (b, heads, len, hd), &Device::Cpu).unwrap()
+                Tensor::from_vec(data.to_vec(), (b, heads, len, hd), device).unwrap()
             };
             let masks = OnceCell::new();
             let got = candle_attention(&t(&q, nh, queries), &t(&k, nkv, l), &t(&v, nkv, l), &pads, first_query, &masks)
@@ -393,7 +450,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-5, "first_query {first_query}: max diff {worst}");
+            assert!(worst < 1e-5, "{device:?}, first_query {first_query}: max diff {worst}");
         }
     }
 }

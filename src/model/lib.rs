@@ -10,6 +10,7 @@
 //! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
+//! - `gpu_softmax` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`kernels/`)
 //! - [`elementwise`]: vectorised exp (softmax) and SwiGLU, compiled for the CPU's vector width
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
 //! - [`chunking`]: long documents into token-budget chunks cut at paragraph/sentence boundaries
@@ -27,6 +28,8 @@ pub mod embedder;
 pub mod encoder;
 pub mod error;
 pub mod f32_matmul;
+#[cfg(feature = "cuda")]
+pub mod gpu_softmax;
 pub mod linear;
 pub mod memory;
 mod panels;
