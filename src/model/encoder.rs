@@ -60,8 +60,9 @@ struct Batch {
     pads: Vec<usize>,
     cos: Tensor,
     sin: Tensor,
-    /// The device-side attention's masks for all queries, one per block: made by the first layer that needs them and
-    /// shared by the others (every layer but the last attends with the same blocks).
+    /// The device-side attention's masks for all queries, one per block (additive masks, or for the fused GPU kernel
+    /// the visible keys' starts): made by the first layer that needs them and shared by the others (every layer but
+    /// the last attends with the same blocks).
     masks: OnceCell<Vec<Tensor>>,
 }
 
@@ -281,7 +282,8 @@ fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
 }
 
 /// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality
-/// allows, with an additive mask, all on the device. q is (b, heads, queries, hd) for positions `first_query..`;
+/// allows, masked by the fused softmax kernel on a GPU in bf16/f32 ([`fused_softmax`]), else by an additive mask, all
+/// on the device. q is (b, heads, queries, hd) for positions `first_query..`;
 /// k and v (b, kv heads, len, hd). Returns (b, queries, heads × hd). With all queries (`first_query` 0) the blocks'
 /// masks are taken from `shared` (made there by the first call of a pass), since every such layer needs the same.
 fn candle_attention(
