@@ -9,9 +9,7 @@
 #     source scripts/cluster.sh
 #     cluster_new "$(scratch_dir)/main" "shared_preload_libraries = 'qwen_embed'"   # starts it; exports PGHOST ...
 #     pg -c 'SELECT 1'                                                            # psql as the cluster's superuser
-PG_VERSION=${PG_VERSION:-15}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_VERSION/bin} # Debian's layout; another for a PostgreSQL built from source
-PG_CONFIG=$PG_BIN/pg_config
+source "$(dirname "${BASH_SOURCE[0]}")/postgres.sh"
 SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
 QWEN_EMBED_CLUSTERS=()
 

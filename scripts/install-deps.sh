@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # Everything qwen_embed needs on a fresh Debian 12 (bookworm) machine, as root or a sudoer. Idempotent: steps already
 # done are skipped. What it installs and changes, and nothing else:
-# - Debian packages: PostgreSQL $PG_VERSION server and headers, clang/libclang (bindgen), build tools, sudo, python3,
-#   curl. Installing postgresql-15 creates Debian's default cluster 15/main; nothing here starts, stops or
-#   configures it.
-# - pgvector 0.8.0, built from Debian trixie's source package (bookworm has no binary one) with a private apt
+# - Debian packages: PostgreSQL 15 server and headers, clang/libclang (bindgen), build tools, sudo, python3, curl.
+#   Installing postgresql-15 creates Debian's default cluster 15/main and the `postgres` OS user; nothing here starts,
+#   stops or configures that cluster.
+# - pgvector 0.8.0 for it, built from Debian trixie's source package (bookworm has no binary one) with a private apt
 #   configuration in a temporary directory: no source list is added to the system's apt.
+# - With PG_VERSION other than 15 (13, 14, 16, 17, 18): that PostgreSQL and pgvector built from source into
+#   /opt/qwen_embed/postgresql-$PG_VERSION (scripts/postgres-from-source.sh), and bison and flex for it.
 # - Rust $RUST_VERSION through rustup (in ~/.cargo and ~/.rustup) when cargo is missing, and cargo-pgrx 0.18.1.
-# - $PGRX_HOME/config.toml (cargo pgrx init, pointed at the system pg_config) and an OS user `pgrxtest` for the pgrx
+# - $PGRX_HOME/config.toml (cargo pgrx init, pointed at each PostgreSQL set up here) and an OS user `pgrxtest` for the pgrx
 #   test server (PostgreSQL refuses to run as root).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
-PG_VERSION=${PG_VERSION:-15}
-PG_CONFIG=/usr/lib/postgresql/$PG_VERSION/bin/pg_config
+source "$(dirname "$0")/postgres.sh"
 RUST_VERSION=1.95.0 # also in rust-toolchain.toml
 export PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
 
-packages=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION libclang-dev clang pkg-config
+packages=(postgresql-$PG_DEBIAN_VERSION postgresql-server-dev-$PG_DEBIAN_VERSION libclang-dev clang pkg-config
     sudo dpkg-dev make gcc g++ python3 curl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -26,16 +27,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
-if [ ! -f "/usr/share/postgresql/$PG_VERSION/extension/vector.control" ]; then
+debian_pg_config=/usr/lib/postgresql/$PG_DEBIAN_VERSION/bin/pg_config
+if [ ! -f "$("$debian_pg_config" --sharedir)/extension/vector.control" ]; then
     build=$(mktemp -d)
     mkdir -p "$build/lists/partial" "$build/cache/archives/partial"
     echo 'deb-src http://deb.debian.org/debian trixie main' >"$build/sources.list"
     apt_private=(-o "Dir::Etc::SourceList=$build/sources.list" -o Dir::Etc::SourceParts=/nonexistent
         -o "Dir::State::Lists=$build/lists" -o "Dir::Cache=$build/cache" -o APT::Sandbox::User=root)
     (cd "$build" && $SUDO apt-get "${apt_private[@]}" update -q && $SUDO apt-get "${apt_private[@]}" source -q pgvector)
-    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$PG_CONFIG" && $SUDO make -s PG_CONFIG="$PG_CONFIG" install)
+    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$debian_pg_config" && $SUDO make -s PG_CONFIG="$debian_pg_config" install)
     $SUDO rm -rf "$build"
 fi
+[ -x "$PG_CONFIG" ] || bash "$(dirname "$0")/postgres-from-source.sh" "$PG_VERSION" >/dev/null
 
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] ||
@@ -47,6 +50,13 @@ fi
 if ! cargo pgrx --version 2>/dev/null | grep -qx 'cargo-pgrx 0.18.1'; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-grep -qs "pg$PG_VERSION = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml" || cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
+# `cargo pgrx init` rewrites the whole file: name every version it already had, and this one.
+if ! grep -qs "pg$PG_VERSION = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+    known=()
+    while read -r key _ path; do
+        [ "$key" = "pg$PG_VERSION" ] || known+=("--$key" "${path//\"/}")
+    done < <(grep -s '^pg1[0-9] = ' "$PGRX_HOME/config.toml")
+    cargo pgrx init "${known[@]}" "--pg$PG_VERSION" "$PG_CONFIG"
+fi
 
 id pgrxtest >/dev/null 2>&1 || $SUDO useradd --create-home pgrxtest

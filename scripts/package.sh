@@ -8,8 +8,7 @@
 #     dpkg -i target/deb/postgresql-15-qwen-embed_0.1.0_amd64.deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_VERSION=${PG_VERSION:-15}
-PG_CONFIG=/usr/lib/postgresql/$PG_VERSION/bin/pg_config
+source scripts/postgres.sh
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
 name=postgresql-$PG_VERSION-qwen-embed

@@ -1,29 +1,22 @@
 #!/usr/bin/env bash
 # Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
-# statements, the model server, as a client sees them), the pg_regress tests in tests/regress, then the fault,
-# hot-standby and load tests (tests/faults.sh, tests/standby.sh, tests/load.sh), and the Debian package
-# (tests/package.sh: built, installed with dpkg, smoke-tested). Every server is a throw-away cluster
-# made in a temporary directory and removed afterwards (scripts/cluster.sh); the machine's own PostgreSQL clusters
-# are never reconfigured, restarted or connected to.
+# statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
+# (scripts/test-postgres.sh), then the fault, hot-standby and load tests (tests/faults.sh, tests/standby.sh,
+# tests/load.sh) and the Debian package (tests/package.sh: built, installed with dpkg, smoke-tested), all on
+# PostgreSQL 15 (Debian 12's); then the pg_tests, SQL and pg_regress tests again on PostgreSQL 18, built from source.
+# Every server is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the
+# machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PG_VERSION=15 # the fault, standby, load and package tests run on Debian 12's own
 bash scripts/install-deps.sh
 export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
-source scripts/cluster.sh
 
 echo "== model core and model server (no PostgreSQL)"
 cargo test -p qwen_embed_model -p qwen_embed_server -- --nocapture # shows which kernels ran and any SKIPPED test
 
-echo "== pg_tests"
-cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata /tmp/pgrx-pgdata
-
-echo "== SQL tests"
-install_extension
-bash tests/run_sql_tests.sh
-
-echo "== pg_regress tests"
-bash tests/run_regress.sh
+bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
 
 echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
 bash tests/faults.sh
@@ -36,3 +29,6 @@ bash tests/load.sh 60 16
 
 echo "== package: the Debian package installed with dpkg, smoke-tested on a fresh cluster"
 bash tests/package.sh
+
+echo "== the newest PostgreSQL: pg_tests, SQL tests and pg_regress tests on 18, built from source"
+bash scripts/test-postgres.sh 18

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The tests that run inside PostgreSQL, on one version: the pg_tests (cargo pgrx test), the SQL tests in tests/sql and
+# the pg_regress tests in tests/regress, each on a throw-away cluster. scripts/test.sh runs them on 15 and on 18;
+# any of 13–18 works (one that Debian 12 does not package is built from source first, see scripts/postgres.sh).
+#
+#     bash scripts/test-postgres.sh 17
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PG_VERSION=${1:-${PG_VERSION:-15}}
+bash scripts/install-deps.sh
+export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
+source scripts/cluster.sh
+echo "PostgreSQL: $("$PG_CONFIG" --version) ($PG_BIN)"
+
+echo "== pg_tests (PostgreSQL $PG_VERSION)"
+cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata "/tmp/pgrx-pgdata-$PG_VERSION"
+
+echo "== SQL tests (PostgreSQL $PG_VERSION)"
+install_extension
+bash tests/run_sql_tests.sh
+
+echo "== pg_regress tests (PostgreSQL $PG_VERSION)"
+bash tests/run_regress.sh
