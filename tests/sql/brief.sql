@@ -47,14 +47,6 @@ SELECT expect(value::bigint - (SELECT passes FROM before) = 1,
               format('the per-row form ran %s forward passes', value::bigint - (SELECT passes FROM before)))
 FROM qwen_embed.info() WHERE key = 'forward_passes';
 
--- An array under unnest: the planner evaluates embed() to estimate the rows, execution again; the texts are embedded
--- once per statement, and again by the next statement (nothing is remembered across statements with the cache off).
-CREATE TEMP TABLE texts_before AS SELECT value::bigint AS n FROM qwen_embed.info() WHERE key = 'texts';
-SELECT count(*) FROM unnest(embed(ARRAY['first of three', 'second of three', 'third of three']));
-SELECT count(*) FROM unnest(embed(ARRAY['first of three', 'second of three', 'third of three']));
-SELECT expect(value::bigint - (SELECT n FROM texts_before) = 6,
-              format('two statements of 3 texts embedded %s texts', value::bigint - (SELECT n FROM texts_before)))
-FROM qwen_embed.info() WHERE key = 'texts';
 RESET qwen_embed.cache_size;
 
 -- Threshold filter, for a question that is none of the rows: the rows above the 90th percentile of similarity are
