@@ -4,12 +4,14 @@
 #
 #     bash scripts/postgres-from-source.sh 18      # /opt/qwen_embed/postgresql-18/bin
 #
-# The sources are the pristine upstream tarballs (`*.orig.tar.*`) inside Debian's and Ubuntu's source packages, the
-# only archives of PostgreSQL that this project's machines can reach: 13 from Debian 11, 14 from Ubuntu 22.04, 16 from
-# Ubuntu 24.04, 17 from Debian 13, 18 from Debian unstable, fetched with a private apt configuration in a temporary
-# directory (no source list is added to the system's apt). Ubuntu's archive is verified with Ubuntu's archive key
-# from Debian's `ubuntu-keyring` package, unpacked there, not installed. pgvector is 0.8.2 (0.8.0, which Debian 12's
-# PostgreSQL 15 gets, predates PostgreSQL 18): its upstream tarball from Debian's archive, pinned by SHA-256.
+# The sources are the pristine upstream tarballs that Debian's and Ubuntu's source packages carry (`*.orig.tar.*`),
+# the only archives of PostgreSQL that this project's machines reach, each pinned by URL and SHA-256 so that a run
+# builds what the last one built: 13.23 from Debian 11's security archive, 14.24 from Ubuntu 22.04's updates, 16.15
+# from Ubuntu 24.04's updates, 18.6 from Debian unstable (their hashes match those in the archives' signed Sources
+# indexes), 17.11 from Debian's pool (its hash from that package's .dsc; Debian 13's index names 17.12, which the
+# archive does not serve). pgvector is 0.8.2, from Debian's pool too (0.8.0, which Debian 12's PostgreSQL 15 gets,
+# predates PostgreSQL 18). To move to a newer minor release, change its line below.
+#
 # The build has no optional libraries (no ICU, readline, zlib, OpenSSL, LLVM): the tests need the server, its headers,
 # pg_regress, pgbench and dblink. Besides the prefix, only Debian's bison and flex are installed (PostgreSQL 17 and
 # later need them to build); Debian's own PostgreSQL and its `psql` wrapper do not see the prefix.
@@ -27,64 +29,48 @@ if [ -f "$prefix/.complete" ]; then
 fi
 
 debian=http://deb.debian.org/debian
-ubuntu="http://archive.ubuntu.com/ubuntu"
+ubuntu=http://archive.ubuntu.com/ubuntu/pool/main/p
 case $version in
-13) suites=("$debian bullseye" "http://deb.debian.org/debian-security bullseye-security") ;;
-14) suites=("$ubuntu jammy" "$ubuntu jammy-updates" "$ubuntu jammy-security") ;;
-16) suites=("$ubuntu noble" "$ubuntu noble-updates" "$ubuntu noble-security") ;;
-17) suites=("$debian trixie" "http://deb.debian.org/debian-security trixie-security") ;;
-18) suites=("$debian sid") ;;
+13) source=(http://deb.debian.org/debian-security/pool/updates/main/p/postgresql-13/postgresql-13_13.23.orig.tar.bz2
+    6ec3c82726af92b7dec873fa1cdf881eca92a4219787dfad05acb6b10e041fd6) ;;
+14) source=("$ubuntu/postgresql-14/postgresql-14_14.24.orig.tar.gz"
+    563d0b2a985411ed508d05d5b2d883d45abbe51ba5b5e43875ecf25f1ebf26f2) ;;
+16) source=("$ubuntu/postgresql-16/postgresql-16_16.15.orig.tar.gz"
+    4f200ca23dfb120ff9838f13ce06014aad1d3c432d16ee9f93ab2000c0eeef7b) ;;
+17) source=("$debian/pool/main/p/postgresql-17/postgresql-17_17.11.orig.tar.bz2"
+    dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979) ;;
+18) source=("$debian/pool/main/p/postgresql-18/postgresql-18_18.6.orig.tar.bz2"
+    555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f) ;;
 *) log "no source for PostgreSQL $version here (13, 14, 16, 17, 18; 15 is Debian 12's own package)"; exit 2 ;;
 esac
-vector_url=$debian/pool/main/p/pgvector/pgvector_0.8.2.orig.tar.gz
-vector_sha256=69f4019389af05dc1c9548deb8628e62878e6e207c03907f2b8af2016472cdaa
+pgvector=("$debian/pool/main/p/pgvector/pgvector_0.8.2.orig.tar.gz"
+    69f4019389af05dc1c9548deb8628e62878e6e207c03907f2b8af2016472cdaa)
 
 missing=()
-for p in bison flex perl make gcc dpkg-dev; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in bison flex perl make gcc curl; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     { $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; } >&2
 fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/keys"
-apt_private() {
-    apt-get -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/nonexistent \
-        -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Dir::State::status=/dev/null \
-        -o APT::Sandbox::User=root -q "$@"
+# unpack NAME URL SHA256: the tarball, checked, unpacked in $work/NAME.
+unpack() {
+    curl -sSf -o "$work/$1.tar" "$2"
+    echo "$3  $work/$1.tar" | sha256sum --quiet -c
+    mkdir -p "$work/$1" && tar -xf "$work/$1.tar" -C "$work/$1" --strip-components=1
 }
-# fetch PACKAGE SUITE...: the upstream tarball of the newest PACKAGE in those suites, unpacked in $work/PACKAGE.
-fetch() {
-    local package=$1 keyring=/usr/share/keyrings/debian-archive-keyring.gpg suite
-    shift
-    : >"$work/sources.list"
-    for suite in "$@"; do
-        case $suite in *ubuntu*) keyring=$work/keys/usr/share/keyrings/ubuntu-archive-keyring.gpg ;; esac
-        echo "deb-src [signed-by=$keyring] ${suite% *} ${suite##* } main" >>"$work/sources.list"
-    done
-    apt_private update >/dev/null
-    (cd "$work" && apt_private source --download-only "$package" >/dev/null)
-    mkdir -p "$work/$package"
-    tar -xf "$(ls "$work"/"$package"_*.orig.tar.*)" -C "$work/$package" --strip-components=1
-}
-if [ "${suites[0]#*ubuntu}" != "${suites[0]}" ]; then
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $debian trixie main" >"$work/sources.list"
-    apt_private update >/dev/null
-    (cd "$work" && apt_private download ubuntu-keyring >/dev/null && dpkg-deb -x ubuntu-keyring_*.deb keys)
-fi
 
-fetch "postgresql-$version" "${suites[@]}"
-log "building $(sed -n 's/^PACKAGE_VERSION=.\(.*\).$/\1/p' "$work/postgresql-$version/configure") into $prefix"
+unpack postgresql "${source[@]}"
+log "building PostgreSQL $(sed -n "s/^PACKAGE_VERSION='\(.*\)'$/\1/p" "$work/postgresql/configure") into $prefix"
 (
-    cd "$work/postgresql-$version"
+    cd "$work/postgresql"
     ./configure --prefix="$prefix" --without-icu --without-readline --without-zlib >/dev/null
     make -s -j"$(nproc)" >/dev/null
     $SUDO make -s install >/dev/null
     $SUDO make -s -C contrib/dblink install >/dev/null
 )
-curl -sSf -o "$work/pgvector.tar.gz" "$vector_url"
-echo "$vector_sha256  $work/pgvector.tar.gz" | sha256sum --quiet -c
-mkdir -p "$work/pgvector" && tar -xzf "$work/pgvector.tar.gz" -C "$work/pgvector" --strip-components=1
+unpack pgvector "${pgvector[@]}"
 log "building pgvector $(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$work/pgvector/vector.control")"
 (cd "$work/pgvector" && make -s PG_CONFIG="$prefix/bin/pg_config" >/dev/null &&
     $SUDO make -s PG_CONFIG="$prefix/bin/pg_config" install >/dev/null)

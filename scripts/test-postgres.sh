@@ -12,11 +12,13 @@ export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that h
 source scripts/cluster.sh
 echo "PostgreSQL: $("$PG_CONFIG" --version) ($PG_BIN)"
 
+# Release builds throughout: the pg_tests, the installed extension and the Debian package (tests/package.sh) then
+# share one build of the dependencies instead of a debug one and a release one (CI time on 2 cores).
 echo "== pg_tests (PostgreSQL $PG_VERSION)"
-cargo pgrx test "pg$PG_VERSION" --runas pgrxtest --pgdata "/tmp/pgrx-pgdata-$PG_VERSION"
+cargo pgrx test "pg$PG_VERSION" --release --runas pgrxtest --pgdata "/tmp/pgrx-pgdata-$PG_VERSION"
 
 echo "== SQL tests (PostgreSQL $PG_VERSION)"
-install_extension
+install_extension --release
 bash tests/run_sql_tests.sh
 
 echo "== pg_regress tests (PostgreSQL $PG_VERSION)"

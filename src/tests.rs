@@ -283,6 +283,14 @@ mod tests {
     /// key (the statement trigger cannot pair old and new rows by key; the row trigger sees each pair exactly).
     #[pg_test]
     fn every_statement_that_changes_text_leaves_fresh_vectors() {
+        // MERGE came in PostgreSQL 15; before it, the same change as an upsert.
+        const MERGE_OR_UPSERT: &str = if pg_sys::PG_VERSION_NUM >= 150000 {
+            "MERGE INTO ku USING (VALUES (4, 'merged'), (8, 'new by merge')) AS src(id, body) ON ku.id = src.id
+                 WHEN MATCHED THEN UPDATE SET body = src.body WHEN NOT MATCHED THEN INSERT (id, body) VALUES (src.id, src.body)"
+        } else {
+            "INSERT INTO ku (id, body) VALUES (4, 'merged'), (8, 'new by merge')
+                 ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body"
+        };
         Spi::run(
             "CREATE TABLE kt (id int PRIMARY KEY DEFERRABLE, body text, embedding vector(64));
              SELECT qwen_embed.create_embedding_triggers('kt', 'body', 'embedding');
@@ -303,8 +311,7 @@ mod tests {
              INSERT INTO ku SELECT id, body FROM kt",
             "INSERT INTO ku (id, body) VALUES (3, 'upserted'), (7, 'new by upsert')
                  ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
-            "MERGE INTO ku USING (VALUES (4, 'merged'), (8, 'new by merge')) AS src(id, body) ON ku.id = src.id
-                 WHEN MATCHED THEN UPDATE SET body = src.body WHEN NOT MATCHED THEN INSERT (id, body) VALUES (src.id, src.body)",
+            MERGE_OR_UPSERT,
             "COPY ku (id, body) FROM PROGRAM 'printf \"9\\tcopied row\\n10\\tanother copied row\\n\"'",
             "UPDATE ku SET body = NULL WHERE id = 10",
             "UPDATE ku SET body = 'text again' WHERE id = 10",

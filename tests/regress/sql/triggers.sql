@@ -19,6 +19,7 @@ UPDATE docs SET id = id + 10, body = body || ' changed';
 SELECT * FROM stale;
 INSERT INTO docs (id, body) VALUES (11, 'upserted') ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body;
 SELECT * FROM stale;
+-- MERGE is PostgreSQL 15's: expected/triggers_1.out is this file's output on 13 and 14, where it is a syntax error.
 MERGE INTO docs USING (VALUES (12, 'merged'), (14, 'new')) AS s(id, body) ON docs.id = s.id
 WHEN MATCHED THEN UPDATE SET body = s.body WHEN NOT MATCHED THEN INSERT (id, body) VALUES (s.id, s.body);
 SELECT * FROM stale;
