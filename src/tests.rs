@@ -301,10 +301,10 @@ mod tests {
         let statements = [
             "UPDATE kt SET id = id + 10, body = body || ' changed'",
             "UPDATE kt SET id = id - 9, body = body || ' shifted'", // 11,12,13 -> 2,3,4: keys shift onto each other
-            "UPDATE kt SET id = 6 - id, body = body || ' swapped'",   // 2 <-> 4 swap keys, 3 stays
+            "UPDATE kt SET id = 6 - id, body = body || ' swapped'", // 2 <-> 4 swap keys, 3 stays
             "UPDATE kt SET body = CASE id WHEN 2 THEN (SELECT body FROM kt WHERE id = 4)
                                           WHEN 4 THEN (SELECT body FROM kt WHERE id = 2) ELSE body END",
-            "UPDATE kt SET id = 6 - id",                               // keys move, texts do not
+            "UPDATE kt SET id = 6 - id", // keys move, texts do not
             // ON CONFLICT needs a non-deferrable key: from here on, the same rows in such a table.
             "CREATE TABLE ku (id int PRIMARY KEY, body text, embedding vector(64));
              SELECT qwen_embed.create_embedding_triggers('ku', 'body', 'embedding');
