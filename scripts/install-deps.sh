@@ -9,8 +9,8 @@
 # - With PG_VERSION other than 15 (13, 14, 16, 17, 18): that PostgreSQL and pgvector built from source into
 #   /opt/qwen_embed/postgresql-$PG_VERSION (scripts/postgres-from-source.sh), and bison and flex for it.
 # - Rust $RUST_VERSION through rustup (in ~/.cargo and ~/.rustup) when cargo is missing, and cargo-pgrx 0.18.1.
-# - $PGRX_HOME/config.toml (cargo pgrx init, pointed at each PostgreSQL set up here) and an OS user `pgrxtest` for the pgrx
-#   test server (PostgreSQL refuses to run as root).
+# - $PGRX_HOME/config.toml (cargo pgrx init, pointed at each PostgreSQL set up here) and an OS user `pgrxtest` for
+#   the pgrx test server (PostgreSQL refuses to run as root).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
@@ -35,7 +35,8 @@ if [ ! -f "$("$debian_pg_config" --sharedir)/extension/vector.control" ]; then
     apt_private=(-o "Dir::Etc::SourceList=$build/sources.list" -o Dir::Etc::SourceParts=/nonexistent
         -o "Dir::State::Lists=$build/lists" -o "Dir::Cache=$build/cache" -o APT::Sandbox::User=root)
     (cd "$build" && $SUDO apt-get "${apt_private[@]}" update -q && $SUDO apt-get "${apt_private[@]}" source -q pgvector)
-    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$debian_pg_config" && $SUDO make -s PG_CONFIG="$debian_pg_config" install)
+    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$debian_pg_config" &&
+        $SUDO make -s PG_CONFIG="$debian_pg_config" install)
     $SUDO rm -rf "$build"
 fi
 [ -x "$PG_CONFIG" ] || bash "$(dirname "$0")/postgres-from-source.sh" "$PG_VERSION" >/dev/null
@@ -50,11 +51,12 @@ fi
 if ! cargo pgrx --version 2>/dev/null | grep -qx 'cargo-pgrx 0.18.1'; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-# `cargo pgrx init` rewrites the whole file: name every version it already had, and this one.
+# `cargo pgrx init` rewrites the whole file: name every version it already had (and that is still there), and this one.
 if ! grep -qs "pg$PG_VERSION = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
     known=()
     while read -r key _ path; do
-        [ "$key" = "pg$PG_VERSION" ] || known+=("--$key" "${path//\"/}")
+        path=${path//\"/}
+        [ "$key" = "pg$PG_VERSION" ] || [ ! -x "$path" ] || known+=("--$key" "$path")
     done < <(grep -s '^pg1[0-9] = ' "$PGRX_HOME/config.toml")
     cargo pgrx init "${known[@]}" "--pg$PG_VERSION" "$PG_CONFIG"
 fi
