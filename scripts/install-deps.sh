@@ -51,14 +51,13 @@ fi
 if ! cargo pgrx --version 2>/dev/null | grep -qx 'cargo-pgrx 0.18.1'; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
-# `cargo pgrx init` rewrites the whole file: name every version it already had (and that is still there), and this one.
-if ! grep -qs "pg$PG_VERSION = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
-    known=()
-    while read -r key _ path; do
-        path=${path//\"/}
-        [ "$key" = "pg$PG_VERSION" ] || [ ! -x "$path" ] || known+=("--$key" "$path")
-    done < <(grep -s '^pg1[0-9] = ' "$PGRX_HOME/config.toml")
-    cargo pgrx init "${known[@]}" "--pg$PG_VERSION" "$PG_CONFIG"
-fi
+# Every pgrx build checks every pg_config that config.toml names: drop the versions no longer there (a source build
+# removed since), then add or replace this one (`cargo pgrx init` merges it into the file).
+config=$PGRX_HOME/config.toml
+while read -r key _ path; do
+    path=${path//\"/}
+    [ -x "$path" ] || sed -i "/^$key = /d" "$config"
+done < <(grep -s '^pg1[0-9] = ' "$config")
+grep -qs "^pg$PG_VERSION = \"$PG_CONFIG\"" "$config" || cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
 
 id pgrxtest >/dev/null 2>&1 || $SUDO useradd --create-home pgrxtest
