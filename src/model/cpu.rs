@@ -31,7 +31,7 @@ impl Bf16Kernel {
     }
 }
 
-/// Proof that the CPU has AVX2 and FMA (the packed f32 matmul).
+/// Proof that the CPU has AVX2, FMA and F16C (the packed f32 matmul, whose weights may be held in f16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct F32Kernel(());
 
@@ -90,14 +90,16 @@ pub fn bf16_kernels() -> Vec<Bf16Kernel> {
     }
 }
 
-/// The packed f32 kernel, where the CPU has AVX2 and FMA (every CPU with a bf16 kernel has them).
+/// The packed f32 kernel, where the CPU has AVX2, FMA and F16C (every CPU with a bf16 kernel has them).
 pub fn f32_kernel() -> Option<F32Kernel> {
     (level() >= Level::Avx2).then_some(F32Kernel(()))
 }
 
 #[cfg(target_arch = "x86_64")]
 fn detect(cap: Level) -> Level {
-    if cap < Level::Avx2 || !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+    // F16C came before AVX2 (Ivy Bridge, Piledriver): every AVX2 CPU has it; checked all the same, it is used.
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    if cap < Level::Avx2 || !avx2 {
         return Level::Generic;
     }
     if cap < Level::Avx512Bf16 || !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {

@@ -74,7 +74,7 @@ impl Encoder {
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let dtype = precision.activations;
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
-        let get_weight = |name: &str, shape: &[usize]| weights.get(name, shape, precision.weights(), device);
+        let get_weight = |name: &str, shape: &[usize]| weights.get(name, shape, precision.weights_read_as(), device);
         let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
             let ws = names
                 .iter()

@@ -1,12 +1,20 @@
-//! `y = x · Wᵀ` in f32 on x86-64 CPUs with AVX2 and FMA, for CPUs without bf16 instructions.
+//! `y = x · Wᵀ` with f32 arithmetic on x86-64 CPUs with AVX2, FMA and F16C, for CPUs without bf16 instructions.
 //!
 //! candle's CPU matmul (the `gemm` crate) packs the weights again on every call and reaches about half of the FMA
 //! peak for the row counts a query has (measured on an AMD EPYC Zen 3: 34–43 GFLOP/s at 35 rows, 78–90 at 704, where
 //! PyTorch's sgemm reaches 58 and 134). Here the weights are packed once, at load, into 16-column panels (each
 //! input feature's 16 weights contiguous), so a call only packs the activations, and the work follows the classic
-//! BLIS blocking: a block of `KC` input features of one panel (16 KiB) stays in L1 while a block of up to `MC_GROUPS`
-//! × 6 activation rows (L2-sized) streams past it through a 6 × 16 micro-kernel that keeps its 12 accumulators in
+//! BLIS blocking: a 32 KiB block of one panel's input features stays in L1 while a block of up to `MC_GROUPS` × 6
+//! activation rows (L2-sized) streams past it through a 6 × 16 micro-kernel that keeps its 12 accumulators in
 //! registers. Columns are split over the rayon pool; each task reuses its activation block across its panels.
+//!
+//! Two things keep the arithmetic fed from memory, which is what limits a short input (a 26-token query reads each
+//! weight once per 26 × 2 flops: 1.8 GB of f32 weights a pass for the 0.6B model, against ~16 GB/s for two cores):
+//! - the micro-kernel prefetches the weight block the next pass will read, spread over the passes of this one, so the
+//!   first row group of a panel no longer waits for its weights (+16–31 % at 26 rows on Zen 3);
+//! - the weights may be held in f16 ([`WeightFormat::F16`]), which halves the bytes to stream and the memory held; F16C
+//!   converts them to f32 as the kernel loads them (`vcvtph2ps` runs beside the FMAs), so the arithmetic is still
+//!   f32. f16 keeps 11 significant bits (bf16: 8); the accuracy it costs is measured by the reference tests.
 
 use rayon::prelude::*;
 
@@ -17,39 +25,81 @@ use crate::panels::by_panel_runs;
 const NR: usize = 16;
 /// Activation rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 registers.
 const MR: usize = 6;
-/// Input features per block: one panel's block is KC × 16 × 4 bytes = 16 KiB (half of L1).
-const KC: usize = 256;
-/// Row groups per activation block: 32 × 6 rows × KC × 4 bytes = 192 KiB (under half of a 512 KiB L2).
+/// Bytes of one panel's weight block: the L1 data cache of current x86 cores (32 KiB or more). The activations the
+/// micro-kernel broadcasts come from L2 beside it; on Zen 3 a 32 KiB block measured up to 18 % faster than 16 KiB at
+/// 704 rows (fewer passes over the accumulators), and the same at 26.
+const BLOCK_BYTES: usize = 32 * 1024;
+/// Row groups per activation block (192 rows). Its block is past L2 for long inputs (768 KiB at the f16 block's 1,024
+/// features), yet 16 groups measured no faster on Zen 3: the micro-kernel's broadcasts are few and sequential.
 const MC_GROUPS: usize = 32;
+/// The prefetch works in cache lines.
+const LINE: usize = 64;
 
-/// One input feature's 16 weights of a panel: a whole cache line, so no load of the micro-kernel splits one.
+/// How the packed weights are held; the arithmetic is f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    /// Half the memory and memory traffic. Weights beyond f16's range (±65,504) would become infinities: a matrix
+    /// with one is held in f32 instead.
+    F16,
+}
+
+/// One input feature's 16 weights of a panel in f32: a whole cache line, so no load of the micro-kernel splits one.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Step([f32; NR]);
+struct Step32([f32; NR]);
+
+/// The same in f16 bits: half a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Step16([u16; NR]);
+
+enum Panels {
+    F32(Vec<Step32>),
+    F16(Vec<Step16>),
+}
 
 /// A weight matrix (out_features × in_features) packed for the kernel.
 pub struct PackedF32 {
     out_features: usize,
     in_features: usize,
     /// panels × in_features steps; columns past out_features are zero.
-    data: Vec<Step>,
+    panels: Panels,
+}
+
+/// Packs row-major `weights` into panels of `Step`s made by `step` from a column's 16 weights.
+fn pack_panels<S: Copy + Send>(
+    weights: &[f32],
+    (out_features, in_features): (usize, usize),
+    zero: S,
+    set: impl Fn(&mut S, usize, f32) + Sync,
+) -> Vec<S> {
+    let mut data = vec![zero; out_features.div_ceil(NR) * in_features];
+    data.par_chunks_mut(in_features).enumerate().for_each(|(panel, out)| {
+        for lane in 0..NR.min(out_features - panel * NR) {
+            let row = &weights[(panel * NR + lane) * in_features..][..in_features];
+            for (step, &w) in out.iter_mut().zip(row) {
+                set(step, lane, w);
+            }
+        }
+    });
+    data
 }
 
 impl PackedF32 {
     /// `weights` is the matrix row-major (out_features rows of in_features).
-    pub fn pack(weights: &[f32], out_features: usize, in_features: usize) -> Self {
+    pub fn pack(weights: &[f32], out_features: usize, in_features: usize, format: WeightFormat) -> Self {
         assert_eq!(weights.len(), out_features * in_features);
-        let panels = out_features.div_ceil(NR);
-        let mut data = vec![Step([0.0; NR]); panels * in_features];
-        data.par_chunks_mut(in_features).enumerate().for_each(|(panel, out)| {
-            for lane in 0..NR.min(out_features - panel * NR) {
-                let row = &weights[(panel * NR + lane) * in_features..][..in_features];
-                for (step, &w) in out.iter_mut().zip(row) {
-                    step.0[lane] = w;
-                }
-            }
-        });
-        PackedF32 { out_features, in_features, data }
+        let shape = (out_features, in_features);
+        let fits_f16 = || weights.par_iter().all(|w| !w.is_finite() || w.abs() <= half::f16::MAX.to_f32());
+        let panels = if format == WeightFormat::F16 && fits_f16() {
+            Panels::F16(pack_panels(weights, shape, Step16([0; NR]), |s, lane, w| {
+                s.0[lane] = half::f16::from_f32(w).to_bits()
+            }))
+        } else {
+            Panels::F32(pack_panels(weights, shape, Step32([0.0; NR]), |s, lane, w| s.0[lane] = w))
+        };
+        PackedF32 { out_features, in_features, panels }
     }
 
     pub fn out_features(&self) -> usize {
@@ -60,15 +110,33 @@ impl PackedF32 {
         self.in_features
     }
 
+    /// How the weights are held (f16 asked for may be f32: see [`WeightFormat::F16`]).
+    pub fn format(&self) -> WeightFormat {
+        match self.panels {
+            Panels::F32(_) => WeightFormat::F32,
+            Panels::F16(_) => WeightFormat::F16,
+        }
+    }
+
     /// `x` is rows × in_features (row-major); returns rows × out_features. The kernel token proves the CPU has the
     /// instructions.
     pub fn matmul(&self, kernel: F32Kernel, x: &[f32], rows: usize) -> Vec<f32> {
         let _ = kernel;
+        match &self.panels {
+            Panels::F32(data) => self.run::<false>(data.as_ptr() as *const u8, x, rows),
+            Panels::F16(data) => self.run::<true>(data.as_ptr() as *const u8, x, rows),
+        }
+    }
+
+    /// The matmul on the panels at `data`, whose steps are f16 if `F16`, else f32.
+    fn run<const F16: bool>(&self, data: *const u8, x: &[f32], rows: usize) -> Vec<f32> {
         let k = self.in_features;
         assert_eq!(x.len(), rows * k);
         let panels = self.out_features.div_ceil(NR);
         let ldc = panels * NR;
         let groups = rows.div_ceil(MR);
+        let step_bytes = if F16 { NR * 2 } else { NR * 4 };
+        let kc_max = BLOCK_BYTES / step_bytes;
         // Activations as groups of 6 rows interleaved by feature (a[g][k][r]), zero rows past the end, so the
         // micro-kernel reads one contiguous stream of broadcasts.
         let mut a = vec![0f32; groups * k * MR];
@@ -80,21 +148,46 @@ impl PackedF32 {
                 }
             }
         });
+        let data = SyncPtr(data);
         by_panel_runs(panels, 4, (rows, ldc), (rows, self.out_features), |run, out| {
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
+            let data = &data;
+            // Where the block of `panel` starting at feature `k0` lies, and its length in cache lines.
+            let block = |panel: usize, k0: usize| {
+                // SAFETY: panel < panels and k0 < k, so the offset lies inside the panels' panels × k steps.
+                let at = unsafe { data.0.add((panel * k + k0) * step_bytes) };
+                (at, (kc_max.min(k - k0) * step_bytes).div_ceil(LINE))
+            };
+            for k0 in (0..k).step_by(kc_max) {
+                let kc = kc_max.min(k - k0);
                 for g0 in (0..groups).step_by(MC_GROUPS) {
+                    let g1 = (g0 + MC_GROUPS).min(groups);
                     for panel in run.clone() {
-                        let b = &self.data[panel * k + k0..][..kc];
-                        for g in g0..(g0 + MC_GROUPS).min(groups) {
+                        let (b, _) = block(panel, k0);
+                        // The block the next pass reads (this run's next panel, or its first panel for the next row
+                        // block or feature block), prefetched a line per step by this panel's row groups in turn.
+                        let next = if panel + 1 < run.end {
+                            block(panel + 1, k0)
+                        } else if g1 < groups {
+                            block(run.start, k0)
+                        } else if k0 + kc < k {
+                            block(run.start, k0 + kc)
+                        } else {
+                            (b, 0)
+                        };
+                        let share = next.1.div_ceil(g1 - g0);
+                        for g in g0..g1 {
                             let a = &a[(g * k + k0) * MR..][..kc * MR];
                             let r = MR.min(rows - g * MR);
-                            // SAFETY: the token says AVX2 and FMA are present; `a` and `b` hold kc steps; the
-                            // output tile (rows g*6.., columns panel*16..) lies inside `out` and is written by this
-                            // task alone (tasks own disjoint panels).
+                            let first = ((g - g0) * share).min(next.1);
+                            // SAFETY: the token says AVX2, FMA and F16C are present; `a` holds kc steps and `b`
+                            // points at kc steps of this panel; prefetching reads no memory (an address outside the
+                            // panels would be harmless), and `first * LINE` stays inside the next block; the output
+                            // tile (rows g*6.., columns panel*16..) lies inside `out` and is written by this task
+                            // alone (tasks own disjoint panels).
                             unsafe {
+                                let pf = (next.0.add(first * LINE), share.min(next.1 - first));
                                 let c = out.add(g * MR * ldc + panel * NR);
-                                tile(r, kc, a, b, c, ldc, k0 > 0);
+                                tile::<F16>(r, kc, a, b, pf, c, ldc, k0 > 0);
                             }
                         }
                     }
@@ -104,32 +197,70 @@ impl PackedF32 {
     }
 }
 
+/// The packed weights' address, shared by the tasks that only read through it.
+struct SyncPtr(*const u8);
+// SAFETY: the panels it points into are immutable and outlive the tasks (they end before `run` returns).
+unsafe impl Sync for SyncPtr {}
+
 /// Dispatches the micro-kernel for the `rows` (1–6) valid rows of a group.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `c` must have `rows` rows of 16 floats at stride `ldc`.
+/// AVX2, FMA and F16C must be available; `b` must point at kc steps (f16 if `F16`); `c` must have `rows` rows of 16
+/// floats at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn tile(rows: usize, kc: usize, a: &[f32], b: &[Step], c: *mut f32, ldc: usize, accumulate: bool) {
-    let b = b.as_ptr() as *const f32;
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const F16: bool>(
+    rows: usize,
+    kc: usize,
+    a: &[f32],
+    b: *const u8,
+    pf: (*const u8, usize),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let a = a.as_ptr();
     match rows {
-        1 => micro::<1>(kc, a.as_ptr(), b, c, ldc, accumulate),
-        2 => micro::<2>(kc, a.as_ptr(), b, c, ldc, accumulate),
-        3 => micro::<3>(kc, a.as_ptr(), b, c, ldc, accumulate),
-        4 => micro::<4>(kc, a.as_ptr(), b, c, ldc, accumulate),
-        5 => micro::<5>(kc, a.as_ptr(), b, c, ldc, accumulate),
-        _ => micro::<MR>(kc, a.as_ptr(), b, c, ldc, accumulate),
+        1 => micro::<1, F16>(kc, a, b, pf, c, ldc, accumulate),
+        2 => micro::<2, F16>(kc, a, b, pf, c, ldc, accumulate),
+        3 => micro::<3, F16>(kc, a, b, pf, c, ldc, accumulate),
+        4 => micro::<4, F16>(kc, a, b, pf, c, ldc, accumulate),
+        5 => micro::<5, F16>(kc, a, b, pf, c, ldc, accumulate),
+        _ => micro::<MR, F16>(kc, a, b, pf, c, ldc, accumulate),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: usize, _: usize, _: &[f32], _: &[Step], _: *mut f32, _: usize, _: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const F16: bool>(
+    _: usize,
+    _: usize,
+    _: &[f32],
+    _: *const u8,
+    _: (*const u8, usize),
+    _: *mut f32,
+    _: usize,
+    _: bool,
+) {
     unreachable!("no F32Kernel exists off x86-64")
 }
 
-/// C[0..R, 0..16] (+)= A-group · B-panel over kc steps; A interleaved 6 per step, B 16 per step.
+/// C[0..R, 0..16] (+)= A-group · B-panel over kc steps; A interleaved 6 per step, B 16 per step (f16 if `F16`).
+/// Prefetches `pf.1` cache lines from `pf.0`, one per step.
+///
+/// # Safety
+/// As [`tile`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn micro<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro<const R: usize, const F16: bool>(
+    kc: usize,
+    a: *const f32,
+    b: *const u8,
+    (pf, pf_lines): (*const u8, usize),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     if accumulate {
@@ -138,9 +269,22 @@ unsafe fn micro<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut
             row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
         }
     }
+    // One loop with the prefetch under a branch: splitting or unrolling it made LLVM spill the accumulators
+    // (measured 2× slower).
     for k in 0..kc {
-        let b0 = _mm256_load_ps(b.add(k * NR));
-        let b1 = _mm256_load_ps(b.add(k * NR + 8));
+        if k < pf_lines {
+            _mm_prefetch::<_MM_HINT_T0>(pf.add(k * LINE) as *const i8);
+        }
+        let (b0, b1) = if F16 {
+            let b = (b as *const u16).add(k * NR);
+            (
+                _mm256_cvtph_ps(_mm_load_si128(b as *const __m128i)),
+                _mm256_cvtph_ps(_mm_load_si128(b.add(8) as *const __m128i)),
+            )
+        } else {
+            let b = (b as *const f32).add(k * NR);
+            (_mm256_load_ps(b), _mm256_load_ps(b.add(8)))
+        };
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(k * MR + r));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
@@ -162,23 +306,48 @@ mod tests {
         let Some(kernel) = crate::cpu::f32_kernel() else {
             return println!("SKIPPED f32_matmul::matches_a_plain_matmul_for_odd_shapes: no AVX2/FMA on this CPU");
         };
-        for (rows, out_f, in_f) in
-            [(1, 1, 1), (7, 70, 33), (13, 128, 64), (6, 192, 97), (25, 64, 1024), (40, 130, 700), (200, 48, 300)]
-        {
-            let w: Vec<f32> = (0..out_f * in_f).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
-            let x: Vec<f32> = (0..rows * in_f).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
-            let got = PackedF32::pack(&w, out_f, in_f).matmul(kernel, &x, rows);
-            assert_eq!(got.len(), rows * out_f);
-            for r in 0..rows {
-                for n in 0..out_f {
-                    let want: f64 = (0..in_f).map(|k| x[r * in_f + k] as f64 * w[n * in_f + k] as f64).sum();
-                    let g = got[r * out_f + n] as f64;
-                    assert!(
-                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{rows}x{out_f}x{in_f} [{r},{n}]: {g} vs {want}"
-                    );
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            // Multiples of 1/300 are not exact in f16: the reference rounds them as packing must.
+            let held = |w: f32| if format == WeightFormat::F16 { half::f16::from_f32(w).to_f32() } else { w };
+            for (rows, out_f, in_f) in [
+                (1, 1, 1),
+                (7, 70, 33),
+                (13, 128, 64),
+                (6, 192, 97),
+                (25, 64, 1024),
+                (40, 130, 700),
+                (200, 48, 300),
+                (9, 40, 2500),
+            ] {
+                let w: Vec<f32> = (0..out_f * in_f).map(|i| ((i * 37 % 101) as f32 - 50.0) / 300.0).collect();
+                let x: Vec<f32> = (0..rows * in_f).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
+                let packed = PackedF32::pack(&w, out_f, in_f, format);
+                assert_eq!(packed.format(), format);
+                let got = packed.matmul(kernel, &x, rows);
+                assert_eq!(got.len(), rows * out_f);
+                for r in 0..rows {
+                    for n in 0..out_f {
+                        let want: f64 = (0..in_f).map(|k| x[r * in_f + k] as f64 * held(w[n * in_f + k]) as f64).sum();
+                        let g = got[r * out_f + n] as f64;
+                        assert!(
+                            (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{format:?} {rows}x{out_f}x{in_f} [{r},{n}]: {g} vs {want}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn weights_beyond_the_f16_range_are_held_in_f32() {
+        let Some(kernel) = crate::cpu::f32_kernel() else {
+            return println!("SKIPPED f32_matmul::weights_beyond_the_f16_range_are_held_in_f32: no AVX2/FMA");
+        };
+        let w = [1.0, 70_000.0, 0.5, -2.0];
+        let packed = PackedF32::pack(&w, 2, 2, WeightFormat::F16);
+        assert_eq!(packed.format(), WeightFormat::F32);
+        assert_eq!(packed.matmul(kernel, &[1.0, 1.0], 1), vec![70_001.0, -1.5]);
+        assert_eq!(PackedF32::pack(&[1.0, 60_000.0], 1, 2, WeightFormat::F16).format(), WeightFormat::F16);
     }
 }

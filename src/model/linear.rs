@@ -32,9 +32,10 @@ impl Linear {
         let bias_f32 = || bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose();
         Ok(match kernel {
             LinearKernel::Candle => Linear::Dense(candle_nn::Linear::new(weight, bias.clone())),
-            LinearKernel::PackedF32(kernel) => {
+            LinearKernel::PackedF32(kernel, format) => {
                 let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Linear::PackedF32 { kernel, weights: PackedF32::pack(&w, out_features, in_features), bias: bias_f32()? }
+                let weights = PackedF32::pack(&w, out_features, in_features, format);
+                Linear::PackedF32 { kernel, weights, bias: bias_f32()? }
             }
             LinearKernel::PackedBf16(kernel) => {
                 let bits: Vec<u16> = weight

@@ -17,14 +17,15 @@
 use candle_core::{DType, Device};
 
 use crate::cpu::{self, Bf16Kernel, F32Kernel};
+use crate::f32_matmul::WeightFormat;
 
 /// What multiplies the linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearKernel {
     /// candle's matmul in the activations' dtype (GPU, f16 on a CPU, CPUs without AVX2).
     Candle,
-    /// f32 weights packed at load, AVX2/FMA micro-kernel.
-    PackedF32(F32Kernel),
+    /// Weights packed at load, held in f32 or f16, f32 arithmetic (AVX2/FMA micro-kernel).
+    PackedF32(F32Kernel, WeightFormat),
     /// bf16 weights packed at load; activations rounded to bf16 per product, f32 accumulation.
     PackedBf16(Bf16Kernel),
 }
@@ -39,20 +40,30 @@ pub struct Precision {
 impl Precision {
     /// What `auto` means on `device`.
     pub fn auto(device: &Device) -> Precision {
-        let dtype = if device.is_cpu() && cpu::bf16_kernel().is_none() { DType::F32 } else { DType::BF16 };
+        let dtype = if !device.is_cpu() || cpu::bf16_kernel().is_some() {
+            DType::BF16
+        } else if cpu::f32_kernel().is_some() {
+            DType::F16
+        } else {
+            DType::F32
+        };
         Precision::new(dtype, device)
     }
 
-    /// How a requested dtype computes on `device`. On a CPU activations are f32 whatever the weights: bf16 means
-    /// packed bf16 weights where the CPU has a bf16 kernel, and f32 where it has none (candle's CPU bf16 matmul
-    /// converts to f32 on every call: slower, and no more accurate).
+    /// How a requested dtype computes on `device`. On a CPU with one of our kernels activations are f32 whatever the
+    /// weights: bf16 means packed bf16 weights where the CPU has a bf16 kernel, and f32 where it has none (candle's
+    /// CPU bf16 matmul converts to f32 on every call: slower, and no more accurate); f16 means f16 weights for the
+    /// AVX2/FMA kernel (on a CPU without it, candle computing in f16).
     pub fn new(requested: DType, device: &Device) -> Precision {
-        if !device.is_cpu() || requested == DType::F16 {
-            return Precision { linear: LinearKernel::Candle, activations: requested };
+        let candle = Precision { linear: LinearKernel::Candle, activations: requested };
+        if !device.is_cpu() {
+            return candle;
         }
         let linear = match (requested, cpu::bf16_kernel(), cpu::f32_kernel()) {
             (DType::BF16, Some(k), _) => LinearKernel::PackedBf16(k),
-            (_, _, Some(k)) => LinearKernel::PackedF32(k),
+            (DType::F16, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F16),
+            (DType::F16, _, None) => return candle,
+            (_, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F32),
             _ => LinearKernel::Candle,
         };
         Precision { linear, activations: DType::F32 }
@@ -73,7 +84,17 @@ impl Precision {
     pub fn weights(&self) -> DType {
         match self.linear {
             LinearKernel::PackedBf16(_) => DType::BF16,
+            LinearKernel::PackedF32(_, WeightFormat::F16) => DType::F16,
             _ => self.activations,
+        }
+    }
+
+    /// The dtype the linear layers' weights are read in before [`crate::linear::Linear::new`] packs them: f16
+    /// packing reads f32, so that it can see a weight beyond f16's range and keep that matrix in f32.
+    pub fn weights_read_as(&self) -> DType {
+        match self.linear {
+            LinearKernel::PackedF32(..) => DType::F32,
+            _ => self.weights(),
         }
     }
 
@@ -91,7 +112,8 @@ impl Precision {
     pub fn kernel_name(&self) -> &'static str {
         match self.linear {
             LinearKernel::Candle => "candle",
-            LinearKernel::PackedF32(_) => "avx2-fma f32",
+            LinearKernel::PackedF32(_, WeightFormat::F32) => "avx2-fma f32",
+            LinearKernel::PackedF32(_, WeightFormat::F16) => "avx2-fma f16-weights",
             LinearKernel::PackedBf16(k) => match k.instructions() {
                 cpu::Bf16Instructions::Amx => "amx bf16",
                 cpu::Bf16Instructions::Avx512Bf16 => "avx512-bf16",

@@ -1,5 +1,5 @@
 //! GFLOP/s of the linear-layer kernels on the 0.6B model's shapes: candle's f32 matmul against ours (packed f32 on
-//! AVX2/FMA, packed bf16 on AVX512-BF16 and AMX), whichever this CPU has.
+//! AVX2/FMA with f32 or f16 weights, packed bf16 on AVX512-BF16 and AMX), whichever this CPU has.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --example matmul_bench [ROWS...]
 
@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use qwen_embed_model::bf16_matmul::{self, PackedWeights};
 use qwen_embed_model::cpu;
-use qwen_embed_model::f32_matmul::PackedF32;
+use qwen_embed_model::f32_matmul::{PackedF32, WeightFormat};
 
 fn gflops(rows: usize, n: usize, k: usize, secs: f64) -> f64 {
     2.0 * (rows * n * k) as f64 / secs / 1e9
@@ -33,7 +33,8 @@ fn main() -> candle_core::Result<()> {
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let ws = w.flatten_all()?.to_vec1::<f32>()?;
         let wt = w.t()?;
-        let packed_f32 = PackedF32::pack(&ws, n, k);
+        let packed_f32 = PackedF32::pack(&ws, n, k, WeightFormat::F32);
+        let packed_f16 = PackedF32::pack(&ws, n, k, WeightFormat::F16);
         let bits: Vec<u16> = ws.iter().map(|v| bf16_matmul::f32_to_bf16(*v)).collect();
         let packed_bf16 = PackedWeights::pack(&bits, n, k);
         for &m in &rows {
@@ -44,10 +45,12 @@ fn main() -> candle_core::Result<()> {
             });
             let mut line = format!("{name:>8} {m:>5}x{k:>4} -> {n:>4}: candle f32 {:>6.1}", gflops(m, n, k, secs));
             if let Some(kernel) = cpu::f32_kernel() {
-                let secs = time(|| {
-                    packed_f32.matmul(kernel, &xs, m);
-                });
-                line += &format!(", packed f32 {:>6.1}", gflops(m, n, k, secs));
+                for (packed, name) in [(&packed_f32, "f32"), (&packed_f16, "f16")] {
+                    let secs = time(|| {
+                        packed.matmul(kernel, &xs, m);
+                    });
+                    line += &format!(", packed {name} weights {:>6.1}", gflops(m, n, k, secs));
+                }
             }
             for kernel in cpu::bf16_kernels() {
                 let secs = time(|| {
