@@ -9,8 +9,13 @@
 //! |-------------------------------|------------------------------------------|----------------------------------------------|
 //! | AMX (Sapphire Rapids+)        | bf16 weights, AMX tiles, f32 accumulation| 3–6× the f32 FMA rate                        |
 //! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, `vdpbf16ps`                | ~3× f32 through SQL on AMD EPYC (issue #14)  |
-//! | AVX2 + FMA                    | f32, weights packed at load (`f32_matmul`)| no bf16 instructions: bf16 would be emulated |
+//! | AVX2 + FMA (+ F16C)           | f16 weights, f32 arithmetic (`f32_matmul`)| half the weight bytes to stream: faster than |
+//! |                               |                                          | f32 weights; exact for bf16 checkpoints      |
 //! | other (aarch64, old x86-64)   | f32, candle's matmul                     | portable                                     |
+//!
+//! f16 holds every bf16 value exactly but those below 2^-14 (Qwen3-Embedding ships bf16; a matrix with a weight beyond
+//! ±65,504 stays f32), and from an f32 checkpoint it keeps min cosine 0.99999 against the f32 weights
+//! (`tests/reference.rs`).
 //!
 //! On a GPU `auto` is bf16 throughout.
 
