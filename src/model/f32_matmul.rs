@@ -193,7 +193,7 @@ impl PackedF32 {
                             unsafe {
                                 let pf = (next.0.add(first * LINE), share.min(next.1 - first));
                                 let c = out.add(g * MR * ldc + panel * NR);
-                                tile::<F16>(r, kc, a, b, pf, c, ldc, k0 > 0);
+                                tile::<F16>(r, Tile { kc, a: a.as_ptr(), b, pf, c, ldc, accumulate: k0 > 0 });
                             }
                         }
                     }
@@ -208,65 +208,50 @@ struct SyncPtr(*const u8);
 // SAFETY: the panels it points into are immutable and outlive the tasks (they end before `run` returns).
 unsafe impl Sync for SyncPtr {}
 
-/// Dispatches the micro-kernel for the `rows` (1–6) valid rows of a group.
-///
-/// # Safety
-/// AVX2, FMA and F16C must be available; `b` must point at kc steps (f16 if `F16`); `c` must have `rows` rows of 16
-/// floats at stride `ldc`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F16: bool>(
-    rows: usize,
+/// One micro-kernel call: C[0..R, 0..16] (+)= A-group · B-panel over `kc` steps, A interleaved 6 per step, B 16 per
+/// step (f16 or f32); `pf.1` cache lines from `pf.0` prefetched, one per step.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86-64 kernel only
+struct Tile {
     kc: usize,
-    a: &[f32],
+    a: *const f32,
     b: *const u8,
     pf: (*const u8, usize),
     c: *mut f32,
     ldc: usize,
+    /// Add to C (a later block of input features) rather than overwrite it.
     accumulate: bool,
-) {
-    let a = a.as_ptr();
+}
+
+/// Dispatches the micro-kernel for the `rows` (1–6) valid rows of a group.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `a` must hold kc steps and `b` point at kc steps (f16 if `F16`); `c` must
+/// have `rows` rows of 16 floats at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile<const F16: bool>(rows: usize, t: Tile) {
     match rows {
-        1 => micro::<1, F16>(kc, a, b, pf, c, ldc, accumulate),
-        2 => micro::<2, F16>(kc, a, b, pf, c, ldc, accumulate),
-        3 => micro::<3, F16>(kc, a, b, pf, c, ldc, accumulate),
-        4 => micro::<4, F16>(kc, a, b, pf, c, ldc, accumulate),
-        5 => micro::<5, F16>(kc, a, b, pf, c, ldc, accumulate),
-        _ => micro::<MR, F16>(kc, a, b, pf, c, ldc, accumulate),
+        1 => micro::<1, F16>(t),
+        2 => micro::<2, F16>(t),
+        3 => micro::<3, F16>(t),
+        4 => micro::<4, F16>(t),
+        5 => micro::<5, F16>(t),
+        _ => micro::<MR, F16>(t),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F16: bool>(
-    _: usize,
-    _: usize,
-    _: &[f32],
-    _: *const u8,
-    _: (*const u8, usize),
-    _: *mut f32,
-    _: usize,
-    _: bool,
-) {
+unsafe fn tile<const F16: bool>(_: usize, _: Tile) {
     unreachable!("no F32Kernel exists off x86-64")
 }
 
-/// C[0..R, 0..16] (+)= A-group · B-panel over kc steps; A interleaved 6 per step, B 16 per step (f16 if `F16`).
-/// Prefetches `pf.1` cache lines from `pf.0`, one per step.
+/// The micro-kernel for `R` rows.
 ///
 /// # Safety
 /// As [`tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn micro<const R: usize, const F16: bool>(
-    kc: usize,
-    a: *const f32,
-    b: *const u8,
-    (pf, pf_lines): (*const u8, usize),
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+unsafe fn micro<const R: usize, const F16: bool>(t: Tile) {
+    let Tile { kc, a, b, pf: (pf, pf_lines), c, ldc, accumulate } = t;
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     if accumulate {
