@@ -185,13 +185,13 @@ impl PackedF32 {
                             let a = &a[(g * k + k0) * MR..][..kc * MR];
                             let r = MR.min(rows - g * MR);
                             let first = ((g - g0) * share).min(next.1);
+                            let pf = (next.0.wrapping_add(first * LINE), share.min(next.1 - first));
                             // SAFETY: the token says AVX2, FMA and F16C are present; `a` holds kc steps and `b`
-                            // points at kc steps of this panel; prefetching reads no memory (an address outside the
-                            // panels would be harmless), and `first * LINE` stays inside the next block; the output
+                            // points at kc steps of this panel; the prefetch addresses are only hints (computed with
+                            // wrapping_add, never dereferenced: a prefetch does not fault), and the output
                             // tile (rows g*6.., columns panel*16..) lies inside `out` and is written by this task
                             // alone (tasks own disjoint panels).
                             unsafe {
-                                let pf = (next.0.add(first * LINE), share.min(next.1 - first));
                                 let c = out.add(g * MR * ldc + panel * NR);
                                 tile::<F16>(r, Tile { kc, a: a.as_ptr(), b, pf, c, ldc, accumulate: k0 > 0 });
                             }
@@ -264,7 +264,8 @@ unsafe fn micro<const R: usize, const F16: bool>(t: Tile) {
     // (measured 2× slower).
     for k in 0..kc {
         if k < pf_lines {
-            _mm_prefetch::<_MM_HINT_T0>(pf.add(k * LINE) as *const i8);
+            // A hint only: the last line may lie past the panels' end (wrapping_add, and a prefetch does not fault).
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(k * LINE) as *const i8);
         }
         let (b0, b1) = if F16 {
             let b = (b as *const u16).add(k * NR);
