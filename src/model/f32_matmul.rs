@@ -54,6 +54,19 @@ struct Step32([f32; NR]);
 #[repr(C, align(32))]
 struct Step16([u16; NR]);
 
+/// A panel step type, and whether the kernel reads it as f16.
+trait Step: Copy + Sync {
+    const F16: bool;
+}
+
+impl Step for Step32 {
+    const F16: bool = false;
+}
+
+impl Step for Step16 {
+    const F16: bool = true;
+}
+
 enum Panels {
     F32(Vec<Step32>),
     F16(Vec<Step16>),
@@ -67,7 +80,7 @@ pub struct PackedF32 {
     panels: Panels,
 }
 
-/// Packs row-major `weights` into panels: `Step` holds one input feature's 16 columns.
+/// Packs row-major `weights` into panels: `step` makes one input feature's step from its 16 columns.
 fn pack_panels<T: Copy + Default + Send + Sync, S: Copy + Send>(
     weights: &[T],
     (out_features, in_features): (usize, usize),
@@ -129,20 +142,19 @@ impl PackedF32 {
     pub fn matmul(&self, kernel: F32Kernel, x: &[f32], rows: usize) -> Vec<f32> {
         let _ = kernel;
         match &self.panels {
-            Panels::F32(data) => self.run::<false>(data.as_ptr() as *const u8, x, rows),
-            Panels::F16(data) => self.run::<true>(data.as_ptr() as *const u8, x, rows),
+            Panels::F32(data) => self.run(data, x, rows),
+            Panels::F16(data) => self.run(data, x, rows),
         }
     }
 
-    /// The matmul on the panels at `data`, whose steps are f16 if `F16`, else f32.
-    fn run<const F16: bool>(&self, data: *const u8, x: &[f32], rows: usize) -> Vec<f32> {
+    /// The matmul on the panels `data` (panels × in_features steps).
+    fn run<S: Step>(&self, data: &[S], x: &[f32], rows: usize) -> Vec<f32> {
         let k = self.in_features;
         assert_eq!(x.len(), rows * k);
         let panels = self.out_features.div_ceil(NR);
         let ldc = panels * NR;
         let groups = rows.div_ceil(MR);
-        let step_bytes = if F16 { NR * 2 } else { NR * 4 };
-        let kc_max = BLOCK_BYTES / step_bytes;
+        let kc_max = BLOCK_BYTES / size_of::<S>();
         // Activations as groups of 6 rows interleaved by feature (a[g][k][r]), zero rows past the end, so the
         // micro-kernel reads one contiguous stream of broadcasts.
         let mut a = vec![0f32; groups * k * MR];
@@ -154,21 +166,15 @@ impl PackedF32 {
                 }
             }
         });
-        let data = SyncPtr(data);
         by_panel_runs(panels, 4, (rows, ldc), (rows, self.out_features), |run, out| {
-            let data = &data;
-            // Where the block of `panel` starting at feature `k0` lies, and its length in cache lines.
-            let block = |panel: usize, k0: usize| {
-                // SAFETY: panel < panels and k0 < k, so the offset lies inside the panels' panels × k steps.
-                let at = unsafe { data.0.add((panel * k + k0) * step_bytes) };
-                (at, (kc_max.min(k - k0) * step_bytes).div_ceil(LINE))
-            };
+            // The block of `panel` starting at feature `k0`.
+            let block = |panel: usize, k0: usize| &data[panel * k + k0..][..kc_max.min(k - k0)];
             for k0 in (0..k).step_by(kc_max) {
                 let kc = kc_max.min(k - k0);
                 for g0 in (0..groups).step_by(MC_GROUPS) {
                     let g1 = (g0 + MC_GROUPS).min(groups);
                     for panel in run.clone() {
-                        let (b, _) = block(panel, k0);
+                        let b = block(panel, k0);
                         // The block the next pass reads (this run's next panel, or its first panel for the next row
                         // block or feature block), prefetched a line per step by this panel's row groups in turn.
                         let next = if panel + 1 < run.end {
@@ -178,22 +184,38 @@ impl PackedF32 {
                         } else if k0 + kc < k {
                             block(run.start, k0 + kc)
                         } else {
-                            (b, 0)
+                            &[]
                         };
-                        let share = next.1.div_ceil(g1 - g0);
+                        let lines = size_of_val(next).div_ceil(LINE);
+                        let share = lines.div_ceil(g1 - g0);
                         for g in g0..g1 {
                             let a = &a[(g * k + k0) * MR..][..kc * MR];
                             let r = MR.min(rows - g * MR);
-                            let first = ((g - g0) * share).min(next.1);
-                            let pf = (next.0.wrapping_add(first * LINE), share.min(next.1 - first));
-                            // SAFETY: the token says AVX2, FMA and F16C are present; `a` holds kc steps and `b`
-                            // points at kc steps of this panel; the prefetch addresses are only hints (computed with
+                            let first = ((g - g0) * share).min(lines);
+                            let pf =
+                                ((next.as_ptr() as *const u8).wrapping_add(first * LINE), share.min(lines - first));
+                            // SAFETY: the token says AVX2, FMA and F16C are present; `a` and `b` hold kc steps (`b`
+                            // f16 if `S::F16`); the prefetch addresses are only hints (computed with
                             // wrapping_add, never dereferenced: a prefetch does not fault), and the output
                             // tile (rows g*6.., columns panel*16..) lies inside `out` and is written by this task
                             // alone (tasks own disjoint panels).
                             unsafe {
                                 let c = out.add(g * MR * ldc + panel * NR);
-                                tile::<F16>(r, Tile { kc, a: a.as_ptr(), b, pf, c, ldc, accumulate: k0 > 0 });
+                                let t = Tile {
+                                    kc,
+                                    a: a.as_ptr(),
+                                    b: b.as_ptr() as *const u8,
+                                    pf,
+                                    c,
+                                    ldc,
+                                    accumulate: k0 > 0,
+                                };
+                                // S::F16 is a constant: the branch compiles away.
+                                if S::F16 {
+                                    tile::<true>(r, t)
+                                } else {
+                                    tile::<false>(r, t)
+                                }
                             }
                         }
                     }
@@ -202,11 +224,6 @@ impl PackedF32 {
         })
     }
 }
-
-/// The packed weights' address, shared by the tasks that only read through it.
-struct SyncPtr(*const u8);
-// SAFETY: the panels it points into are immutable and outlive the tasks (they end before `run` returns).
-unsafe impl Sync for SyncPtr {}
 
 /// One micro-kernel call: C[0..R, 0..16] (+)= A-group · B-panel over `kc` steps, A interleaved 6 per step, B 16 per
 /// step (f16 or f32); `pf.1` cache lines from `pf.0` prefetched, one per step.
