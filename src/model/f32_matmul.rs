@@ -19,12 +19,9 @@
 use rayon::prelude::*;
 
 use crate::cpu::F32Kernel;
+use crate::micro_kernel::{tile, Step, Step16, Step32, Tile, LINE, MR, NR};
 use crate::panels::by_panel_runs;
 
-/// Output columns per panel: two 8-lane registers.
-const NR: usize = 16;
-/// Activation rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 registers.
-const MR: usize = 6;
 /// Bytes of one panel's weight block: the L1 data cache of current x86 cores (32 KiB or more). The activations the
 /// micro-kernel broadcasts come from L2 beside it; on Zen 3 a 32 KiB block measured up to 18 % faster than 16 KiB at
 /// 704 rows (fewer passes over the accumulators), and the same at 26.
@@ -32,8 +29,6 @@ const BLOCK_BYTES: usize = 32 * 1024;
 /// Row groups per activation block (192 rows). Its block is past L2 for long inputs (768 KiB at the f16 block's 1,024
 /// features), yet 16 groups measured no faster on Zen 3: the micro-kernel's broadcasts are few and sequential.
 const MC_GROUPS: usize = 32;
-/// The prefetch works in cache lines.
-const LINE: usize = 64;
 
 /// How the packed weights are held; the arithmetic is f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,29 +37,6 @@ pub enum WeightFormat {
     /// Half the memory and memory traffic. Weights beyond f16's range (±65,504) would become infinities: a matrix
     /// with one is held in f32 instead.
     F16,
-}
-
-/// One input feature's 16 weights of a panel in f32: a whole cache line, so no load of the micro-kernel splits one.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Step32([f32; NR]);
-
-/// The same in f16 bits: half a cache line.
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Step16([u16; NR]);
-
-/// A panel step type, and whether the kernel reads it as f16.
-trait Step: Copy + Sync {
-    const F16: bool;
-}
-
-impl Step for Step32 {
-    const F16: bool = false;
-}
-
-impl Step for Step16 {
-    const F16: bool = true;
 }
 
 enum Panels {
@@ -222,87 +194,6 @@ impl PackedF32 {
                 }
             }
         })
-    }
-}
-
-/// One micro-kernel call: C[0..R, 0..16] (+)= A-group · B-panel over `kc` steps, A interleaved 6 per step, B 16 per
-/// step (f16 or f32); `pf.1` cache lines from `pf.0` prefetched, one per step.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86-64 kernel only
-struct Tile {
-    kc: usize,
-    a: *const f32,
-    b: *const u8,
-    pf: (*const u8, usize),
-    c: *mut f32,
-    ldc: usize,
-    /// Add to C (a later block of input features) rather than overwrite it.
-    accumulate: bool,
-}
-
-/// Dispatches the micro-kernel for the `rows` (1–6) valid rows of a group.
-///
-/// # Safety
-/// AVX2, FMA and F16C must be available; `a` must hold kc steps and `b` point at kc steps (f16 if `F16`); `c` must
-/// have `rows` rows of 16 floats at stride `ldc`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile<const F16: bool>(rows: usize, t: Tile) {
-    match rows {
-        1 => micro::<1, F16>(t),
-        2 => micro::<2, F16>(t),
-        3 => micro::<3, F16>(t),
-        4 => micro::<4, F16>(t),
-        5 => micro::<5, F16>(t),
-        _ => micro::<MR, F16>(t),
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const F16: bool>(_: usize, _: Tile) {
-    unreachable!("no F32Kernel exists off x86-64")
-}
-
-/// The micro-kernel for `R` rows.
-///
-/// # Safety
-/// As [`tile`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn micro<const R: usize, const F16: bool>(t: Tile) {
-    let Tile { kc, a, b, pf: (pf, pf_lines), c, ldc, accumulate } = t;
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    if accumulate {
-        for (r, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm256_loadu_ps(c.add(r * ldc));
-            row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
-        }
-    }
-    // One loop with the prefetch under a branch: splitting or unrolling it made LLVM spill the accumulators
-    // (measured 2× slower).
-    for k in 0..kc {
-        if k < pf_lines {
-            // A hint only: the last line may lie past the panels' end (wrapping_add, and a prefetch does not fault).
-            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(k * LINE) as *const i8);
-        }
-        let (b0, b1) = if F16 {
-            let b = (b as *const u16).add(k * NR);
-            (
-                _mm256_cvtph_ps(_mm_load_si128(b as *const __m128i)),
-                _mm256_cvtph_ps(_mm_load_si128(b.add(8) as *const __m128i)),
-            )
-        } else {
-            let b = (b as *const f32).add(k * NR);
-            (_mm256_load_ps(b), _mm256_load_ps(b.add(8)))
-        };
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*a.add(k * MR + r));
-            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        _mm256_storeu_ps(c.add(r * ldc), row[0]);
-        _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`cpu`]: which kernels this CPU runs (detected once; kernel values exist only after detection)
 //! - [`precision`]: the one rule from requested dtype and device to kernel and dtypes (`auto` included)
 //! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
+//! - `micro_kernel`: the 6 × 16 f32 FMA micro-kernel (its k-loop in assembly) under `f32_matmul`
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
 //! - `gpu_softmax` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`kernels/`)
@@ -32,6 +33,7 @@ pub mod f32_matmul;
 pub mod gpu_softmax;
 pub mod linear;
 pub mod memory;
+mod micro_kernel;
 mod panels;
 pub mod pooling;
 pub mod precision;
