@@ -34,23 +34,34 @@ pub struct Shape {
 /// number of left-padding positions of sequence b: a real query sees the real keys up to itself; a padding query
 /// (whose output is never used) sees only itself.
 pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shape) -> Vec<f32> {
-    let queries = s.len - s.first_query;
-    let hd = s.head_dim;
-    assert_eq!(q.len(), s.batch * s.heads * queries * hd);
-    assert_eq!(k.len(), s.batch * s.kv_heads * s.len * hd);
+    assert_eq!(q.len(), s.batch * s.heads * (s.len - s.first_query) * s.head_dim);
+    assert_eq!(k.len(), s.batch * s.kv_heads * s.len * s.head_dim);
     assert_eq!(v.len(), k.len());
     assert_eq!(pads.len(), s.batch);
+    match crate::cpu::f32_kernel() {
+        Some(kernel) => crate::attention_tiled::causal_attention(kernel, q, k, v, pads, s),
+        None => causal_attention_gemm(q, k, v, pads, s),
+    }
+}
+
+/// The (sequence, query head, first query of the block) of every task, later query blocks first: they see more keys,
+/// so handing them out first lets the pool end evenly.
+pub(crate) fn query_block_tasks(s: Shape, block: usize) -> Vec<(usize, usize, usize)> {
+    let blocks = (s.len - s.first_query).div_ceil(block);
+    (0..blocks)
+        .rev()
+        .flat_map(|blk| (0..s.batch).flat_map(move |b| (0..s.heads).map(move |h| (b, h, blk * block))))
+        .collect()
+}
+
+/// The general path (any CPU): each task's two products on `gemm`, its scores held whole.
+fn causal_attention_gemm(q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shape) -> Vec<f32> {
+    let queries = s.len - s.first_query;
+    let hd = s.head_dim;
     let mut out = vec![0f32; s.batch * queries * s.heads * hd];
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let blocks = queries.div_ceil(QUERY_BLOCK);
-    // Later blocks see more keys: hand them out first so the pool ends evenly.
-    let tasks: Vec<(usize, usize, usize)> = (0..blocks)
-        .rev()
-        .flat_map(|blk| (0..s.batch).flat_map(move |b| (0..s.heads).map(move |h| (b, h, blk))))
-        .collect();
-    tasks.into_par_iter().for_each(|(b, h, blk)| {
+    query_block_tasks(s, QUERY_BLOCK).into_par_iter().for_each(|(b, h, start)| {
         let out_ptr = &out_ptr; // the whole Sync wrapper, not its raw pointer field
-        let start = blk * QUERY_BLOCK; // query index within q
         let n = QUERY_BLOCK.min(queries - start);
         let first_pos = s.first_query + start; // absolute position of the block's first query
         let pad = pads[b];
@@ -202,18 +213,36 @@ mod tests {
 
     #[test]
     fn matches_the_definition_with_padding_gqa_and_partial_queries() {
+        type Attention = Box<dyn Fn(&[f32], &[f32], &[f32], &[usize], Shape) -> Vec<f32>>;
+        let mut paths: Vec<(&str, Attention)> = vec![("gemm", Box::new(causal_attention_gemm))];
+        match crate::cpu::f32_kernel() {
+            Some(kernel) => paths.push((
+                "tiled",
+                Box::new(move |q, k, v, pads, s| crate::attention_tiled::causal_attention(kernel, q, k, v, pads, s)),
+            )),
+            None => println!("SKIPPED the tiled attention: no AVX2/FMA/F16C on this CPU"),
+        }
         let fill = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * 1.5).collect::<Vec<_>>();
-        for (len, first_query, pads) in [(300, 0, vec![0, 17, 299]), (300, 299, vec![5, 0, 200]), (7, 0, vec![6, 0, 3])]
-        {
-            let s = Shape { batch: 3, heads: 4, kv_heads: 2, len, head_dim: 8, first_query };
+        // Over 256 keys (the tiled path's key block) and not a multiple of its 16-wide panels or 6-row groups; head
+        // dims below, at and between multiples of 16; a padding query, a real one after long padding.
+        for (len, first_query, pads, head_dim) in [
+            (300, 0, vec![0, 17, 299], 8),
+            (300, 299, vec![5, 0, 200], 8),
+            (7, 0, vec![6, 0, 3], 8),
+            (530, 0, vec![0, 260, 529], 24),
+            (70, 3, vec![0, 1, 40], 32),
+        ] {
+            let s = Shape { batch: 3, heads: 4, kv_heads: 2, len, head_dim, first_query };
             let queries = len - first_query;
-            let q = fill(s.batch * s.heads * queries * 8, 0.1);
-            let k = fill(s.batch * s.kv_heads * len * 8, 0.7);
+            let q = fill(s.batch * s.heads * queries * head_dim, 0.1);
+            let k = fill(s.batch * s.kv_heads * len * head_dim, 0.7);
             let v = fill(k.len(), 1.3);
-            let got = causal_attention(&q, &k, &v, &pads, s);
             let want = reference(&q, &k, &v, &pads, s);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-5, "{s:?}: max diff {worst}");
+            for (name, attention) in &paths {
+                let got = attention(&q, &k, &v, &pads, s);
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-5, "{name} {s:?}: max diff {worst}");
+            }
         }
     }
 }

@@ -8,9 +8,10 @@
 //! - [`cpu`]: which kernels this CPU runs (detected once; kernel values exist only after detection)
 //! - [`precision`]: the one rule from requested dtype and device to kernel and dtypes (`auto` included)
 //! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
-//! - `micro_kernel`: the 6 × 16 f32 FMA micro-kernel (its k-loop in assembly) under `f32_matmul`
+//! - `micro_kernel`: the 6 × 16 f32 FMA micro-kernel (its k-loop in assembly) under `f32_matmul` and the CPU attention
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
-//! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax)
+//! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax); `attention_tiled`, its
+//!   path on the micro-kernel (key blocks with an online softmax) where the CPU has AVX2/FMA/F16C
 //! - `gpu_softmax` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`kernels/`)
 //! - [`elementwise`]: vectorised exp (softmax) and SwiGLU, compiled for the CPU's vector width
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
@@ -19,6 +20,7 @@
 //! - [`reranker`]: Qwen3-Reranker, the same backbone scoring (query, document) pairs through two rows of its LM head
 
 pub mod attention;
+mod attention_tiled;
 pub mod bf16_matmul;
 pub mod chunking;
 pub mod config;

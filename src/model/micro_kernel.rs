@@ -1,6 +1,6 @@
-//! The f32 FMA micro-kernel under the AVX2 linear layers (`f32_matmul`): a 6 × 16 tile of C in 12 registers,
-//! `C (+)= A · B` over `kc` steps, where A is 6 rows interleaved per step (6 floats) and B is one panel of 16 columns
-//! per step, f32 or f16 bits (F16C converts those as they are loaded).
+//! The f32 FMA micro-kernel under the AVX2 linear layers (`f32_matmul`) and the CPU attention (`attention`): a 6 × 16
+//! tile of C in 12 registers, `C (+)= A · B` over `kc` steps, where A is 6 rows interleaved per step (6 floats) and B
+//! is one panel of 16 columns per step, f32 or f16 bits (F16C converts those as they are loaded).
 //!
 //! Its callers do the blocking (which block of B stays in L1, which rows of A stream past it) and the packing.
 
