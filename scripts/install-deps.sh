@@ -4,8 +4,7 @@
 # - Debian packages: PostgreSQL 15 server and headers, clang/libclang (bindgen), build tools, sudo, python3, curl.
 #   Installing postgresql-15 creates Debian's default cluster 15/main and the `postgres` OS user; nothing here starts,
 #   stops or configures that cluster.
-# - pgvector 0.8.0 for it, built from Debian trixie's source package (bookworm has no binary one) with a private apt
-#   configuration in a temporary directory: no source list is added to the system's apt.
+# - pgvector for it, built from its pinned upstream tarball (scripts/pgvector.sh; bookworm has no package of it).
 # - With PG_VERSION other than 15 (13, 14, 16, 17, 18): that PostgreSQL and pgvector built from source into
 #   /opt/qwen_embed/postgresql-$PG_VERSION (scripts/postgres-from-source.sh), and bison and flex for it.
 # - Rust $RUST_VERSION through rustup (in ~/.cargo and ~/.rustup) when cargo is missing, and cargo-pgrx 0.18.1.
@@ -28,17 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 debian_pg_config=/usr/lib/postgresql/$PG_DEBIAN_VERSION/bin/pg_config
-if [ ! -f "$("$debian_pg_config" --sharedir)/extension/vector.control" ]; then
-    build=$(mktemp -d)
-    mkdir -p "$build/lists/partial" "$build/cache/archives/partial"
-    echo 'deb-src http://deb.debian.org/debian trixie main' >"$build/sources.list"
-    apt_private=(-o "Dir::Etc::SourceList=$build/sources.list" -o Dir::Etc::SourceParts=/nonexistent
-        -o "Dir::State::Lists=$build/lists" -o "Dir::Cache=$build/cache" -o APT::Sandbox::User=root)
-    (cd "$build" && $SUDO apt-get "${apt_private[@]}" update -q && $SUDO apt-get "${apt_private[@]}" source -q pgvector)
-    (cd "$build"/pgvector-0.8.0 && $SUDO make -s PG_CONFIG="$debian_pg_config" &&
-        $SUDO make -s PG_CONFIG="$debian_pg_config" install)
-    $SUDO rm -rf "$build"
-fi
+bash "$(dirname "$0")/pgvector.sh" "$debian_pg_config"
 [ -x "$PG_CONFIG" ] || bash "$(dirname "$0")/postgres-from-source.sh" "$PG_VERSION" >/dev/null
 
 if ! command -v cargo >/dev/null; then

@@ -9,8 +9,8 @@
 # builds what the last one built: 13.23 from Debian 11's security archive, 14.24 from Ubuntu 22.04's updates, 16.15
 # from Ubuntu 24.04's updates, 18.6 from Debian unstable (their hashes match those in the archives' signed Sources
 # indexes), 17.11 from Debian's pool (its hash from that package's .dsc; Debian 13's index names 17.12, which the
-# archive does not serve). pgvector is 0.8.2, from Debian's pool too (0.8.0, which Debian 12's PostgreSQL 15 gets,
-# predates PostgreSQL 18). To move to a newer minor release, change its line below.
+# archive does not serve). pgvector comes from scripts/pgvector.sh, as for Debian's own PostgreSQL 15. To move to a
+# newer minor release, change its line below.
 #
 # The build has no optional libraries (no ICU, readline, zlib, OpenSSL, LLVM): the tests need the server, its headers,
 # pg_regress, pgbench and dblink. Besides the prefix, only Debian's bison and flex are installed (PostgreSQL 17 and
@@ -43,8 +43,6 @@ case $version in
     555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f) ;;
 *) log "no source for PostgreSQL $version here (13, 14, 16, 17, 18; 15 is Debian 12's own package)"; exit 2 ;;
 esac
-pgvector=("$debian/pool/main/p/pgvector/pgvector_0.8.2.orig.tar.gz"
-    69f4019389af05dc1c9548deb8628e62878e6e207c03907f2b8af2016472cdaa)
 
 missing=()
 for p in bison flex perl make gcc curl; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -70,9 +68,6 @@ log "building PostgreSQL $(sed -n "s/^PACKAGE_VERSION='\(.*\)'$/\1/p" "$work/pos
     $SUDO make -s install >/dev/null
     $SUDO make -s -C contrib/dblink install >/dev/null
 )
-unpack pgvector "${pgvector[@]}"
-log "building pgvector $(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$work/pgvector/vector.control")"
-(cd "$work/pgvector" && make -s PG_CONFIG="$prefix/bin/pg_config" >/dev/null &&
-    $SUDO make -s PG_CONFIG="$prefix/bin/pg_config" install >/dev/null)
+bash "$(dirname "$0")/pgvector.sh" "$prefix/bin/pg_config"
 $SUDO touch "$prefix/.complete"
 echo "$prefix/bin"
