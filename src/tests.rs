@@ -484,18 +484,21 @@ mod tests {
             eprintln!("SKIPPED bf16_stays_close_to_the_reference: no bf16 kernel on this CPU");
         }
         let case = &cases()[3];
-        let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
         let expected = floats(&case["embedding"]);
-        let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
+        // Embeds the case under the session's dtype: its cosine with the reference, and the dtype info() reports.
+        let embed_case = || {
+            let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
+            (got.iter().zip(&expected).map(|(a, b)| a * b).sum::<f32>(), info_value("dtype"))
+        };
+        let (cos, dtype) = embed_case();
         assert!(cos >= if bf16 { 0.9999 } else { 0.99999 }, "bf16 cosine {cos}");
-        assert_eq!(info_value("dtype"), if bf16 { "bf16" } else { "f32" });
+        assert_eq!(dtype, if bf16 { "bf16" } else { "f32" });
         // auto: bf16 weights where the CPU has a bf16 kernel, else f16 weights for the AVX2/FMA kernel, which every
         // CPU this is tested on has; f16 weights are held to the f32 paths' accuracy.
         Spi::run("SET qwen_embed.dtype = 'auto'").unwrap();
-        let got = vector_sql(&format!("embed({})", sql_literal(case["text"].as_str().unwrap())));
-        let cos: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
+        let (cos, dtype) = embed_case();
         assert!(cos >= if bf16 { 0.9999 } else { 0.99999 }, "auto cosine {cos}");
-        assert_eq!(info_value("dtype"), if bf16 { "bf16" } else { "f16" });
+        assert_eq!(dtype, if bf16 { "bf16" } else { "f16" });
         let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
         assert_eq!(info_value("kernel"), kernel);
         assert_ne!(kernel, "candle", "every CPU this is tested on has AVX2/FMA at least");
