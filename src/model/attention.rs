@@ -1,21 +1,23 @@
 //! Causal attention with padding on the CPU, over raw f32 buffers.
 //!
-//! Work is split into (sequence, query head, block of 128 queries) tasks spread over the rayon pool. Each task
+//! Work is split into (sequence, query head, block of queries) tasks spread over the rayon pool. Each task
 //! multiplies its queries by only the keys it may see (from the sequence's first real token, or the block's first
 //! query if that is padding, to the block's last query), so neither the causal upper triangle nor the padding is
 //! computed; applies the mask inside the softmax; and writes `P · V` straight into its place in the (batch, query,
 //! heads × head_dim) output that the output projection reads, with no transposes, concatenations or copies.
-//! Scores stay in a per-task buffer of at most 128 × length floats (cache-sized), never the whole matrix.
 //!
-//! The two products run on `gemm` (the kernel under candle's CPU matmul) single-threaded inside each task; `exp` is a
+//! Two paths compute the tasks. On CPUs with AVX2, FMA and F16C, `attention_tiled`: the products on the linear
+//! layers' micro-kernel, a block of keys at a time with an online softmax. Elsewhere, the general path here: the
+//! products on `gemm` (the kernel under candle's CPU matmul) single-threaded inside each task, the scores of a
+//! 128-query block held whole (at most 128 × length floats, never the whole matrix). Both take `exp` from a
 //! vectorised polynomial (`elementwise::exp_shifted`), 10× faster than calling libm per score.
 
 use rayon::prelude::*;
 
 use crate::panels::SharedOut;
 
-/// Queries per task: 128 × 2,048 keys × 4 bytes = 1 MiB of scores, and at most 1/16 of a long block computed
-/// above the causal diagonal.
+/// Queries per task of the general path: 128 × 2,048 keys × 4 bytes = 1 MiB of scores, and at most 1/16 of a long
+/// block computed above the causal diagonal.
 const QUERY_BLOCK: usize = 128;
 
 /// Shapes of one attention call. `q` is (batch, heads, queries, head_dim) for the positions `first_query..len`;
