@@ -6,12 +6,14 @@
 
 /// The prefetch works in cache lines.
 pub(crate) const LINE: usize = 64;
-/// Output columns per panel: two 8-lane registers.
+/// Columns of a B panel (of C per call): two 8-lane registers.
 pub(crate) const NR: usize = 16;
-/// Activation rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 registers.
+/// Rows of A (and C) per call: 6 × 2 accumulators + 2 B vectors + the broadcasts of A (1 in intrinsics, 2 in the
+/// assembly, alternating) fill the 16 registers.
 pub(crate) const MR: usize = 6;
 
-/// One input feature's 16 weights of a panel in f32: a whole cache line, so no load of the micro-kernel splits one.
+/// One step of a B panel in f32 (for a linear layer, one input feature's 16 weights): a whole cache line, so no load
+/// of the micro-kernel splits one.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct Step32(pub [f32; NR]);
