@@ -10,7 +10,7 @@ source scripts/cluster.sh
 src=${1:-$HOME/.cache/qwen_embed/qwen3-0.6b-random}
 dtype=${2:-auto}
 model=$(install_model "$src" "$(basename "$src")")
-start_cluster
+cluster_new "$(scratch_dir)/bench"
 pg -q -c "DROP DATABASE IF EXISTS qwen_embed_bench" -c "CREATE DATABASE qwen_embed_bench"
 pg -q -d qwen_embed_bench -c "CREATE EXTENSION qwen_embed CASCADE" 2>/dev/null
 query="What is the capital of China? Answer in one short sentence please."
@@ -18,7 +18,8 @@ instruct="Given a web search query, retrieve relevant passages that answer the q
 settings="SET qwen_embed.model_path = '$model'; SET qwen_embed.dtype = '$dtype'; SET qwen_embed.threads = 2;"
 
 # First call in a fresh backend: connection + model load + one embedding.
-first=$( { /usr/bin/time -f %e runuser -u postgres -- psql -X -q -d qwen_embed_bench -c "$settings" -c "SELECT embed('warm up') IS NOT NULL" >/dev/null; } 2>&1 | tail -n 1)
+TIMEFORMAT=%R
+first=$( { time pg -q -d qwen_embed_bench -c "$settings" -c "SELECT embed('warm up') IS NOT NULL" >/dev/null 2>&1; } 2>&1)
 echo "first call in a new backend (connect + load + embed): ${first}s"
 
 # Steady state in one backend; cache off so every call runs the encoder.
