@@ -141,6 +141,8 @@ unsafe fn micro6<const F16: bool>(t: Tile) {
     // The prefetching steps first (a line per step, in fours: up to 3 lines more than asked, hints only).
     let prefetching = pf_lines.next_multiple_of(4).min(main);
     let (mut a_at, mut b_at, mut pf_at) = (a, b, pf);
+    // SAFETY (these calls and the tail's): the caller's contract ([`tile`]) gives kc steps of A and B from `a` and
+    // `b`; the two loops take the first `main` ≤ kc of them in order, the tail the remaining kc - main.
     steps6::<F16, true>(&mut acc, (&mut a_at, &mut b_at, &mut pf_at), prefetching / 4);
     steps6::<F16, false>(&mut acc, (&mut a_at, &mut b_at, &mut pf_at), (main - prefetching) / 4);
     for r in 0..MR {
@@ -248,6 +250,8 @@ unsafe fn steps6<const F16: bool, const PREFETCH: bool>(
         };
     }
     // Without the prefetch the pointer is still an operand (asm! wants every operand used): a comment names it.
+    // SAFETY: the loops read 4 × quads steps of A (24 bytes each) and B (aligned, 64 or 32 bytes each) from the
+    // pointers, which this function's contract provides; they write only the named registers and the flags.
     match (F16, PREFETCH) {
         (false, false) => quad_loop!(f32, "256", "/* {pf} */"),
         (true, false) => quad_loop!(f16, "128", "/* {pf} */"),
