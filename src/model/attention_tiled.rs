@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::attention::{query_block_tasks, visible_keys, Shape};
 use crate::cpu::F32Kernel;
-use crate::micro_kernel::{tile, Step32, Tile, MR, NR};
+use crate::micro_kernel::{interleave_rows, tile, Step32, Tile, MR, NR};
 use crate::panels::SharedOut;
 
 /// Queries per task: 8 row groups.
@@ -112,12 +112,9 @@ pub fn causal_attention(_kernel: F32Kernel, q: &[f32], k: &[f32], v: &[f32], pad
         SCRATCH.with_borrow_mut(|sc| {
             reset(&mut sc.q, groups * hd * MR, 0.0);
             let q_rows = &q[((b * s.heads + h) * queries + start) * hd..][..n * hd];
-            for (i, row) in q_rows.chunks_exact(hd).enumerate() {
-                let (g, r) = (i / MR, i % MR);
-                for (d, &x) in row.iter().enumerate() {
-                    sc.q[(g * hd + d) * MR + r] = x;
-                }
-            }
+            sc.q.chunks_mut(hd * MR)
+                .zip(q_rows.chunks(hd * MR))
+                .for_each(|(dst, group)| interleave_rows(dst, group, hd));
             reset(&mut sc.out, groups * MR * ldo, 0.0);
             reset(&mut sc.max, n, f32::NEG_INFINITY);
             reset(&mut sc.sum, n, 0.0);

@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::F32Kernel;
-use crate::micro_kernel::{tile, Step, Step16, Step32, Tile, LINE, MR, NR};
+use crate::micro_kernel::{interleave_rows, tile, Step, Step16, Step32, Tile, LINE, MR, NR};
 use crate::panels::by_panel_runs;
 
 /// Bytes of one panel's weight block: the L1 data cache of current x86 cores (32 KiB or more). The activations the
@@ -130,14 +130,7 @@ impl PackedF32 {
         // Activations as groups of 6 rows interleaved by feature (a[g][k][r]), zero rows past the end, so the
         // micro-kernel reads one contiguous stream of broadcasts.
         let mut a = vec![0f32; groups * k * MR];
-        a.par_chunks_mut(k * MR).enumerate().for_each(|(g, dst)| {
-            for r in 0..MR.min(rows - g * MR) {
-                let src = &x[(g * MR + r) * k..][..k];
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * MR + r] = v;
-                }
-            }
-        });
+        a.par_chunks_mut(k * MR).zip(x.par_chunks(k * MR)).for_each(|(dst, group)| interleave_rows(dst, group, k));
         by_panel_runs(panels, 4, (rows, ldc), (rows, self.out_features), |run, out| {
             // The block of `panel` starting at feature `k0`.
             let block = |panel: usize, k0: usize| &data[panel * k + k0..][..kc_max.min(k - k0)];

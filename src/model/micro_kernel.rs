@@ -36,6 +36,16 @@ impl Step for Step16 {
     const F16: bool = true;
 }
 
+/// Lays out up to 6 rows of A (row-major, `k` floats each) as the kernel reads them, interleaved 6 per step, into
+/// `dst` (k × 6 floats); the slots of rows not given are left as they are (the kernel for fewer rows never reads them).
+pub(crate) fn interleave_rows(dst: &mut [f32], rows: &[f32], k: usize) {
+    for (r, row) in rows.chunks_exact(k).enumerate() {
+        for (kk, &v) in row.iter().enumerate() {
+            dst[kk * MR + r] = v;
+        }
+    }
+}
+
 /// One micro-kernel call: C[0..R, 0..16] (+)= A-group · B-panel over `kc` steps, A interleaved 6 per step, B 16 per
 /// step (f16 or f32); `pf.1` cache lines from `pf.0` prefetched, one per step.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86-64 kernel only
