@@ -17,12 +17,22 @@ pub enum Linear {
 
 /// Runs `f` on the f32 elements of a contiguous CPU tensor, without copying them.
 pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("expected a CPU tensor".into()).into());
-    };
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+    with_cpu_f32s([t], |[t]| f(t))
+}
+
+/// [`with_cpu_f32`] for several tensors at once.
+pub(crate) fn with_cpu_f32s<R, const N: usize>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> R) -> Result<R> {
+    let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &held {
+        let Storage::Cpu(cpu) = &**storage else {
+            return Err(candle_core::Error::Msg("expected a CPU tensor".into()).into());
+        };
+        let (start, end) =
+            layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+        slices.push(&cpu.as_slice::<f32>()?[start..end]);
+    }
+    Ok(f(slices.try_into().unwrap_or_else(|_| unreachable!("one slice per tensor"))))
 }
 
 impl Linear {
