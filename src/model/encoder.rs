@@ -4,18 +4,22 @@
 //! → residual → RMSNorm → SwiGLU MLP → residual) → final RMSNorm, and only the last position is kept (last-token
 //! pooling), so the last layer computes attention and MLP for that position alone.
 //!
-//! Padding never changes a real token's result: each sequence's positions start at 0 after its padding, and its tokens
-//! never attend to padding. Attention is computed in blocks of queries, each against the keys causality allows, so a
-//! long input never materialises the whole score matrix.
+//! Only attention sees the batch padded: the embeddings, norms, linear layers and MLP run on the real tokens alone,
+//! packed sequence after sequence, so a short text batched with a long one costs its own tokens there, not the long
+//! one's length. The query, key and value rows are spread into the left-padded layout for attention (padding rows
+//! zero) and its output gathered back. Padding never changes a real token's result: each sequence's positions start at
+//! 0 after its padding, and its tokens never attend to padding. Attention is computed in blocks of queries, each
+//! against the keys causality allows, so a long input never materialises the whole score matrix.
 
 use std::cell::OnceCell;
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::attention;
+use crate::attention_layout::{self, HeadNorms};
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
-use crate::linear::{with_cpu_f32, Linear};
+use crate::linear::{with_cpu_f32, with_cpu_f32s, Linear};
 use crate::precision::Precision;
 use crate::weights::Weights;
 
@@ -48,22 +52,38 @@ struct Layer {
 }
 
 /// cos/sin tables for every position, computed like transformers does (fp32 inverse frequencies and angles).
+#[derive(Clone)]
 struct Rope {
     cos: Tensor,
     sin: Tensor,
 }
 
-/// A left-padded batch: the shapes and per-sequence padding every layer needs.
+/// A batch: its packed rows (every real token, sequence after sequence) and the left-padded layout attention works in.
 struct Batch {
     size: usize,
+    /// The longest sequence's length: the padded layout is size × len.
     len: usize,
     pads: Vec<usize>,
+    /// Where the packed rows go in the padded layout; `None` when no sequence is padded (the layouts coincide).
+    padding: Option<Padding>,
+    /// Each sequence's last token among the packed rows: what the last layer computes and the pooling keeps.
+    last_rows: Tensor,
+    /// The model's RoPE tables (every position), and the rows of each padded position (b, len, head_dim / 2).
+    rope: Rope,
     cos: Tensor,
     sin: Tensor,
     /// The device-side attention's masks for all queries, one per block (additive masks, or for the fused GPU kernel
     /// the visible keys' starts): made by the first layer that needs them and shared by the others (every layer but
     /// the last attends with the same blocks).
     masks: OnceCell<Vec<Tensor>>,
+}
+
+/// Row indices between the packed and the padded layouts of a batch with padding.
+struct Padding {
+    /// For each padded row, its packed row, or the row past the last (a zero row appended) for padding.
+    to_padded: Tensor,
+    /// For each packed row, its padded row.
+    to_packed: Tensor,
 }
 
 impl Encoder {
@@ -159,17 +179,9 @@ impl Encoder {
     fn forward_pass(&self, seqs: &[Vec<u32>], canceled: &dyn Fn() -> bool) -> Result<Tensor> {
         let c = &self.config;
         let batch = self.batch(seqs)?;
-        let ids: Vec<u32> = seqs
-            .iter()
-            .zip(&batch.pads)
-            .flat_map(|(s, &pad)| std::iter::repeat_n(0, pad).chain(s.iter().copied()))
-            .collect();
-        let ids = Tensor::from_vec(ids, batch.size * batch.len, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.precision.activations)?.reshape((
-            batch.size,
-            batch.len,
-            c.hidden_size,
-        ))?;
+        let ids = Tensor::new(seqs.concat(), &self.device)?;
+        // (tokens, hidden), packed; (batch, hidden) after the last layer.
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.precision.activations)?;
         for (i, layer) in self.layers.iter().enumerate() {
             if canceled() {
                 return Err(Error::Canceled);
@@ -177,8 +189,7 @@ impl Encoder {
             let last_only = i + 1 == self.layers.len();
             x = layer.forward(&x, &batch, c, last_only)?;
         }
-        let last = x.narrow(1, x.dim(1)? - 1, 1)?.squeeze(1)?.contiguous()?;
-        let pooled = candle_nn::ops::rms_norm(&last, &self.norm, c.rms_norm_eps as f32)?;
+        let pooled = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, c.rms_norm_eps as f32)?;
         Ok(pooled.to_dtype(DType::F32)?)
     }
 
@@ -197,36 +208,124 @@ impl Encoder {
             ))));
         }
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
+        let (padding, last_rows) = pack_indices(&pads, len);
+        let index = |rows: Vec<u32>| Tensor::new(rows, &self.device);
+        let padding = match padding {
+            Some((to_padded, to_packed)) => {
+                Some(Padding { to_padded: index(to_padded)?, to_packed: index(to_packed)? })
+            }
+            None => None,
+        };
+        let last_rows = index(last_rows)?;
         let positions: Vec<u32> =
             pads.iter().flat_map(|&pad| std::iter::repeat_n(0, pad).chain(0..(len - pad) as u32)).collect();
         let positions = Tensor::from_vec(positions, seqs.len() * len, &self.device)?;
         let half = self.config.head_dim / 2;
         let cos = self.rope.cos.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
         let sin = self.rope.sin.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
-        Ok(Batch { size: seqs.len(), len, pads, cos, sin, masks: OnceCell::new() })
+        let rope = self.rope.clone();
+        Ok(Batch { size: seqs.len(), len, pads, padding, last_rows, rope, cos, sin, masks: OnceCell::new() })
     }
 }
 
+impl Batch {
+    /// Packed rows (tokens, width) in the padded layout (size, len, width), padding rows zero.
+    fn padded(&self, rows: &Tensor) -> Result<Tensor> {
+        let width = rows.dim(1)?;
+        let rows = match &self.padding {
+            None => rows.clone(),
+            Some(p) => {
+                let zero = Tensor::zeros((1, width), rows.dtype(), rows.device())?;
+                Tensor::cat(&[rows, &zero], 0)?.index_select(&p.to_padded, 0)?
+            }
+        };
+        Ok(rows.reshape((self.size, self.len, width))?)
+    }
+
+    /// The padded layout (size, len, width) back to packed rows (tokens, width).
+    fn packed(&self, t: &Tensor) -> Result<Tensor> {
+        let t = t.reshape((self.size * self.len, t.dim(2)?))?;
+        Ok(match &self.padding {
+            None => t,
+            Some(p) => t.index_select(&p.to_packed, 0)?,
+        })
+    }
+}
+
+/// For a batch padded to `len` with `pads` on the left of each sequence: the padded row of each packed row and the
+/// packed row of each padded one (`tokens`, past the last packed row, for padding), or `None` for both when nothing is
+/// padded; and each sequence's last packed row.
+#[allow(clippy::type_complexity)]
+fn pack_indices(pads: &[usize], len: usize) -> (Option<(Vec<u32>, Vec<u32>)>, Vec<u32>) {
+    let tokens: usize = pads.iter().map(|p| len - p).sum();
+    let mut ends = pads.iter().scan(0, |end, p| {
+        *end += len - p;
+        Some(*end as u32)
+    });
+    let last_rows = ends.by_ref().map(|end| end - 1).collect();
+    if pads.iter().all(|&p| p == 0) {
+        return (None, last_rows);
+    }
+    let (mut to_padded, mut to_packed) = (Vec::with_capacity(pads.len() * len), Vec::with_capacity(tokens));
+    let mut packed = 0;
+    for (i, &pad) in pads.iter().enumerate() {
+        to_padded.extend(std::iter::repeat_n(tokens as u32, pad));
+        to_padded.extend(packed..packed + (len - pad) as u32);
+        to_packed.extend((i * len + pad) as u32..((i + 1) * len) as u32);
+        packed += (len - pad) as u32;
+    }
+    (Some((to_padded, to_packed)), last_rows)
+}
+
 impl Layer {
-    /// (b, l, hidden) → (b, l, hidden), or (b, 1, hidden) for the last position alone when `last_only`.
+    /// Packed rows (tokens, hidden) → (tokens, hidden), or (b, hidden) for each sequence's last token alone when
+    /// `last_only`.
     fn forward(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, last_only: bool) -> Result<Tensor> {
         let eps = c.rms_norm_eps as f32;
         let normed = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
         let first_query = if last_only { batch.len - 1 } else { 0 };
         let attn = self.attention(&normed, batch, c, first_query)?;
-        let residual = if last_only { x.narrow(1, first_query, 1)? } else { x.clone() };
+        let residual = if last_only { x.index_select(&batch.last_rows, 0)? } else { x.clone() };
         let x = (residual + attn)?.contiguous()?;
         let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
         let hidden = swiglu(&self.gate_up.forward(&normed)?, c.intermediate_size)?;
         Ok((x + self.down.forward(&hidden)?)?)
     }
 
-    /// Attention output for the queries at positions `first_query..len`, (b, len - first_query, hidden).
+    /// Attention output of packed rows `x`: (tokens, hidden) for every query, or (b, hidden) for each sequence's last
+    /// (`first_query` = len - 1, its position in the padded layout).
     fn attention(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, first_query: usize) -> Result<Tensor> {
-        let (b, l, hd) = (batch.size, batch.len, c.head_dim);
-        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let shape = attention::Shape { batch: batch.size, heads, kv_heads, len: batch.len, head_dim, first_query };
         let eps = c.rms_norm_eps as f32;
         let qkv = self.qkv.forward(x)?;
+        let out = if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+            self.cpu_attention(&qkv.contiguous()?, batch, shape, eps)?
+        } else {
+            self.padded_attention(&qkv, batch, shape, eps)?
+        };
+        self.o_proj.forward(&out)
+    }
+
+    /// On a CPU in f32: the heads split, normed and rotated in one pass into our kernel's layout, its output packed
+    /// again (`attention_layout`). q_norm's weights carry the 1/√head_dim score scale (see `load`).
+    fn cpu_attention(&self, qkv: &Tensor, batch: &Batch, s: attention::Shape, eps: f32) -> Result<Tensor> {
+        let width = s.heads * s.head_dim;
+        let (rope, pads) = (&batch.rope, &batch.pads);
+        let out = with_cpu_f32s([qkv, &self.q_norm, &self.k_norm, &rope.cos, &rope.sin], |[qkv, q, k, cos, sin]| {
+            let norms = HeadNorms { q, k, eps, cos, sin };
+            let (q, k, v) = attention_layout::split_heads(qkv, pads, s, &norms);
+            attention_layout::packed_rows(attention::causal_attention(&q, &k, &v, pads, s), pads, s)
+        })?;
+        let rows = out.len() / width;
+        Ok(Tensor::from_vec(out, (rows, width), qkv.device())?)
+    }
+
+    /// Elsewhere (a GPU; f16 on a CPU without our kernels): candle's operations on the padded layout.
+    fn padded_attention(&self, qkv: &Tensor, batch: &Batch, s: attention::Shape, eps: f32) -> Result<Tensor> {
+        let (b, l, hd, first_query) = (s.batch, s.len, s.head_dim, s.first_query);
+        let (nh, nkv) = (s.heads, s.kv_heads);
+        let qkv = batch.padded(qkv)?;
         // (b, l, heads*hd) → per-head RMSNorm → (b, heads, l, hd) → RoPE.
         let heads = |start: usize, n: usize, from: usize, norm: Option<&Tensor>| -> Result<Tensor> {
             let t = qkv.narrow(1, from, l - from)?.narrow(2, start * hd, n * hd)?.contiguous()?.reshape((
@@ -246,22 +345,12 @@ impl Layer {
             let sin = batch.sin.narrow(1, from, l - from)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
         };
-        // q_norm's weights carry the 1/√head_dim score scale (see `load`).
         let q = rope(heads(0, nh, first_query, Some(&self.q_norm))?, first_query)?;
         let k = rope(heads(nh, nkv, 0, Some(&self.k_norm))?, 0)?;
         let v = heads(nh + nkv, nkv, 0, None)?;
-
-        let queries = l - first_query;
-        let out = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            let shape = attention::Shape { batch: b, heads: nh, kv_heads: nkv, len: l, head_dim: hd, first_query };
-            let out = with_cpu_f32(&q, |q| {
-                with_cpu_f32(&k, |k| with_cpu_f32(&v, |v| attention::causal_attention(q, k, v, &batch.pads, shape)))
-            })???;
-            Tensor::from_vec(out, (b, queries, nh * hd), q.device())?
-        } else {
-            candle_attention(&q, &k, &v, &batch.pads, first_query, &batch.masks)?
-        };
-        self.o_proj.forward(&out)
+        let out = candle_attention(&q, &k, &v, &batch.pads, first_query, &batch.masks)?;
+        // Every sequence's last position is a real token: with one query each, the rows are already packed.
+        Ok(if first_query == 0 { batch.packed(&out)? } else { out.reshape((b, nh * hd))? })
     }
 }
 
@@ -414,6 +503,21 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_rows_map_to_the_padded_layout_and_back() {
+        // Lengths 1, 3 and 2, padded to 3: packed rows 0 | 1 2 3 | 4 5; the zero row is 6.
+        let (padding, last) = pack_indices(&[2, 0, 1], 3);
+        let (to_padded, to_packed) = padding.unwrap();
+        assert_eq!(to_padded, [6, 6, 0, 1, 2, 3, 6, 4, 5]);
+        assert_eq!(to_packed, [2, 3, 4, 5, 7, 8]);
+        assert_eq!(last, [0, 3, 5]);
+        for (packed, &padded) in to_packed.iter().enumerate() {
+            assert_eq!(to_padded[padded as usize], packed as u32);
+        }
+        // Equal lengths: the layouts coincide and no index is made.
+        assert_eq!(pack_indices(&[0, 0], 2), (None, vec![1, 3]));
+    }
 
     /// The device-side attention (GPU path) agrees with the CPU kernel, padding and partial queries included.
     #[test]

@@ -11,7 +11,8 @@
 //! - `micro_kernel`: the 6 × 16 f32 FMA micro-kernel (its k-loop in assembly) under `f32_matmul` and the CPU attention
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax); `attention_tiled`, its
-//!   path on the micro-kernel (key blocks with an online softmax) where the CPU has AVX2/FMA/F16C
+//!   path on the micro-kernel (key blocks with an online softmax) where the CPU has AVX2/FMA/F16C; `attention_layout`,
+//!   its inputs split into heads, normed and rotated from the packed rows in one pass, and its output packed again
 //! - `gpu_softmax` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`kernels/`)
 //! - [`elementwise`]: vectorised exp (softmax) and SwiGLU, compiled for the CPU's vector width
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
@@ -20,6 +21,7 @@
 //! - [`reranker`]: Qwen3-Reranker, the same backbone scoring (query, document) pairs through two rows of its LM head
 
 pub mod attention;
+mod attention_layout;
 mod attention_tiled;
 pub mod bf16_matmul;
 pub mod chunking;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use qwen_embed_model::precision::LinearKernel;
 use qwen_embed_model::{DType, Embedder, Limits, Precision, Work};
 
 const MIN_COSINE: f64 = 0.99999;
@@ -73,6 +74,27 @@ fn a_mixed_length_batch_equals_each_text_alone() {
     }
     assert!(worst <= 1e-5, "batched vs alone: max diff {worst}");
     println!("batched vs alone: max |diff| {worst:.3e}");
+}
+
+/// The device path (candle's operations on the padded layout: a GPU's) run on this CPU in f16: padded batches give
+/// each text's own vector, within f16's rounding of the reference.
+#[test]
+fn the_padded_device_path_matches_the_reference_batched_and_alone() {
+    let precision = Precision { linear: LinearKernel::Candle, activations: DType::F16 };
+    let model = Embedder::load_with(&tiny_model(), &candle_core::Device::Cpu, precision).unwrap();
+    let cases: Vec<_> = reference_cases().into_iter().filter(|c| c.instruct.is_none() && c.ids.len() < 600).collect();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let limits = Limits { batch_tokens: 4096, ..Limits::default() };
+    let (batched, work) = model.embed(&texts, None, None, &limits, &|| false).unwrap();
+    assert!(work.forward_passes < texts.len(), "{work:?}");
+    let (mut min_cos, mut worst) = (1.0f64, 0.0f32);
+    for ((case, text), got) in cases.iter().zip(&texts).zip(&batched) {
+        min_cos = min_cos.min(cosine(got, &case.embedding));
+        worst = worst.max(max_abs_diff(got, &embed_one(&model, text, None)));
+    }
+    println!("device path in f16 on a CPU: min cosine {min_cos:.7}, batched vs alone max |diff| {worst:.3e}");
+    assert!(min_cos >= 0.999, "min cosine {min_cos}");
+    assert!(worst <= 2e-3, "batched vs alone: max diff {worst}");
 }
 
 #[test]
