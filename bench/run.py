@@ -44,6 +44,10 @@ def make_cases(tokenizer):
         {"name": "docs_mixed", "texts": [text_of(tokenizer, 10 + (s * 389) % 391, s) for s in range(64)],
          "instruct": None},
         {"name": "long_1", "texts": [text_of(tokenizer, 2000, 3)], "instruct": None},
+        # One long document batched with short ones: what padding costs (sentence-transformers pads each batch to its
+        # longest text; ours pads only inside attention).
+        {"name": "docs_skewed", "texts": [text_of(tokenizer, 22, s) for s in range(3)] + [text_of(tokenizer, 2000, 3)],
+         "instruct": None},
     ]
 
 
