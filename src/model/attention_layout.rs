@@ -78,7 +78,7 @@ pub fn packed_rows(out: Vec<f32>, pads: &[usize], s: Shape) -> Vec<f32> {
 }
 
 /// Each sequence's first packed row, and the total after the last.
-fn packed_starts(pads: &[usize], len: usize) -> Vec<usize> {
+pub(crate) fn packed_starts(pads: &[usize], len: usize) -> Vec<usize> {
     std::iter::once(0).chain(pads.iter().scan(0, |end, p| Some(*end + len - p).inspect(|e| *end = *e))).collect()
 }
 

@@ -78,12 +78,13 @@ struct Batch {
     masks: OnceCell<Vec<Tensor>>,
 }
 
-/// Row indices between the packed and the padded layouts of a batch with padding.
-struct Padding {
+/// Row indices between the packed and the padded layouts of a batch with padding (made as lists, used as tensors).
+#[derive(Debug, PartialEq)]
+struct Padding<I = Tensor> {
     /// For each padded row, its packed row, or the row past the last (a zero row appended) for padding.
-    to_padded: Tensor,
+    to_padded: I,
     /// For each packed row, its padded row.
-    to_packed: Tensor,
+    to_packed: I,
 }
 
 impl Encoder {
@@ -208,10 +209,10 @@ impl Encoder {
             ))));
         }
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
-        let (padding, last_rows) = pack_indices(&pads, len);
+        let (last_rows, padding) = pack_indices(&pads, len);
         let index = |rows: Vec<u32>| Tensor::new(rows, &self.device);
         let padding = match padding {
-            Some((to_padded, to_packed)) => {
+            Some(Padding { to_padded, to_packed }) => {
                 Some(Padding { to_padded: index(to_padded)?, to_packed: index(to_packed)? })
             }
             None => None,
@@ -252,29 +253,23 @@ impl Batch {
     }
 }
 
-/// For a batch padded to `len` with `pads` on the left of each sequence: the padded row of each packed row and the
-/// packed row of each padded one (`tokens`, past the last packed row, for padding), or `None` for both when nothing is
-/// padded; and each sequence's last packed row.
-#[allow(clippy::type_complexity)]
-fn pack_indices(pads: &[usize], len: usize) -> (Option<(Vec<u32>, Vec<u32>)>, Vec<u32>) {
-    let tokens: usize = pads.iter().map(|p| len - p).sum();
-    let mut ends = pads.iter().scan(0, |end, p| {
-        *end += len - p;
-        Some(*end as u32)
-    });
-    let last_rows = ends.by_ref().map(|end| end - 1).collect();
+/// For a batch padded to `len` with `pads` on the left of each sequence: each sequence's last packed row; and the
+/// packed row of each padded row (`tokens`, past the last packed row, for padding) and the padded row of each packed
+/// one, or `None` when nothing is padded.
+fn pack_indices(pads: &[usize], len: usize) -> (Vec<u32>, Option<Padding<Vec<u32>>>) {
+    let starts = attention_layout::packed_starts(pads, len);
+    let last_rows = starts[1..].iter().map(|&end| end as u32 - 1).collect();
     if pads.iter().all(|&p| p == 0) {
-        return (None, last_rows);
+        return (last_rows, None);
     }
-    let (mut to_padded, mut to_packed) = (Vec::with_capacity(pads.len() * len), Vec::with_capacity(tokens));
-    let mut packed = 0;
-    for (i, &pad) in pads.iter().enumerate() {
-        to_padded.extend(std::iter::repeat_n(tokens as u32, pad));
-        to_padded.extend(packed..packed + (len - pad) as u32);
+    let tokens = starts[pads.len()] as u32;
+    let (mut to_padded, mut to_packed) = (Vec::with_capacity(pads.len() * len), Vec::with_capacity(tokens as usize));
+    for (i, (&pad, &start)) in pads.iter().zip(&starts).enumerate() {
+        to_padded.extend(std::iter::repeat_n(tokens, pad));
+        to_padded.extend(start as u32..(start + len - pad) as u32);
         to_packed.extend((i * len + pad) as u32..((i + 1) * len) as u32);
-        packed += (len - pad) as u32;
     }
-    (Some((to_padded, to_packed)), last_rows)
+    (last_rows, Some(Padding { to_padded, to_packed }))
 }
 
 impl Layer {
@@ -507,8 +502,8 @@ mod tests {
     #[test]
     fn packed_rows_map_to_the_padded_layout_and_back() {
         // Lengths 1, 3 and 2, padded to 3: packed rows 0 | 1 2 3 | 4 5; the zero row is 6.
-        let (padding, last) = pack_indices(&[2, 0, 1], 3);
-        let (to_padded, to_packed) = padding.unwrap();
+        let (last, padding) = pack_indices(&[2, 0, 1], 3);
+        let Padding { to_padded, to_packed } = padding.unwrap();
         assert_eq!(to_padded, [6, 6, 0, 1, 2, 3, 6, 4, 5]);
         assert_eq!(to_packed, [2, 3, 4, 5, 7, 8]);
         assert_eq!(last, [0, 3, 5]);
@@ -516,7 +511,7 @@ mod tests {
             assert_eq!(to_padded[padded as usize], packed as u32);
         }
         // Equal lengths: the layouts coincide and no index is made.
-        assert_eq!(pack_indices(&[0, 0], 2), (None, vec![1, 3]));
+        assert_eq!(pack_indices(&[0, 0], 2), (vec![1, 3], None));
     }
 
     /// The device-side attention (GPU path) agrees with the CPU kernel, padding and partial queries included.
