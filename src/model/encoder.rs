@@ -64,18 +64,26 @@ struct Batch {
     /// The longest sequence's length: the padded layout is size × len.
     len: usize,
     pads: Vec<usize>,
-    /// Where the packed rows go in the padded layout; `None` when no sequence is padded (the layouts coincide).
-    padding: Option<Padding>,
     /// Each sequence's last token among the packed rows: what the last layer computes and the pooling keeps.
     last_rows: Tensor,
-    /// The model's RoPE tables (every position), and the rows of each padded position (b, len, head_dim / 2).
+    /// The model's RoPE tables (every position).
     rope: Rope,
-    cos: Tensor,
-    sin: Tensor,
+    /// What only the device path reads, made by the first layer that runs it (the CPU path never does).
+    device_path: OnceCell<DevicePath>,
     /// The device-side attention's masks for all queries, one per block (additive masks, or for the fused GPU kernel
     /// the visible keys' starts): made by the first layer that needs them and shared by the others (every layer but
     /// the last attends with the same blocks).
     masks: OnceCell<Vec<Tensor>>,
+}
+
+/// The device path's view of a batch: where its packed rows go in the padded layout, and RoPE's rows for each padded
+/// position.
+struct DevicePath {
+    /// `None` when no sequence is padded (the layouts coincide).
+    padding: Option<Padding>,
+    /// (b, len, head_dim / 2).
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// Row indices between the packed and the padded layouts of a batch with padding (made as lists, used as tensors).
@@ -209,31 +217,40 @@ impl Encoder {
             ))));
         }
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
-        let (last_rows, padding) = pack_indices(&pads, len);
-        let index = |rows: Vec<u32>| Tensor::new(rows, &self.device);
-        let padding = match padding {
+        let last_rows = Tensor::new(last_rows(&pads, len), &self.device)?;
+        let (rope, device_path, masks) = (self.rope.clone(), OnceCell::new(), OnceCell::new());
+        Ok(Batch { size: seqs.len(), len, pads, last_rows, rope, device_path, masks })
+    }
+}
+
+impl Batch {
+    /// The device path's view, made on first use.
+    fn device_path(&self) -> Result<&DevicePath> {
+        if let Some(made) = self.device_path.get() {
+            return Ok(made);
+        }
+        let (pads, len, device) = (&self.pads, self.len, self.rope.cos.device());
+        let index = |rows: Vec<u32>| Tensor::new(rows, device);
+        let padding = match padding_indices(pads, len) {
             Some(Padding { to_padded, to_packed }) => {
                 Some(Padding { to_padded: index(to_padded)?, to_packed: index(to_packed)? })
             }
             None => None,
         };
-        let last_rows = index(last_rows)?;
         let positions: Vec<u32> =
             pads.iter().flat_map(|&pad| std::iter::repeat_n(0, pad).chain(0..(len - pad) as u32)).collect();
-        let positions = Tensor::from_vec(positions, seqs.len() * len, &self.device)?;
-        let half = self.config.head_dim / 2;
-        let cos = self.rope.cos.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
-        let sin = self.rope.sin.index_select(&positions, 0)?.reshape((seqs.len(), len, half))?;
-        let rope = self.rope.clone();
-        Ok(Batch { size: seqs.len(), len, pads, padding, last_rows, rope, cos, sin, masks: OnceCell::new() })
+        let positions = index(positions)?;
+        let half = self.rope.cos.dim(1)?;
+        let cos = self.rope.cos.index_select(&positions, 0)?.reshape((self.size, len, half))?;
+        let sin = self.rope.sin.index_select(&positions, 0)?.reshape((self.size, len, half))?;
+        let _ = self.device_path.set(DevicePath { padding, cos, sin });
+        Ok(self.device_path.get().expect("set above"))
     }
-}
 
-impl Batch {
     /// Packed rows (tokens, width) in the padded layout (size, len, width), padding rows zero.
     fn padded(&self, rows: &Tensor) -> Result<Tensor> {
         let width = rows.dim(1)?;
-        let rows = match &self.padding {
+        let rows = match &self.device_path()?.padding {
             None => rows.clone(),
             Some(p) => {
                 let zero = Tensor::zeros((1, width), rows.dtype(), rows.device())?;
@@ -246,22 +263,25 @@ impl Batch {
     /// The padded layout (size, len, width) back to packed rows (tokens, width).
     fn packed(&self, t: &Tensor) -> Result<Tensor> {
         let t = t.reshape((self.size * self.len, t.dim(2)?))?;
-        Ok(match &self.padding {
+        Ok(match &self.device_path()?.padding {
             None => t,
             Some(p) => t.index_select(&p.to_packed, 0)?,
         })
     }
 }
 
-/// For a batch padded to `len` with `pads` on the left of each sequence: each sequence's last packed row; and the
-/// packed row of each padded row (`tokens`, past the last packed row, for padding) and the padded row of each packed
-/// one, or `None` when nothing is padded.
-fn pack_indices(pads: &[usize], len: usize) -> (Vec<u32>, Option<Padding<Vec<u32>>>) {
-    let starts = attention_layout::packed_starts(pads, len);
-    let last_rows = starts[1..].iter().map(|&end| end as u32 - 1).collect();
+/// Each sequence's last row among the packed rows of a batch padded to `len` with `pads` on the left of each sequence.
+fn last_rows(pads: &[usize], len: usize) -> Vec<u32> {
+    attention_layout::packed_starts(pads, len)[1..].iter().map(|&end| end as u32 - 1).collect()
+}
+
+/// For the same batch: the packed row of each padded row (`tokens`, past the last packed row, for padding) and the
+/// padded row of each packed one, or `None` when nothing is padded.
+fn padding_indices(pads: &[usize], len: usize) -> Option<Padding<Vec<u32>>> {
     if pads.iter().all(|&p| p == 0) {
-        return (last_rows, None);
+        return None;
     }
+    let starts = attention_layout::packed_starts(pads, len);
     let tokens = starts[pads.len()] as u32;
     let (mut to_padded, mut to_packed) = (Vec::with_capacity(pads.len() * len), Vec::with_capacity(tokens as usize));
     for (i, (&pad, &start)) in pads.iter().zip(&starts).enumerate() {
@@ -269,7 +289,7 @@ fn pack_indices(pads: &[usize], len: usize) -> (Vec<u32>, Option<Padding<Vec<u32
         to_padded.extend(start as u32..(start + len - pad) as u32);
         to_packed.extend((i * len + pad) as u32..((i + 1) * len) as u32);
     }
-    (last_rows, Some(Padding { to_padded, to_packed }))
+    Some(Padding { to_padded, to_packed })
 }
 
 impl Layer {
@@ -320,7 +340,7 @@ impl Layer {
     fn padded_attention(&self, qkv: &Tensor, batch: &Batch, s: attention::Shape, eps: f32) -> Result<Tensor> {
         let (b, l, hd, first_query) = (s.batch, s.len, s.head_dim, s.first_query);
         let (nh, nkv) = (s.heads, s.kv_heads);
-        let qkv = batch.padded(qkv)?;
+        let (qkv, path) = (batch.padded(qkv)?, batch.device_path()?);
         // (b, l, heads*hd) → per-head RMSNorm → (b, heads, l, hd) → RoPE.
         let heads = |start: usize, n: usize, from: usize, norm: Option<&Tensor>| -> Result<Tensor> {
             let t = qkv.narrow(1, from, l - from)?.narrow(2, start * hd, n * hd)?.contiguous()?.reshape((
@@ -336,8 +356,8 @@ impl Layer {
             Ok(t.transpose(1, 2)?.contiguous()?)
         };
         let rope = |t: Tensor, from: usize| -> Result<Tensor> {
-            let cos = batch.cos.narrow(1, from, l - from)?.contiguous()?;
-            let sin = batch.sin.narrow(1, from, l - from)?.contiguous()?;
+            let cos = path.cos.narrow(1, from, l - from)?.contiguous()?;
+            let sin = path.sin.narrow(1, from, l - from)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
         };
         let q = rope(heads(0, nh, first_query, Some(&self.q_norm))?, first_query)?;
@@ -502,8 +522,8 @@ mod tests {
     #[test]
     fn packed_rows_map_to_the_padded_layout_and_back() {
         // Lengths 1, 3 and 2, padded to 3: packed rows 0 | 1 2 3 | 4 5; the zero row is 6.
-        let (last, padding) = pack_indices(&[2, 0, 1], 3);
-        let Padding { to_padded, to_packed } = padding.unwrap();
+        let last = last_rows(&[2, 0, 1], 3);
+        let Padding { to_padded, to_packed } = padding_indices(&[2, 0, 1], 3).unwrap();
         assert_eq!(to_padded, [6, 6, 0, 1, 2, 3, 6, 4, 5]);
         assert_eq!(to_packed, [2, 3, 4, 5, 7, 8]);
         assert_eq!(last, [0, 3, 5]);
@@ -511,7 +531,7 @@ mod tests {
             assert_eq!(to_padded[padded as usize], packed as u32);
         }
         // Equal lengths: the layouts coincide and no index is made.
-        assert_eq!(pack_indices(&[0, 0], 2), (vec![1, 3], None));
+        assert_eq!((last_rows(&[0, 0], 2), padding_indices(&[0, 0], 2)), (vec![1, 3], None));
     }
 
     /// The device-side attention (GPU path) agrees with the CPU kernel, padding and partial queries included.
