@@ -2,7 +2,8 @@
 """Our encoder against its anchors (bench/anchors.py: PyTorch fp32 and bf16, ONNX Runtime fp32 and int8) side by
 side, in one run, on the same inputs and thread count; accuracy as min cosine against PyTorch fp32.
 
-    bash bench/setup.sh                                 # once: pinned environment (bench/requirements.txt) + model
+    bash bench/run.sh [ARGS]                            # sets up the pinned environment (bench/requirements.txt)
+                                                        # and the model, then runs this with ARGS
     bench/.venv/bin/python bench/run.py [--model DIR] [--threads 2] [--reps 5] [--dtype auto] [--only query_1]
     bench/.venv/bin/python bench/run.py --device cuda   # on a GPU (cargo build --features cuda): PyTorch on the same
                                                         # GPU in the same dtype
@@ -53,7 +54,8 @@ def make_cases(tokenizer):
 
 def run_ours(model, cases_file, threads, reps, dtype, device, binary=None):
     if binary is None:
-        features = ["--features", "cuda"] if device.startswith("cuda") else []
+        # oneDNN on the CPU, as the extension builds (its bf16 kernels where the CPU has them; see precision.rs).
+        features = ["--features", "onednn,cuda" if device.startswith("cuda") else "onednn"]
         subprocess.run(["cargo", "build", "-q", "--release", "-p", "qwen_embed_model", "--example", "bench",
                         *features], cwd=ROOT, check=True)
         binary = ROOT / "target/release/examples/bench"

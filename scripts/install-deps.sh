@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything qwen_embed needs on a fresh Debian 12 (bookworm) machine, as root or a sudoer. Idempotent: steps already
 # done are skipped. What it installs and changes, and nothing else:
-# - Debian packages: PostgreSQL 15 server and headers, clang/libclang (bindgen), build tools, sudo, python3, curl.
+# - Debian packages: PostgreSQL 15 server and headers, clang/libclang (bindgen), build tools, sudo, python3, curl,
+#   and oneDNN (libdnnl-dev: the linear layers on CPUs with bf16 instructions).
 #   Installing postgresql-15 creates Debian's default cluster 15/main and the `postgres` OS user; nothing here starts,
 #   stops or configures that cluster.
 # - pgvector for it, built from its pinned upstream tarball (scripts/pgvector.sh; bookworm has no package of it).
@@ -18,7 +19,7 @@ RUST_VERSION=1.95.0 # also in rust-toolchain.toml
 export PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
 
 packages=(postgresql-$PG_DEBIAN_VERSION postgresql-server-dev-$PG_DEBIAN_VERSION libclang-dev clang pkg-config
-    sudo dpkg-dev make gcc g++ python3 curl ca-certificates)
+    sudo dpkg-dev make gcc g++ python3 curl ca-certificates libdnnl-dev)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

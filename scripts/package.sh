@@ -28,7 +28,7 @@ Package: $name
 Version: $version
 Architecture: $arch
 Maintainer: qwen_embed developers <qwen_embed@localhost>
-Depends: postgresql-$PG_VERSION, libc6, libgcc-s1
+Depends: postgresql-$PG_VERSION, libc6, libgcc-s1, libdnnl2, libgomp1
 Section: database
 Priority: optional
 Description: Qwen3-Embedding text embeddings and Qwen3-Reranker scores inside PostgreSQL $PG_VERSION

@@ -14,7 +14,9 @@ bash scripts/install-deps.sh
 export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 
 echo "== model core and model server (no PostgreSQL)"
-cargo test -p qwen_embed_model -p qwen_embed_server -- --nocapture # shows which kernels ran and any SKIPPED test
+# With oneDNN (what the extension builds with), then the model core without it (what a build without libdnnl runs).
+cargo test -p qwen_embed_model -p qwen_embed_server --features qwen_embed_model/onednn -- --nocapture # kernels, SKIPPED
+cargo test -p qwen_embed_model --test reference -- --nocapture
 
 bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
 

@@ -477,7 +477,7 @@ mod tests {
 
     #[pg_test]
     fn bf16_stays_close_to_the_reference_and_auto_picks_the_fastest_accurate_path() {
-        let bf16 = qwen_embed_model::cpu::bf16_kernel().is_some();
+        let bf16 = qwen_embed_model::precision::bf16_kernel().is_some();
         Spi::run("SET qwen_embed.dtype = 'bf16'").unwrap();
         if !bf16 {
             // bf16 falls back to f32 here: comparing it would say nothing about bf16.

@@ -1,8 +1,15 @@
+//! With the `onednn` feature: links Debian's oneDNN (`libdnnl`) and its OpenMP runtime.
+//!
 //! With the `cuda` feature: the model core's own CUDA kernel (kernels/masked_softmax.cu) compiled to PTX with nvcc,
 //! which candle's CUDA build needs anyway. PTX for compute capability 7.5 runs on every later GPU (the driver
 //! compiles it for the GPU at first use).
 
 fn main() {
+    if std::env::var_os("CARGO_FEATURE_ONEDNN").is_some() {
+        // Debian's libdnnl-dev; libgomp (its OpenMP runtime) for omp_set_num_threads. Both come with the library.
+        println!("cargo::rustc-link-lib=dylib=dnnl");
+        println!("cargo::rustc-link-lib=dylib=gomp");
+    }
     println!("cargo::rerun-if-changed=kernels/masked_softmax.cu");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

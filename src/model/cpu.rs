@@ -2,34 +2,12 @@
 //! after detection found its instructions: a function handed one may execute them without checking again. That is
 //! what makes the `unsafe` calls into the kernels sound.
 //!
-//! `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the detected level (to measure or test what an older
-//! CPU would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
+//! The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use (`onednn`, which asks Linux for AMX itself); they are
+//! detected here so that one setting caps every kernel: `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the
+//! detected level (to measure or test what an older CPU would run); `QWEN_EMBED_NO_AMX=1` is the same as
+//! `avx512bf16`.
 
 use std::sync::OnceLock;
-
-/// The instructions a [`Bf16Kernel`] uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bf16Instructions {
-    /// Sapphire Rapids and later: `tdpbf16ps` on 16 × 32 tiles.
-    Amx,
-    /// Zen 4 / Cooper Lake and later: `vdpbf16ps` on 512-bit registers.
-    Avx512Bf16,
-}
-
-/// Proof that the CPU runs the bf16 matmul with the given instructions (AMX implies AVX512-BF16 too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bf16Kernel(Bf16Instructions);
-
-impl Bf16Kernel {
-    pub fn instructions(self) -> Bf16Instructions {
-        self.0
-    }
-
-    /// The AVX512-BF16 kernel, which every CPU with a bf16 kernel has (detection requires it before AMX).
-    pub fn avx512(self) -> Bf16Kernel {
-        Bf16Kernel(Bf16Instructions::Avx512Bf16)
-    }
-}
 
 /// Proof that the CPU has AVX2, FMA and F16C (the packed f32 matmul, whose weights may be held in f16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,22 +50,22 @@ pub fn level() -> Level {
     })
 }
 
-/// The bf16 kernel, where the CPU has one.
-pub fn bf16_kernel() -> Option<Bf16Kernel> {
-    match level() {
-        Level::Amx => Some(Bf16Kernel(Bf16Instructions::Amx)),
-        Level::Avx512Bf16 => Some(Bf16Kernel(Bf16Instructions::Avx512Bf16)),
-        _ => None,
-    }
+/// Proof that the CPU has AVX512F and AVX512-BF16 (`vdpbf16ps`: the bf16 attention's products).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Avx512Bf16(());
+
+/// See [`Avx512Bf16`]; `None` below that level (or capped below it).
+pub fn avx512_bf16() -> Option<Avx512Bf16> {
+    (level() >= Level::Avx512Bf16).then_some(Avx512Bf16(()))
 }
 
-/// Every bf16 kernel the CPU has, fastest first (tests and benchmarks compare them).
-pub fn bf16_kernels() -> Vec<Bf16Kernel> {
-    match bf16_kernel() {
-        Some(k) if k.instructions() == Bf16Instructions::Amx => vec![k, k.avx512()],
-        Some(k) => vec![k],
-        None => vec![],
-    }
+/// The CPU's model name (`/proc/cpuinfo`), for the benchmarks' reports.
+pub fn model_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.to_string()))
+        .and_then(|line| line.split_once(':').map(|(_, name)| name.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// The packed f32 kernel, where the CPU has AVX2, FMA and F16C (every CPU with a bf16 kernel has them).
@@ -108,7 +86,7 @@ fn detect(cap: Level) -> Level {
     // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of these is not stable yet).
     let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
     let amx_cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
-    if cap == Level::Amx && amx_cpu && crate::bf16_matmul::request_amx_permission() {
+    if cap == Level::Amx && amx_cpu {
         return Level::Amx;
     }
     Level::Avx512Bf16

@@ -99,6 +99,15 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
 }
 
+/// Round-to-nearest-even f32 → bf16 bits (what `vcvtneps2bf16` and oneDNN's reorders do).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,6 +68,8 @@ struct Batch {
     last_rows: Tensor,
     /// The model's RoPE tables (every position).
     rope: Rope,
+    /// Attention in bf16 on the CPU ([`Precision::bf16_attention`]).
+    bf16_attention: Option<crate::cpu::Avx512Bf16>,
     /// What only the device path reads, made by the first layer that runs it (the CPU path never does).
     device_path: OnceCell<DevicePath>,
     /// The device-side attention's masks for all queries, one per block (additive masks, or for the fused GPU kernel
@@ -219,7 +221,8 @@ impl Encoder {
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
         let last_rows = Tensor::new(last_rows(&pads, len), &self.device)?;
         let (rope, device_path, masks) = (self.rope.clone(), OnceCell::new(), OnceCell::new());
-        Ok(Batch { size: seqs.len(), len, pads, last_rows, rope, device_path, masks })
+        let bf16_attention = self.precision.bf16_attention();
+        Ok(Batch { size: seqs.len(), len, pads, last_rows, rope, bf16_attention, device_path, masks })
     }
 }
 
@@ -299,17 +302,23 @@ impl Layer {
         let eps = c.rms_norm_eps as f32;
         let normed = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
         let first_query = if last_only { batch.len - 1 } else { 0 };
-        let attn = self.attention(&normed, batch, c, first_query)?;
         let residual = if last_only { x.index_select(&batch.last_rows, 0)? } else { x.clone() };
-        let x = (residual + attn)?.contiguous()?;
+        let x = self.attention(&normed, &residual, batch, c, first_query)?.contiguous()?;
         let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
         let hidden = swiglu(&self.gate_up.forward(&normed)?, c.intermediate_size)?;
-        Ok((x + self.down.forward(&hidden)?)?)
+        self.down.forward_add(&hidden, &x)
     }
 
-    /// Attention output of packed rows `x`: (tokens, hidden) for every query, or (b, hidden) for each sequence's last
-    /// (`first_query` = len - 1, its position in the padded layout).
-    fn attention(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, first_query: usize) -> Result<Tensor> {
+    /// `residual` plus the attention output of packed rows `x`: (tokens, hidden) for every query, or (b, hidden) for
+    /// each sequence's last (`first_query` = len - 1, its position in the padded layout).
+    fn attention(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        batch: &Batch,
+        c: &Qwen3Config,
+        first_query: usize,
+    ) -> Result<Tensor> {
         let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let shape = attention::Shape { batch: batch.size, heads, kv_heads, len: batch.len, head_dim, first_query };
         let eps = c.rms_norm_eps as f32;
@@ -319,7 +328,7 @@ impl Layer {
         } else {
             self.padded_attention(&qkv, batch, shape, eps)?
         };
-        self.o_proj.forward(&out)
+        self.o_proj.forward_add(&out, residual)
     }
 
     /// On a CPU in f32: the heads split, normed and rotated in one pass into our kernel's layout, its output packed
@@ -330,7 +339,11 @@ impl Layer {
         let out = with_cpu_f32s([qkv, &self.q_norm, &self.k_norm, &rope.cos, &rope.sin], |[qkv, q, k, cos, sin]| {
             let norms = HeadNorms { q, k, eps, cos, sin };
             let (q, k, v) = attention_layout::split_heads(qkv, pads, s, &norms);
-            attention_layout::packed_rows(attention::causal_attention(&q, &k, &v, pads, s), pads, s)
+            let out = match batch.bf16_attention {
+                Some(kernel) => crate::attention_bf16::causal_attention(kernel, &q, &k, &v, pads, s),
+                None => attention::causal_attention(&q, &k, &v, pads, s),
+            };
+            attention_layout::packed_rows(out, pads, s)
         })?;
         let rows = out.len() / width;
         Ok(Tensor::from_vec(out, (rows, width), qkv.device())?)

@@ -7,12 +7,15 @@
 //! - [`tokenizer`]: `tokenizer.json`, the instruction format and the length policy
 //! - [`cpu`]: which kernels this CPU runs (detected once; kernel values exist only after detection)
 //! - [`precision`]: the one rule from requested dtype and device to kernel and dtypes (`auto` included)
-//! - [`f32_matmul`], [`bf16_matmul`]: linear layers on weights packed at load (AVX2/FMA; AVX512-BF16 or AMX)
+//! - [`f32_matmul`]: linear layers on weights packed at load (AVX2/FMA/F16C)
+//! - [`onednn`] (with the `onednn` feature): linear layers on oneDNN's bf16 brgemm (AMX, AVX512-BF16), weights
+//!   reordered at load, work on the rayon pool
 //! - `micro_kernel`: the 6 × 16 f32 FMA micro-kernel (its k-loop in assembly) under `f32_matmul` and the CPU attention
 //! - [`encoder`]: the transformer forward pass (causal + padding mask, last-token output)
 //! - [`attention`]: the CPU attention kernel (blocked, mask fused into a vectorised softmax); `attention_tiled`, its
 //!   path on the micro-kernel (key blocks with an online softmax) where the CPU has AVX2/FMA/F16C; `attention_layout`,
-//!   its inputs split into heads, normed and rotated from the packed rows in one pass, and its output packed again
+//!   its inputs split into heads, normed and rotated from the packed rows in one pass, and its output packed again;
+//!   `attention_bf16`, the same blocks with bf16 products on AVX512-BF16 (with oneDNN's bf16 linear layers)
 //! - `gpu_softmax` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`kernels/`)
 //! - [`elementwise`]: vectorised exp (softmax) and SwiGLU, compiled for the CPU's vector width
 //! - [`pooling`]: L2 normalisation, Matryoshka truncation, weighted means of chunk vectors
@@ -21,9 +24,9 @@
 //! - [`reranker`]: Qwen3-Reranker, the same backbone scoring (query, document) pairs through two rows of its LM head
 
 pub mod attention;
+mod attention_bf16;
 mod attention_layout;
 mod attention_tiled;
-pub mod bf16_matmul;
 pub mod chunking;
 pub mod config;
 pub mod cpu;
@@ -38,6 +41,8 @@ pub mod gpu_softmax;
 pub mod linear;
 pub mod memory;
 mod micro_kernel;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 mod panels;
 pub mod pooling;
 pub mod precision;

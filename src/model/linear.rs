@@ -1,18 +1,27 @@
 //! A linear layer `y = x · Wᵀ + b` with the kernel `precision` chose: candle's matmul in the compute dtype, or
-//! weights packed once at load for one of our CPU kernels (`f32_matmul`, `bf16_matmul`) with f32 activations.
+//! weights packed once at load for a CPU kernel (`f32_matmul`, `onednn`) with f32 activations.
 
 use candle_core::{DType, Device, Module, Storage, Tensor};
 
-use crate::bf16_matmul::PackedWeights;
-use crate::cpu::{Bf16Kernel, F32Kernel};
+use crate::cpu::F32Kernel;
 use crate::error::Result;
 use crate::f32_matmul::PackedF32;
+#[cfg(feature = "onednn")]
+use crate::onednn;
 use crate::precision::LinearKernel;
 
 pub enum Linear {
     Dense(candle_nn::Linear),
-    PackedF32 { kernel: F32Kernel, weights: PackedF32, bias: Option<Tensor> },
-    PackedBf16 { kernel: Bf16Kernel, weights: PackedWeights, bias: Option<Tensor> },
+    PackedF32 {
+        kernel: F32Kernel,
+        weights: PackedF32,
+        bias: Option<Tensor>,
+    },
+    #[cfg(feature = "onednn")]
+    Onednn {
+        weights: onednn::Packed,
+        bias: Option<Tensor>,
+    },
 }
 
 /// Runs `f` on the f32 elements of a contiguous CPU tensor, without copying them.
@@ -47,18 +56,26 @@ impl Linear {
                 let weights = PackedF32::pack(&w, out_features, in_features, format);
                 Linear::PackedF32 { kernel, weights, bias: bias_f32()? }
             }
-            LinearKernel::PackedBf16(kernel) => {
-                let bits: Vec<u16> = weight
-                    .to_dtype(DType::BF16)?
-                    .flatten_all()?
-                    .to_vec1::<half::bf16>()?
-                    .into_iter()
-                    .map(|v| v.to_bits())
-                    .collect();
-                let weights = PackedWeights::pack(&bits, out_features, in_features);
-                Linear::PackedBf16 { kernel, weights, bias: bias_f32()? }
+            #[cfg(feature = "onednn")]
+            LinearKernel::Onednn(kernel) => {
+                let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let weights = onednn::Packed::pack(kernel, &w, out_features, in_features)?;
+                Linear::Onednn { weights, bias: bias_f32()? }
             }
         })
+    }
+
+    /// `residual + x · Wᵀ (+ b)`: on oneDNN (without a bias) the add is fused into the matmul as a sum post-op.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "onednn")]
+        if let Linear::Onednn { weights, bias: None } = self {
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            let residual = residual.to_dtype(DType::F32)?.contiguous()?;
+            let rows = x.elem_count() / weights.features().0;
+            let out = with_cpu_f32s([&x, &residual], |[x, r]| weights.matmul_add(x, rows, r))??;
+            return Ok(Tensor::from_vec(out, residual.dims(), &Device::Cpu)?);
+        }
+        Ok((residual + self.forward(x)?)?)
     }
 
     /// x: (..., in_features) → (..., out_features).
@@ -66,15 +83,19 @@ impl Linear {
         let (in_features, out_features, bias) = match self {
             Linear::Dense(linear) => return Ok(linear.forward(x)?),
             Linear::PackedF32 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
-            Linear::PackedBf16 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
+            #[cfg(feature = "onednn")]
+            Linear::Onednn { weights, bias } => (weights.features().0, weights.features().1, bias),
         };
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let rows = x.elem_count() / in_features;
-        let out = with_cpu_f32(&x, |x| match self {
-            Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
-            Linear::PackedBf16 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
-            Linear::Dense(_) => unreachable!("handled above"),
-        })?;
+        let out = with_cpu_f32(&x, |x| -> Result<Vec<f32>> {
+            Ok(match self {
+                Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
+                #[cfg(feature = "onednn")]
+                Linear::Onednn { weights, .. } => weights.matmul(x, rows)?,
+                Linear::Dense(_) => unreachable!("handled above"),
+            })
+        })??;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_features;

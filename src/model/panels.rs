@@ -1,4 +1,4 @@
-//! What the packed matmuls (`f32_matmul`, `bf16_matmul`) share: the output's column panels split into contiguous
+//! What the packed f32 matmul (`f32_matmul`) needs: the output's column panels split into contiguous
 //! runs, one rayon task each, all writing through one shared pointer; then the padded width cut to the real one. The
 //! shared pointer type serves the attention kernel's tasks too.
 

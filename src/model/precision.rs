@@ -7,8 +7,9 @@
 //!
 //! | CPU (detected by `cpu`)       | `auto`                                   | why                                          |
 //! |-------------------------------|------------------------------------------|----------------------------------------------|
-//! | AMX (Sapphire Rapids+)        | bf16 weights, AMX tiles, f32 accumulation| 3–6× the f32 FMA rate                        |
-//! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, `vdpbf16ps`                | ~3× f32 through SQL on AMD EPYC (issue #14)  |
+//! | AMX (Sapphire Rapids+)        | bf16 weights, oneDNN brgemm (AMX tiles), | 3–6× the f32 FMA rate                        |
+//! |                               | f32 accumulation (`onednn`)              |                                              |
+//! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, oneDNN brgemm (`vdpbf16ps`)| ~2× the f32 FMA rate                         |
 //! | AVX2 + FMA (+ F16C)           | f16 weights, f32 arithmetic (`f32_matmul`)| half the weight bytes to stream: faster than |
 //! |                               |                                          | f32 weights; exact for bf16 checkpoints      |
 //! | other (aarch64, old x86-64)   | f32, candle's matmul                     | portable                                     |
@@ -17,12 +18,15 @@
 //! ±65,504 stays f32), and from an f32 checkpoint it keeps min cosine 0.99999 against the f32 weights
 //! (`tests/reference.rs`).
 //!
-//! On a GPU `auto` is bf16 throughout.
+//! The bf16 rows need a build with the `onednn` feature (the extension's default); without it those CPUs take the
+//! AVX2 row. On a GPU `auto` is bf16 throughout.
 
 use candle_core::{DType, Device};
 
-use crate::cpu::{self, Bf16Kernel, F32Kernel};
+use crate::cpu::{self, F32Kernel};
 use crate::f32_matmul::WeightFormat;
+#[cfg(feature = "onednn")]
+use crate::onednn;
 
 /// What multiplies the linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +35,11 @@ pub enum LinearKernel {
     Candle,
     /// Weights packed at load, held in f32 or f16, f32 arithmetic (AVX2/FMA micro-kernel).
     PackedF32(F32Kernel, WeightFormat),
-    /// bf16 weights packed at load; activations rounded to bf16 per product, f32 accumulation.
-    PackedBf16(Bf16Kernel),
+    /// oneDNN's matmul, weights reordered at load into its layout: bf16 on its brgemm (AMX or AVX512-BF16),
+    /// activations rounded to bf16 per product, f32 accumulation; or f32 (a check of the glue on any x86-64 CPU, not
+    /// picked by `auto`).
+    #[cfg(feature = "onednn")]
+    Onednn(onednn::Kernel),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +52,7 @@ pub struct Precision {
 impl Precision {
     /// What `auto` means on `device`.
     pub fn auto(device: &Device) -> Precision {
-        let dtype = if !device.is_cpu() || cpu::bf16_kernel().is_some() {
+        let dtype = if !device.is_cpu() || bf16_kernel().is_some() {
             DType::BF16
         } else if cpu::f32_kernel().is_some() {
             DType::F16
@@ -64,8 +71,8 @@ impl Precision {
         if !device.is_cpu() {
             return candle;
         }
-        let linear = match (requested, cpu::bf16_kernel(), cpu::f32_kernel()) {
-            (DType::BF16, Some(k), _) => LinearKernel::PackedBf16(k),
+        let linear = match (requested, bf16_kernel(), cpu::f32_kernel()) {
+            (DType::BF16, Some(k), _) => k,
             (DType::F16, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F16),
             (DType::F16, _, None) => return candle,
             (_, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F32),
@@ -79,26 +86,43 @@ impl Precision {
         let chosen = Precision::new(DType::F32, device);
         let candle = Precision { linear: LinearKernel::Candle, activations: DType::F32 };
         if chosen == candle {
-            vec![chosen]
-        } else {
-            vec![chosen, candle]
+            return vec![chosen];
+        }
+        let variants = vec![chosen, candle];
+        #[cfg(feature = "onednn")]
+        let variants =
+            [variants, vec![Precision { linear: LinearKernel::Onednn(onednn::Kernel::F32), ..chosen }]].concat();
+        variants
+    }
+
+    /// The attention's bf16 kernel: with oneDNN's bf16 linear layers (whose CPUs all have AVX512-BF16), Q·Kᵀ and P·V
+    /// take bf16 operands as PyTorch's CPU attention does there; every other CPU path attends in f32.
+    pub fn bf16_attention(&self) -> Option<cpu::Avx512Bf16> {
+        match self.linear {
+            #[cfg(feature = "onednn")]
+            LinearKernel::Onednn(onednn::Kernel::Bf16(_)) => cpu::avx512_bf16(),
+            _ => None,
         }
     }
 
     /// The dtype the linear layers' weights are held in.
     pub fn weights(&self) -> DType {
         match self.linear {
-            LinearKernel::PackedBf16(_) => DType::BF16,
+            #[cfg(feature = "onednn")]
+            LinearKernel::Onednn(onednn::Kernel::Bf16(_)) => DType::BF16,
             LinearKernel::PackedF32(_, WeightFormat::F16) => DType::F16,
             _ => self.activations,
         }
     }
 
     /// The dtype the linear layers' weights are read in before [`crate::linear::Linear::new`] packs them: f16
-    /// packing reads f32, so that it can see a weight beyond f16's range and keep that matrix in f32.
+    /// packing reads f32, so that it can see a weight beyond f16's range and keep that matrix in f32; oneDNN's
+    /// reorder reads f32 and rounds to bf16 itself.
     pub fn weights_read_as(&self) -> DType {
         match self.linear {
             LinearKernel::PackedF32(..) => DType::F32,
+            #[cfg(feature = "onednn")]
+            LinearKernel::Onednn(_) => DType::F32,
             _ => self.weights(),
         }
     }
@@ -119,10 +143,20 @@ impl Precision {
             LinearKernel::Candle => "candle",
             LinearKernel::PackedF32(_, WeightFormat::F32) => "avx2-fma f32",
             LinearKernel::PackedF32(_, WeightFormat::F16) => "avx2-fma f16-weights",
-            LinearKernel::PackedBf16(k) => match k.instructions() {
-                cpu::Bf16Instructions::Amx => "amx bf16",
-                cpu::Bf16Instructions::Avx512Bf16 => "avx512-bf16",
-            },
+            #[cfg(feature = "onednn")]
+            LinearKernel::Onednn(k) => k.name(),
         }
     }
+}
+
+/// The CPU's bf16 kernel: oneDNN's, where the build has oneDNN and oneDNN has a brgemm for this CPU (within the
+/// `cpu` level's cap). `None` elsewhere: bf16 then computes in f32.
+#[cfg(feature = "onednn")]
+pub fn bf16_kernel() -> Option<LinearKernel> {
+    onednn::bf16_kernel().map(|k| LinearKernel::Onednn(onednn::Kernel::Bf16(k)))
+}
+
+#[cfg(not(feature = "onednn"))]
+pub fn bf16_kernel() -> Option<LinearKernel> {
+    None
 }

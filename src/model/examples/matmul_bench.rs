@@ -1,12 +1,12 @@
 //! GFLOP/s of the linear-layer kernels on the 0.6B model's shapes: candle's f32 matmul against ours (packed f32 on
-//! AVX2/FMA with f32 or f16 weights, packed bf16 on AVX512-BF16 and AMX), whichever this CPU has.
+//! AVX2/FMA with f32 or f16 weights) and oneDNN's through our glue (with the `onednn` feature: f32, and bf16 where
+//! oneDNN has a bf16 brgemm for this CPU), whichever this CPU has.
 //!
-//!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --example matmul_bench [ROWS...]
+//!     RAYON_NUM_THREADS=2 cargo run --release -p qwen_embed_model --features onednn --example matmul_bench [ROWS...]
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use qwen_embed_model::bf16_matmul::{self, PackedWeights};
 use qwen_embed_model::cpu;
 use qwen_embed_model::f32_matmul::{PackedF32, WeightFormat};
 
@@ -28,6 +28,16 @@ fn main() -> candle_core::Result<()> {
     let rows: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rows = if rows.is_empty() { vec![1, 26, 128, 704] } else { rows };
     println!("CPU kernel level: {}", cpu::level().name());
+    println!("CPU: {}, {} threads", cpu::model_name(), rayon::current_num_threads());
+    #[cfg(feature = "onednn")]
+    {
+        use qwen_embed_model::onednn::{bf16_kernel, implementation, Bf16};
+        println!("oneDNN f32: {}", implementation::<f32>(26, 1024, 256).unwrap_or_else(|e| e.to_string()));
+        match bf16_kernel() {
+            Some(k) => println!("oneDNN bf16: {} ({})", k.name(), implementation::<Bf16>(26, 1024, 256).unwrap()),
+            None => println!("oneDNN bf16: none on this CPU"),
+        }
+    }
     // qkv, o_proj, gate_up, down of Qwen3-Embedding-0.6B.
     for (name, n, k) in [("qkv", 4096, 1024), ("o_proj", 1024, 2048), ("gate_up", 6144, 1024), ("down", 1024, 3072)] {
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
@@ -35,8 +45,12 @@ fn main() -> candle_core::Result<()> {
         let wt = w.t()?;
         let packed_f32 = PackedF32::pack(&ws, n, k, WeightFormat::F32);
         let packed_f16 = PackedF32::pack(&ws, n, k, WeightFormat::F16);
-        let bits: Vec<u16> = ws.iter().map(|v| bf16_matmul::f32_to_bf16(*v)).collect();
-        let packed_bf16 = PackedWeights::pack(&bits, n, k);
+        #[cfg(feature = "onednn")]
+        let onednn = {
+            use qwen_embed_model::onednn::{bf16_kernel, Bf16, Matmul};
+            let bf16 = bf16_kernel().map(|_| Matmul::<Bf16>::pack(&ws, n, k).unwrap());
+            (Matmul::<f32>::pack(&ws, n, k).unwrap(), bf16)
+        };
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
@@ -52,11 +66,18 @@ fn main() -> candle_core::Result<()> {
                     line += &format!(", packed {name} weights {:>6.1}", gflops(m, n, k, secs));
                 }
             }
-            for kernel in cpu::bf16_kernels() {
+            #[cfg(feature = "onednn")]
+            {
                 let secs = time(|| {
-                    packed_bf16.matmul(kernel, &xs, m);
+                    onednn.0.matmul(&xs, m).unwrap();
                 });
-                line += &format!(", {:?} {:>6.1}", kernel.instructions(), gflops(m, n, k, secs));
+                line += &format!(", oneDNN f32 {:>6.1}", gflops(m, n, k, secs));
+                if let Some(bf16) = &onednn.1 {
+                    let secs = time(|| {
+                        bf16.matmul(&xs, m).unwrap();
+                    });
+                    line += &format!(", oneDNN bf16 {:>6.1}", gflops(m, n, k, secs));
+                }
             }
             println!("{line} GFLOP/s");
         }

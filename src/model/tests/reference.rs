@@ -138,7 +138,7 @@ fn half_precision_stays_within_the_accuracy_target() {
         let model = Embedder::load(&tiny_model(), &device, dtype).unwrap();
         if device.is_cpu() && dtype == DType::BF16 {
             // On a CPU bf16 means packed bf16 weights with f32 activations, where the CPU has a bf16 kernel.
-            let packed = qwen_embed_model::cpu::bf16_kernel().is_some();
+            let packed = qwen_embed_model::precision::bf16_kernel().is_some();
             assert_eq!(model.dtype(), if packed { DType::BF16 } else { DType::F32 });
             if !packed {
                 // The model fell back to f32: comparing it would say nothing about bf16.

@@ -1,0 +1,649 @@
+//! Linear layers on oneDNN's matmul (Debian's `libdnnl` 2.6), for CPUs where it has a bf16 brgemm kernel: AMX
+//! (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake). oneDNN is what PyTorch runs there; its kernels are
+//! generated at run time for the CPU found and tuned by the CPU's maker, which our own hand-written kernels for
+//! instructions our development machines lack could not be.
+//!
+//! The glue is generic over the element type ([`Element`]: `f32` or [`Bf16`]), so the f32 instantiation tests the
+//! same packing, primitive cache, slicing, post-op and threading on any x86-64 CPU; the bf16 one runs where the CPU has
+//! the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
+//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none.
+//!
+//! How it runs:
+//! - **Weights packed once.** The (out × in) weight matrix is cut into column slices of [`SLICE`] output features;
+//!   each slice is reordered at load into the layout oneDNN's primitive asks for (`format_tag any`).
+//! - **Work on the rayon pool, not OpenMP.** A call is a grid of (slice, block of [`ROW_BLOCK`] rows) tasks on the
+//!   caller's rayon pool; each task runs a primitive single-threaded. oneDNN's OpenMP is told one thread on every
+//!   thread that calls it ([`single_threaded`]), so no OpenMP team is ever started: the pool's size
+//!   (`qwen_embed.threads`, `server_threads`) is the only thread count, the model server's two batch threads share it,
+//!   no idle OpenMP thread spins beside rayon's, signals stay with the threads PostgreSQL expects, and nothing is
+//!   started before the model server's fork. Cancellation is unchanged: the encoder checks between layers.
+//! - **Primitives cached** per (element type, rows, in, slice width), once per process: rows are at most
+//!   [`ROW_BLOCK`], so a shape has at most that many primitives, shared by every layer of that shape.
+//! - **Dense blocks, copied into place.** oneDNN 2.6's brgemm writes only a dense output (a wider row stride sends it
+//!   to the reference implementation), so each task computes its m × slice block in a buffer of its thread and copies
+//!   it into the output. The residual add rides on that copy ([`Matmul::matmul_add`]): a sum post-op would need the
+//!   residual copied into the block first, one more pass than adding it on the way out.
+
+#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+mod ffi;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::prelude::*;
+
+use crate::elementwise::f32_to_bf16;
+use crate::panels::SharedOut;
+
+/// Output features per slice: one task's columns. Four of the brgemm kernels' 64-column blocks.
+pub const SLICE: usize = 256;
+/// Rows per task at most. 64 rows × 256 columns × 1,024 inputs is 34 MFLOP, tens of microseconds: the few microseconds
+/// a primitive call costs stay small beside it.
+pub const ROW_BLOCK: usize = 64;
+
+/// A failure inside oneDNN: which call, and its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("oneDNN: {call} failed ({status})")]
+pub struct Error {
+    call: &'static str,
+    status: &'static str,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for crate::Error {
+    fn from(e: Error) -> Self {
+        crate::Error::Compute(candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+fn check(call: &'static str, status: ffi::dnnl_status_t) -> Result<()> {
+    let status = match status {
+        ffi::dnnl_status_t_dnnl_success => return Ok(()),
+        ffi::dnnl_status_t_dnnl_out_of_memory => "out of memory",
+        ffi::dnnl_status_t_dnnl_invalid_arguments => "invalid arguments",
+        ffi::dnnl_status_t_dnnl_unimplemented => "unimplemented",
+        ffi::dnnl_status_t_dnnl_runtime_error => "runtime error",
+        _ => "error",
+    };
+    Err(Error { call, status })
+}
+
+/// An element type the glue computes in: what the activations are converted to and the weights are reordered to.
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    const DATA_TYPE: ffi::dnnl_data_type_t;
+    /// Whether oneDNN's implementation of a matmul in this type is one we accept.
+    fn accepts(implementation: &str) -> bool;
+    /// The activations in this type (borrowed where they already are).
+    fn activations(x: &[f32]) -> Cow<'_, [Self]>;
+}
+
+impl Element for f32 {
+    const DATA_TYPE: ffi::dnnl_data_type_t = ffi::dnnl_data_type_t_dnnl_f32;
+    /// Any but the reference implementation (a slow loop: a sign the glue asked for something oneDNN cannot do fast).
+    fn accepts(implementation: &str) -> bool {
+        !implementation.starts_with("ref:")
+    }
+    fn activations(x: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(x)
+    }
+}
+
+/// A bf16 value's bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Element for Bf16 {
+    const DATA_TYPE: ffi::dnnl_data_type_t = ffi::dnnl_data_type_t_dnnl_bf16;
+    /// brgemm only: AMX or AVX512-BF16 (`brg:avx512_core_amx`, `brg:avx512_core_bf16`), never an emulation.
+    fn accepts(implementation: &str) -> bool {
+        implementation.starts_with("brg:")
+    }
+    fn activations(x: &[f32]) -> Cow<'_, [Bf16]> {
+        let mut out = vec![Bf16::default(); x.len()];
+        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, &s)| *d = Bf16(f32_to_bf16(s)));
+        });
+        Cow::Owned(out)
+    }
+}
+
+/// What a linear layer on oneDNN computes in: bf16 (the product's kernel, where oneDNN has one for this CPU) or f32
+/// (any x86-64 CPU: the glue's check where bf16 cannot run, held to the f32 reference like every f32 path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    F32,
+    Bf16(Bf16Kernel),
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::F32 => "onednn f32",
+            Kernel::Bf16(k) => k.name(),
+        }
+    }
+}
+
+/// A weight matrix packed for [`Kernel`]'s element type.
+pub enum Packed {
+    F32(Matmul<f32>),
+    Bf16(Matmul<Bf16>),
+}
+
+impl Packed {
+    pub fn pack(kernel: Kernel, weights: &[f32], out_features: usize, in_features: usize) -> Result<Packed> {
+        Ok(match kernel {
+            Kernel::F32 => Packed::F32(Matmul::pack(weights, out_features, in_features)?),
+            Kernel::Bf16(_) => Packed::Bf16(Matmul::pack(weights, out_features, in_features)?),
+        })
+    }
+
+    /// (in_features, out_features).
+    pub fn features(&self) -> (usize, usize) {
+        match self {
+            Packed::F32(m) => (m.in_features, m.out_features),
+            Packed::Bf16(m) => (m.in_features, m.out_features),
+        }
+    }
+
+    /// [`Matmul::matmul`].
+    pub fn matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        match self {
+            Packed::F32(m) => m.matmul(x, rows),
+            Packed::Bf16(m) => m.matmul(x, rows),
+        }
+    }
+
+    /// [`Matmul::matmul_add`].
+    pub fn matmul_add(&self, x: &[f32], rows: usize, residual: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Packed::F32(m) => m.matmul_add(x, rows, residual),
+            Packed::Bf16(m) => m.matmul_add(x, rows, residual),
+        }
+    }
+}
+
+/// The bf16 kernel oneDNN runs on this CPU, found once by asking it for a bf16 matmul and reading the implementation's
+/// name; `None` where it has no brgemm for bf16 (or `cpu::level()` is capped below AVX512-BF16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Kernel {
+    amx: bool,
+}
+
+impl Bf16Kernel {
+    /// As `info()`, `server_info()` and the benchmarks name it.
+    pub fn name(self) -> &'static str {
+        if self.amx {
+            "onednn amx"
+        } else {
+            "onednn avx512_core_bf16"
+        }
+    }
+}
+
+/// See [`Bf16Kernel`].
+pub fn bf16_kernel() -> Option<Bf16Kernel> {
+    static KERNEL: OnceLock<Option<Bf16Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if crate::cpu::level() < crate::cpu::Level::Avx512Bf16 {
+            return None;
+        }
+        let name = implementation::<Bf16>(32, 64, 64).ok()?;
+        Bf16::accepts(&name).then(|| Bf16Kernel { amx: name.contains("amx") })
+    })
+}
+
+/// The implementation oneDNN picks for an `rows` × `k` by `k` × `n` matmul in `T` (weights in the layout it prefers).
+pub fn implementation<T: Element>(rows: usize, k: usize, n: usize) -> Result<String> {
+    single_threaded();
+    let weights = md_by_tag(T::DATA_TYPE, k, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
+    Ok(matmul_pd(T::DATA_TYPE, rows, &weights)?.implementation())
+}
+
+/// Tells OpenMP (oneDNN's threading runtime in Debian's build) that this thread computes alone: oneDNN then runs its
+/// primitives on the calling thread and never starts a team. Once per thread; before a thread's first primitive.
+fn single_threaded() {
+    thread_local! { static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
+    if !DONE.get() {
+        // SAFETY: sets this thread's OpenMP nthreads-var; no memory is passed.
+        unsafe { ffi::omp_set_num_threads(1) };
+        DONE.set(true);
+    }
+}
+
+/// The CPU engine, made once per process. `QWEN_EMBED_CPU_KERNEL=avx512bf16` (see `cpu`) caps oneDNN below AMX too;
+/// the cap must be set before oneDNN generates its first kernel.
+fn engine() -> Result<ffi::dnnl_engine_t> {
+    struct Engine(ffi::dnnl_engine_t);
+    // SAFETY: a oneDNN engine is thread-safe; it lives as long as the process (never destroyed).
+    unsafe impl Send for Engine {}
+    unsafe impl Sync for Engine {}
+    static ENGINE: OnceLock<std::result::Result<Engine, Error>> = OnceLock::new();
+    let made = ENGINE.get_or_init(|| {
+        if crate::cpu::level() == crate::cpu::Level::Avx512Bf16 {
+            // SAFETY: a plain call with an enum value, made before any primitive exists. An error (the ISA was
+            // already fixed) leaves oneDNN as it was.
+            unsafe { ffi::dnnl_set_max_cpu_isa(ffi::dnnl_cpu_isa_t_dnnl_cpu_isa_avx512_core_bf16) };
+        }
+        let mut engine = ptr::null_mut();
+        // SAFETY: writes the new engine's handle through a valid pointer.
+        check("dnnl_engine_create", unsafe {
+            ffi::dnnl_engine_create(&mut engine, ffi::dnnl_engine_kind_t_dnnl_cpu, 0)
+        })?;
+        Ok(Engine(engine))
+    });
+    made.as_ref().map(|e| e.0).map_err(Clone::clone)
+}
+
+/// Runs `f` with this thread's stream (a oneDNN stream must not be used by two threads at once).
+fn with_stream<R>(f: impl FnOnce(ffi::dnnl_stream_t) -> Result<R>) -> Result<R> {
+    struct Stream(ffi::dnnl_stream_t);
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            // SAFETY: the stream was made by dnnl_stream_create and is used by this thread alone.
+            unsafe { ffi::dnnl_stream_destroy(self.0) };
+        }
+    }
+    thread_local! { static STREAM: std::cell::OnceCell<Stream> = const { std::cell::OnceCell::new() }; }
+    let engine = engine()?;
+    STREAM.with(|cell| {
+        if cell.get().is_none() {
+            let mut stream = ptr::null_mut();
+            // SAFETY: writes the new stream's handle through a valid pointer; the engine outlives it.
+            check("dnnl_stream_create", unsafe {
+                ffi::dnnl_stream_create(&mut stream, engine, ffi::dnnl_stream_flags_t_dnnl_stream_default_flags)
+            })?;
+            let _ = cell.set(Stream(stream));
+        }
+        f(cell.get().expect("set above").0)
+    })
+}
+
+/// A 2-D memory descriptor (rows × cols) with a format tag.
+fn md_by_tag(dt: ffi::dnnl_data_type_t, rows: usize, cols: usize, tag: ffi::dnnl_format_tag_t) -> Result<Md> {
+    let mut md = Md::zeroed();
+    let dims = [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t];
+    // SAFETY: `md` is a writable descriptor and `dims` holds the 2 dimensions named.
+    check("dnnl_memory_desc_init_by_tag", unsafe {
+        ffi::dnnl_memory_desc_init_by_tag(&mut md.0, 2, dims.as_ptr(), dt, tag)
+    })?;
+    Ok(md)
+}
+
+/// A 2-D memory descriptor with explicit strides (elements).
+fn md_by_strides(dt: ffi::dnnl_data_type_t, rows: usize, cols: usize, strides: [usize; 2]) -> Result<Md> {
+    let mut md = Md::zeroed();
+    let dims = [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t];
+    let strides = strides.map(|s| s as ffi::dnnl_dim_t);
+    // SAFETY: `md` is writable; `dims` and `strides` each hold the 2 values named.
+    check("dnnl_memory_desc_init_by_strides", unsafe {
+        ffi::dnnl_memory_desc_init_by_strides(&mut md.0, 2, dims.as_ptr(), dt, strides.as_ptr())
+    })?;
+    Ok(md)
+}
+
+/// A memory descriptor (a plain C struct: copied freely, nothing to free).
+#[derive(Clone, Copy)]
+struct Md(ffi::dnnl_memory_desc_t);
+
+// SAFETY: plain data (dimensions, strides, a format description), no pointers.
+unsafe impl Send for Md {}
+unsafe impl Sync for Md {}
+
+impl Md {
+    fn zeroed() -> Md {
+        // SAFETY: the descriptor is a C struct of integers and arrays of integers, for which all-zero is valid (it is
+        // the "zero memory descriptor" oneDNN itself uses for an absent argument).
+        Md(unsafe { std::mem::zeroed() })
+    }
+
+    fn size(&self) -> usize {
+        // SAFETY: reads a valid descriptor.
+        unsafe { ffi::dnnl_memory_desc_get_size(&self.0) }
+    }
+}
+
+/// A primitive descriptor (freed on drop).
+struct Pd(ffi::dnnl_primitive_desc_t);
+
+impl Drop for Pd {
+    fn drop(&mut self) {
+        // SAFETY: made by dnnl_primitive_desc_create and not shared.
+        unsafe { ffi::dnnl_primitive_desc_destroy(self.0) };
+    }
+}
+
+impl Pd {
+    fn implementation(&self) -> String {
+        let mut name: *const std::os::raw::c_char = ptr::null();
+        // SAFETY: the query writes a pointer to a C string owned by the descriptor, read before the descriptor drops.
+        let status = unsafe {
+            ffi::dnnl_primitive_desc_query(
+                self.0,
+                ffi::dnnl_query_t_dnnl_query_impl_info_str,
+                0,
+                &mut name as *mut _ as *mut std::ffi::c_void,
+            )
+        };
+        if status != ffi::dnnl_status_t_dnnl_success || name.is_null() {
+            return String::from("unknown");
+        }
+        // SAFETY: a NUL-terminated string owned by the descriptor, alive here.
+        unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
+    }
+
+    /// The weights' memory descriptor the primitive expects.
+    fn weights_md(&self) -> Md {
+        // SAFETY: returns a pointer into the descriptor (alive here), copied at once.
+        Md(unsafe { *ffi::dnnl_primitive_desc_query_md(self.0, ffi::dnnl_query_t_dnnl_query_weights_md, 0) })
+    }
+
+    fn primitive(&self) -> Result<Primitive> {
+        let mut p = ptr::null_mut();
+        // SAFETY: writes the new primitive's handle; the descriptor is valid.
+        check("dnnl_primitive_create", unsafe { ffi::dnnl_primitive_create(&mut p, self.0) })?;
+        // SAFETY: returns a pointer into the descriptor (alive here), copied at once.
+        let scratchpad =
+            Md(unsafe { *ffi::dnnl_primitive_desc_query_md(self.0, ffi::dnnl_query_t_dnnl_query_scratchpad_md, 0) });
+        Ok(Primitive(p, scratchpad))
+    }
+}
+
+/// A matmul's primitive descriptor: `rows` × k (plain, row-major) times `weights` (k × n), a dense f32 output.
+/// (oneDNN 2.6's brgemm takes only a dense output: given a row stride wider than n it falls back to its reference
+/// implementation, so tasks write a dense block and copy it into place.)
+fn matmul_pd(dt: ffi::dnnl_data_type_t, rows: usize, weights: &Md) -> Result<Pd> {
+    let (k, n) = (weights.0.dims[0] as usize, weights.0.dims[1] as usize);
+    let src = md_by_tag(dt, rows, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    let dst = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, rows, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    // SAFETY: an all-zero op descriptor is what dnnl_matmul_desc_init fills in.
+    let mut desc: ffi::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
+    // SAFETY: every descriptor passed is valid; no bias (null).
+    check("dnnl_matmul_desc_init", unsafe {
+        ffi::dnnl_matmul_desc_init(&mut desc, &src.0, &weights.0, ptr::null(), &dst.0)
+    })?;
+    let mut pd = ptr::null_mut();
+    let attr = Attr::user_scratchpad()?;
+    // SAFETY: the op descriptor and attributes are valid for the call (the primitive descriptor copies them).
+    check("dnnl_primitive_desc_create (matmul)", unsafe {
+        let op = &desc as *const ffi::dnnl_matmul_desc_t as ffi::const_dnnl_op_desc_t;
+        ffi::dnnl_primitive_desc_create(&mut pd, op, attr.0, engine()?, ptr::null())
+    })?;
+    Ok(Pd(pd))
+}
+
+/// Attributes asking for a user-managed scratchpad. oneDNN's default scratchpad is one buffer common to all
+/// primitives (Debian builds it without `DNNL_ENABLE_CONCURRENT_EXEC`): two threads executing at once would compute
+/// in the same temporary memory. With a user scratchpad each execution brings its thread's own ([`execute`]).
+struct Attr(ffi::dnnl_primitive_attr_t);
+
+impl Attr {
+    fn user_scratchpad() -> Result<Attr> {
+        let mut attr = ptr::null_mut();
+        // SAFETY: writes the new attribute handle, owned by the returned value.
+        check("dnnl_primitive_attr_create", unsafe { ffi::dnnl_primitive_attr_create(&mut attr) })?;
+        let attr = Attr(attr);
+        // SAFETY: a valid attribute handle and an enum value.
+        check("dnnl_primitive_attr_set_scratchpad_mode", unsafe {
+            ffi::dnnl_primitive_attr_set_scratchpad_mode(attr.0, ffi::dnnl_scratchpad_mode_t_dnnl_scratchpad_mode_user)
+        })?;
+        Ok(attr)
+    }
+}
+
+impl Drop for Attr {
+    fn drop(&mut self) {
+        // SAFETY: made by dnnl_primitive_attr_create; primitive descriptors keep their own copy.
+        unsafe { ffi::dnnl_primitive_attr_destroy(self.0) };
+    }
+}
+
+/// A primitive, executed concurrently by the pool's threads (oneDNN primitives are thread-safe to execute), with the
+/// scratchpad it needs.
+struct Primitive(ffi::dnnl_primitive_t, Md);
+
+// SAFETY: oneDNN documents primitives as immutable after creation and safe to execute from several threads, each
+// with its own stream and memory objects, which is how `execute` uses them.
+unsafe impl Send for Primitive {}
+unsafe impl Sync for Primitive {}
+
+impl Drop for Primitive {
+    fn drop(&mut self) {
+        // SAFETY: made by dnnl_primitive_create; dropped only when no thread executes it (the cache owns it).
+        unsafe { ffi::dnnl_primitive_destroy(self.0) };
+    }
+}
+
+/// A memory object over a buffer we own (oneDNN neither allocates nor frees it).
+struct Memory(ffi::dnnl_memory_t);
+
+impl Memory {
+    /// # Safety
+    /// `data` must hold `md.size()` bytes and outlive the memory object's use.
+    unsafe fn over(md: &Md, data: *mut std::ffi::c_void) -> Result<Memory> {
+        let mut m = ptr::null_mut();
+        check("dnnl_memory_create", ffi::dnnl_memory_create(&mut m, &md.0, engine()?, data))?;
+        Ok(Memory(m))
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: made by dnnl_memory_create; the buffer is ours, so destroying it frees only the handle.
+        unsafe { ffi::dnnl_memory_destroy(self.0) };
+    }
+}
+
+fn arg(arg: u32, memory: &Memory) -> ffi::dnnl_exec_arg_t {
+    ffi::dnnl_exec_arg_t { arg: arg as i32, memory: memory.0 }
+}
+
+/// Executes `p` on this thread with the given arguments and this thread's scratchpad.
+fn execute(p: &Primitive, args: &[ffi::dnnl_exec_arg_t]) -> Result<()> {
+    thread_local! {
+        /// Each thread's scratchpad, grown to the largest a primitive asked for.
+        static SCRATCHPAD: std::cell::RefCell<Vec<Align64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCHPAD.with_borrow_mut(|scratchpad| {
+        let size = p.1.size();
+        if scratchpad.len() * 64 < size {
+            scratchpad.resize(size.div_ceil(64), Align64([0; 64]));
+        }
+        // SAFETY: the buffer holds at least the scratchpad's size and is this thread's alone for the call.
+        let memory = unsafe { Memory::over(&p.1, scratchpad.as_mut_ptr().cast())? };
+        let args: Vec<_> = args.iter().copied().chain([arg(ffi::DNNL_ARG_SCRATCHPAD, &memory)]).collect();
+        with_stream(|stream| {
+            // SAFETY: the primitive and every memory object in `args` are valid for the call, which returns when
+            // done (CPU streams run in order, synchronously).
+            check("dnnl_primitive_execute", unsafe {
+                ffi::dnnl_primitive_execute(p.0, stream, args.len() as i32, args.as_ptr())
+            })
+        })
+    })
+}
+
+/// Key of the process-wide primitive cache.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    dt: ffi::dnnl_data_type_t,
+    rows: usize,
+    k: usize,
+    n: usize,
+}
+
+type Cache = Mutex<HashMap<Key, Arc<Primitive>>>;
+
+/// The primitive for `key` whose weights are in `weights`' layout, made on first use.
+fn primitive<T: Element>(key: Key, weights: &Md) -> Result<Arc<Primitive>> {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(p.clone());
+    }
+    // Made outside the lock (generating a kernel takes a while); a race makes it twice and keeps one.
+    let pd = matmul_pd(key.dt, key.rows, weights)?;
+    // The layout is the one the weights were reordered to (checked at load): an implementation we would not accept
+    // here would be a oneDNN that changed its mind between row counts.
+    if !T::accepts(&pd.implementation()) {
+        return Err(Error { call: "matmul", status: "no accepted implementation for this row count" });
+    }
+    let made = Arc::new(pd.primitive()?);
+    Ok(cache.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(made).clone())
+}
+
+/// One slice of output features, its weights in the primitive's layout.
+struct Slice {
+    /// First output feature.
+    start: usize,
+    n: usize,
+    md: Md,
+    /// `md.size()` bytes, 64-byte aligned.
+    data: Vec<Align64>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Align64([u8; 64]);
+
+/// `y = x · Wᵀ` on oneDNN, in element type `T`, with W packed at load.
+pub struct Matmul<T: Element> {
+    in_features: usize,
+    out_features: usize,
+    slices: Vec<Slice>,
+    implementation: String,
+    _element: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> Matmul<T> {
+    /// `weights` holds the (out_features × in_features) matrix row-major in f32; it is reordered (and converted to `T`)
+    /// into the layout oneDNN's primitive prefers. Fails when oneDNN has no implementation `T` accepts.
+    pub fn pack(weights: &[f32], out_features: usize, in_features: usize) -> Result<Self> {
+        assert_eq!(weights.len(), out_features * in_features);
+        single_threaded();
+        let mut slices = Vec::with_capacity(out_features.div_ceil(SLICE));
+        let mut implementation = String::new();
+        for start in (0..out_features).step_by(SLICE) {
+            let n = SLICE.min(out_features - start);
+            let any = md_by_tag(T::DATA_TYPE, in_features, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
+            let pd = matmul_pd(T::DATA_TYPE, ROW_BLOCK, &any)?;
+            implementation = pd.implementation();
+            if !T::accepts(&implementation) {
+                return Err(Error { call: "matmul", status: "no accepted implementation" });
+            }
+            let md = pd.weights_md();
+            let mut data = vec![Align64([0; 64]); md.size().div_ceil(64)];
+            // The slice's rows of W, viewed as k × n: element (k, j) at (start + j) × in + k.
+            let plain = md_by_strides(ffi::dnnl_data_type_t_dnnl_f32, in_features, n, [1, in_features])?;
+            let src = weights[start * in_features..].as_ptr() as *mut std::ffi::c_void;
+            // SAFETY: `src` holds the slice's n rows of in_features floats (read only, though the API takes a mutable
+            // pointer); `data` holds md.size() bytes; both outlive the reorder.
+            unsafe {
+                let (from, to) = (Memory::over(&plain, src)?, Memory::over(&md, data.as_mut_ptr().cast())?);
+                reorder(&plain, &md, &from, &to)?;
+            }
+            slices.push(Slice { start, n, md, data });
+        }
+        Ok(Matmul { in_features, out_features, slices, implementation, _element: std::marker::PhantomData })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// oneDNN's name for the implementation (`brg:avx512_core_amx`, …).
+    pub fn implementation(&self) -> &str {
+        &self.implementation
+    }
+
+    /// `x` is rows × in_features (row-major); returns rows × out_features.
+    pub fn matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; rows * self.out_features];
+        self.compute(x, rows, &mut out, false)?;
+        Ok(out)
+    }
+
+    /// `residual + x · Wᵀ` (residual is rows × out_features), the add done as the result is copied into place.
+    pub fn matmul_add(&self, x: &[f32], rows: usize, residual: &[f32]) -> Result<Vec<f32>> {
+        assert_eq!(residual.len(), rows * self.out_features);
+        let mut out = residual.to_vec();
+        self.compute(x, rows, &mut out, true)?;
+        Ok(out)
+    }
+
+    /// `out` (rows × out_features) = x · Wᵀ, or += when `add`.
+    fn compute(&self, x: &[f32], rows: usize, out: &mut [f32], add: bool) -> Result<()> {
+        assert_eq!(x.len(), rows * self.in_features);
+        let a = T::activations(x);
+        let (k, ldc) = (self.in_features, self.out_features);
+        let shared = SharedOut(out.as_mut_ptr());
+        // Slice-major: a thread's consecutive tasks mostly share one slice of weights (kept in its cache).
+        let tasks: Vec<(usize, usize)> =
+            (0..self.slices.len()).flat_map(|s| (0..rows).step_by(ROW_BLOCK).map(move |r| (s, r))).collect();
+        tasks.into_par_iter().try_for_each(|(s, r0)| {
+            let shared = &shared; // the whole Sync wrapper, not its raw pointer field
+            single_threaded();
+            let slice = &self.slices[s];
+            let m = ROW_BLOCK.min(rows - r0);
+            let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n: slice.n }, &slice.md)?;
+            let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
+            let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, slice.n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+            BLOCK.with_borrow_mut(|block| {
+                block.resize(m * slice.n, 0.0);
+                // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
+                // read; the dense m × n block is this thread's own; all outlive the call.
+                unsafe {
+                    let src = Memory::over(&src_md, a[r0 * k..].as_ptr() as *mut std::ffi::c_void)?;
+                    let wei = Memory::over(&slice.md, slice.data.as_ptr() as *mut std::ffi::c_void)?;
+                    let dst = Memory::over(&dst_md, block.as_mut_ptr().cast())?;
+                    execute(
+                        &p,
+                        &[arg(ffi::DNNL_ARG_SRC, &src), arg(ffi::DNNL_ARG_WEIGHTS, &wei), arg(ffi::DNNL_ARG_DST, &dst)],
+                    )?;
+                }
+                for (r, row) in block.chunks_exact(slice.n).enumerate() {
+                    // SAFETY: row r0 + r, columns start..start + n of the output: inside it, and written by this task
+                    // alone (tasks own disjoint (slice, row block) pairs).
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(shared.0.add((r0 + r) * ldc + slice.start), slice.n) };
+                    if add {
+                        dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(row);
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+thread_local! {
+    /// Each thread's dense output block, reused across tasks and calls.
+    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies `from` (layout `src`) into `to` (layout `dst`), converting the element type if they differ.
+fn reorder(src: &Md, dst: &Md, from: &Memory, to: &Memory) -> Result<()> {
+    let engine = engine()?;
+    let mut pd = ptr::null_mut();
+    let attr = Attr::user_scratchpad()?;
+    // SAFETY: both descriptors and the attributes are valid.
+    check("dnnl_reorder_primitive_desc_create", unsafe {
+        ffi::dnnl_reorder_primitive_desc_create(&mut pd, &src.0, engine, &dst.0, engine, attr.0)
+    })?;
+    let pd = Pd(pd);
+    let p = pd.primitive()?;
+    execute(&p, &[arg(ffi::DNNL_ARG_FROM, from), arg(ffi::DNNL_ARG_TO, to)])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! The glue in f32 on any x86-64 CPU (packing, slices, row blocks, primitive cache, sum post-op, threads), and in bf16
+//! where oneDNN has a bf16 brgemm kernel for this CPU.
+
+use super::*;
+
+fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// Deterministic test data in [-1, 1).
+fn data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 37 + seed * 11) % 101) as f32 / 50.5 - 1.0).collect()
+}
+
+/// residual + x · Wᵀ in f64, with x and W first rounded as `round` says.
+fn reference(x: &[f32], w: &[f32], rows: usize, (n, k): (usize, usize), round: fn(f32) -> f32) -> Vec<f64> {
+    let mut out = vec![0f64; rows * n];
+    for r in 0..rows {
+        for j in 0..n {
+            out[r * n + j] = (0..k).map(|i| round(x[r * k + i]) as f64 * round(w[j * k + i]) as f64).sum();
+        }
+    }
+    out
+}
+
+/// Shapes that cut slices and row blocks unevenly: one row, a partial slice, several slices and row blocks.
+const SHAPES: [(usize, usize, usize); 5] =
+    [(1, 64, 32), (7, 70, 33), (65, SLICE + 80, 96), (130, 2 * SLICE, 64), (3, 1, 1)];
+
+fn check<T: Element>(round: fn(f32) -> f32, tolerance: f64) {
+    for (rows, n, k) in SHAPES {
+        let (w, x, residual) = (data(n * k, 1), data(rows * k, 2), data(rows * n, 3));
+        let packed = Matmul::<T>::pack(&w, n, k).unwrap();
+        let want = reference(&x, &w, rows, (n, k), round);
+        let got = packed.matmul(&x, rows).unwrap();
+        let added = packed.matmul_add(&x, rows, &residual).unwrap();
+        for i in 0..rows * n {
+            let ok = |g: f32, e: f64| (g as f64 - e).abs() <= tolerance * (1.0 + e.abs());
+            assert!(ok(got[i], want[i]), "{rows}x{n}x{k} [{i}]: {} vs {}", got[i], want[i]);
+            assert!(ok(added[i], want[i] + residual[i] as f64), "{rows}x{n}x{k} [{i}] with the residual");
+        }
+    }
+}
+
+#[test]
+fn f32_matches_a_plain_matmul_for_uneven_shapes() {
+    check::<f32>(|v| v, 1e-5);
+}
+
+#[test]
+fn bf16_matches_a_plain_matmul_of_the_rounded_values() {
+    let Some(kernel) = bf16_kernel() else {
+        return println!("SKIPPED onednn::bf16_matches_a_plain_matmul_of_the_rounded_values: no oneDNN bf16 kernel");
+    };
+    println!("oneDNN bf16 kernel: {} ({})", kernel.name(), implementation::<Bf16>(32, 64, 64).unwrap());
+    check::<Bf16>(|v| bf16_to_f32(f32_to_bf16(v)), 1e-4);
+}
+
+#[test]
+fn bf16_is_accepted_only_as_brgemm() {
+    assert!(Bf16::accepts("brg:avx512_core_amx"));
+    assert!(!Bf16::accepts("gemm:jit"), "an emulated bf16 gemm");
+    assert!(!Bf16::accepts("ref:any"));
+    // Whatever this CPU has: the kernel's name follows the implementation oneDNN picked.
+    match (bf16_kernel(), implementation::<Bf16>(32, 64, 64)) {
+        (Some(k), Ok(name)) => assert_eq!(k.name() == "onednn amx", name.contains("amx"), "{name}"),
+        (None, Ok(name)) => assert!(!Bf16::accepts(&name) || crate::cpu::level() < crate::cpu::Level::Avx512Bf16),
+        (_, Err(e)) => assert_eq!(bf16_kernel(), None, "{e}"),
+    }
+}
+
+#[test]
+fn rounds_to_nearest_even() {
+    assert_eq!(f32_to_bf16(1.0), 0x3f80);
+    // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+    assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+    assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+    assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
+}
+
+/// The threads of this process whose name starts with `prefix` (threads inherit their creator's name on Linux).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// oneDNN computes on the pool's threads only: no OpenMP team is started beside them (its threads would be named
+/// after the pool thread that started them).
+#[test]
+fn the_pool_is_the_only_thread_count() {
+    let pool =
+        rayon::ThreadPoolBuilder::new().num_threads(2).thread_name(|i| format!("onednn-only-{i}")).build().unwrap();
+    let (rows, n, k) = (200, 3 * SLICE, 512);
+    let (w, x) = (data(n * k, 4), data(rows * k, 5));
+    pool.install(|| {
+        let packed = Matmul::<f32>::pack(&w, n, k).unwrap();
+        packed.matmul(&x, rows).unwrap();
+        if bf16_kernel().is_some() {
+            Matmul::<Bf16>::pack(&w, n, k).unwrap().matmul(&x, rows).unwrap();
+        }
+    });
+    assert_eq!(threads_named("onednn-only"), 2);
+}
+
+/// The pool's threads execute one primitive at once, each in its own scratchpad: repeated runs on several threads give
+/// the single-threaded result bit for bit (oneDNN's default scratchpad, shared by all primitives, raced here).
+#[test]
+fn concurrent_tasks_give_the_single_threaded_result() {
+    let (rows, n, k) = (300, 4 * SLICE, 1024);
+    let (w, x) = (data(n * k, 6), data(rows * k, 7));
+    let run = |threads: usize, f: &(dyn Fn() -> Vec<f32> + Sync)| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    };
+    let f32_packed = Matmul::<f32>::pack(&w, n, k).unwrap();
+    let bf16_packed = bf16_kernel().map(|_| Matmul::<Bf16>::pack(&w, n, k).unwrap());
+    let both = || {
+        let mut out = f32_packed.matmul(&x, rows).unwrap();
+        if let Some(bf16) = &bf16_packed {
+            out.extend(bf16.matmul(&x, rows).unwrap());
+        }
+        out
+    };
+    let alone = run(1, &both);
+    for _ in 0..10 {
+        assert!(run(4, &both) == alone, "a concurrent run differs from the single-threaded one");
+    }
+}
