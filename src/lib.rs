@@ -5,7 +5,7 @@
 //! - `backend`: the process globals this backend reads (pid, statement start, preloading), each read in one place
 //! - `runtime`: where each embedding runs (model server or this backend), the per-backend model, worker pool,
 //!   interrupts, counters, result cache
-//! - `supervisor`: the background worker that runs the cluster's model server (`src/server/`) in a child process
+//! - `supervisor`: the background worker that runs the cluster's model server (`crates/qwen_embed_server`) in a child process
 //! - `server_client`: the backend side of the model server
 //! - `vector`: pgvector's `vector` in and out
 //! - `api`: `embed`, `cosine_sim`, `semantic_similarity`

@@ -491,13 +491,14 @@ mod tests {
             (got.iter().zip(&expected).map(|(a, b)| a * b).sum::<f32>(), info_value("dtype"))
         };
         let (cos, dtype) = embed_case();
-        assert!(cos >= if bf16 { 0.9999 } else { 0.99999 }, "bf16 cosine {cos}");
+        // bf16 with bf16 attention: 0.9998 on this tiny model, 0.99999 on the real shape (tests/reference.rs says why).
+        assert!(cos >= if bf16 { 0.9998 } else { 0.99999 }, "bf16 cosine {cos}");
         assert_eq!(dtype, if bf16 { "bf16" } else { "f32" });
         // auto: bf16 weights where the CPU has a bf16 kernel, else f16 weights for the AVX2/FMA kernel, which every
         // CPU this is tested on has; f16 weights are held to the f32 paths' accuracy.
         Spi::run("SET qwen_embed.dtype = 'auto'").unwrap();
         let (cos, dtype) = embed_case();
-        assert!(cos >= if bf16 { 0.9999 } else { 0.99999 }, "auto cosine {cos}");
+        assert!(cos >= if bf16 { 0.9998 } else { 0.99999 }, "auto cosine {cos}");
         assert_eq!(dtype, if bf16 { "bf16" } else { "f16" });
         let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
         assert_eq!(info_value("kernel"), kernel);

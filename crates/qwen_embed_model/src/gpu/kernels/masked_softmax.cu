@@ -1,5 +1,5 @@
 // The attention's masked softmax on a GPU, one kernel instead of four passes over the scores (cast to f32, add a
-// broadcast mask, softmax, cast back): see src/model/gpu_softmax.rs.
+// broadcast mask, softmax, cast back): see ../softmax.rs.
 //
 // scores and probs: rows × keys, contiguous. One block per row; row r is query (r % n) of sequence (r / per_seq) and
 // sees keys starts[(r / per_seq) * n + r % n] ..= first + r % n (encoder.rs's visible_keys). The softmax is computed

@@ -1,4 +1,4 @@
-//! The attention's masked softmax on a GPU as one kernel (`kernels/masked_softmax.cu`, compiled to PTX by build.rs
+//! The attention's masked softmax on a GPU as one kernel (`gpu/kernels/masked_softmax.cu`, compiled to PTX by build.rs
 //! with the `cuda` feature). With candle's operations the scores made four passes (a cast to f32, an added mask
 //! broadcast over the heads, softmax, a cast back), which took two thirds of a long input's GPU time on an H200
 //! (bench/results/2026-11-25-h200-gpu.md); here each row is read once and written once, the mask is a start per

@@ -1,11 +1,26 @@
-//! What this CPU can run, detected once per process. The kernel types have private fields, so a value exists only
-//! after detection found its instructions: a function handed one may execute them without checking again. That is
-//! what makes the `unsafe` calls into the kernels sound.
+//! The CPU backends, and what this CPU can run, detected once per process.
 //!
-//! The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use (`onednn`, which asks Linux for AMX itself); they are
-//! detected here so that one setting caps every kernel: `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the
-//! detected level (to measure or test what an older CPU would run); `QWEN_EMBED_NO_AMX=1` is the same as
-//! `avx512bf16`.
+//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's bf16 brgemm, AMX or AVX512-BF16),
+//! [`f32_matmul`] on `micro_kernel` (AVX2/FMA/F16C linear layers, weights packed at load), [`attention`] (the CPU
+//! attention: `attention_tiled` on the micro-kernel, `attention_bf16` with bf16 products, a portable path on `gemm`;
+//! `panels` holds what the packed kernels share) and [`elementwise`] (vectorised exp and SwiGLU).
+//!
+//! Detection: the kernel types have private fields, so a value exists only after detection found its instructions: a
+//! function handed one may execute them without checking again. That is what makes the `unsafe` calls into the
+//! kernels sound. The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use for the linear layers (it asks Linux for AMX
+//! itself) and `attention_bf16`'s; they are detected here so that one setting caps every kernel:
+//! `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the detected level (to measure or test what an older CPU
+//! would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
+
+pub mod attention;
+pub(crate) mod attention_bf16;
+pub(crate) mod attention_tiled;
+pub mod elementwise;
+pub mod f32_matmul;
+pub(crate) mod micro_kernel;
+#[cfg(feature = "onednn")]
+pub mod onednn;
+pub(crate) mod panels;
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! With the `onednn` feature: links Debian's oneDNN (`libdnnl`) and its OpenMP runtime.
 //!
-//! With the `cuda` feature: the model core's own CUDA kernel (kernels/masked_softmax.cu) compiled to PTX with nvcc,
-//! which candle's CUDA build needs anyway. PTX for compute capability 7.5 runs on every later GPU (the driver
+//! With the `cuda` feature: the model core's own CUDA kernel (src/gpu/kernels/masked_softmax.cu) compiled to PTX with
+//! nvcc, which candle's CUDA build needs anyway. PTX for compute capability 7.5 runs on every later GPU (the driver
 //! compiles it for the GPU at first use).
 
 fn main() {
@@ -10,7 +10,7 @@ fn main() {
         println!("cargo::rustc-link-lib=dylib=dnnl");
         println!("cargo::rustc-link-lib=dylib=gomp");
     }
-    println!("cargo::rerun-if-changed=kernels/masked_softmax.cu");
+    println!("cargo::rerun-if-changed=src/gpu/kernels/masked_softmax.cu");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -23,8 +23,8 @@ fn main() {
     let status = std::process::Command::new(&nvcc)
         .args(["--ptx", "-arch=compute_75", "-O3", "-o"])
         .arg(&out)
-        .arg("kernels/masked_softmax.cu")
+        .arg("src/gpu/kernels/masked_softmax.cu")
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
-    assert!(status.success(), "nvcc failed on kernels/masked_softmax.cu");
+    assert!(status.success(), "nvcc failed on src/gpu/kernels/masked_softmax.cu");
 }

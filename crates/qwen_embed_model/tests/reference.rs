@@ -154,11 +154,14 @@ fn half_precision_stays_within_the_accuracy_target() {
         }
         // bf16 activations (a GPU) round every hidden state to 8 bits of mantissa; in this 32-wide model that costs
         // more than at full size: transformers in bf16 reaches min cosine 0.99961 on these cases (0.99954 eager), and
-        // both it and ours reach 0.9999 on the real 0.6B shape (bench/run.py --device cuda). bf16 weights with f32
-        // activations (a CPU) keep 0.9999 here too; f16 weights with f32 activations (a CPU's `auto` without bf16
-        // instructions) are held to the f32 paths' target.
+        // both it and ours reach 0.9999 on the real 0.6B shape (bench/run.py --device cuda). On a CPU bf16 means bf16
+        // weights with f32 activations (0.99993 here) and attention with bf16 operands, as PyTorch's CPU attention
+        // computes there: 0.99986 here, 0.99999 on the real shape against PyTorch fp32 (bench/run.py, where PyTorch
+        // bf16 reaches 0.99992). f16 weights with f32 activations (a CPU's `auto` without bf16 instructions) are held
+        // to the f32 paths' target.
         let target = match (dtype, device.is_cpu()) {
             (DType::BF16, false) => 0.9996,
+            (DType::BF16, true) => 0.9998,
             (DType::F16, true) => 0.99999,
             _ => 0.9999,
         };
