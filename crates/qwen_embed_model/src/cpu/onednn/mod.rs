@@ -566,24 +566,22 @@ impl<T: Element> Matmul<T> {
 
     /// `x` is rows × in_features (row-major); returns rows × out_features.
     pub fn matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; rows * self.out_features];
-        self.compute(x, rows, &mut out, false)?;
-        Ok(out)
+        self.compute(x, rows, None)
     }
 
     /// `residual + x · Wᵀ` (residual is rows × out_features), the add done as the result is copied into place.
     pub fn matmul_add(&self, x: &[f32], rows: usize, residual: &[f32]) -> Result<Vec<f32>> {
         assert_eq!(residual.len(), rows * self.out_features);
-        let mut out = residual.to_vec();
-        self.compute(x, rows, &mut out, true)?;
-        Ok(out)
+        self.compute(x, rows, Some(residual))
     }
 
-    /// `out` (rows × out_features) = x · Wᵀ, or += when `add`.
-    fn compute(&self, x: &[f32], rows: usize, out: &mut [f32], add: bool) -> Result<()> {
+    /// x · Wᵀ (+ residual). The output is not zeroed first (tens of megabytes a layer for a long batch): every element
+    /// is written by exactly one task before its length is set.
+    fn compute(&self, x: &[f32], rows: usize, residual: Option<&[f32]>) -> Result<Vec<f32>> {
         assert_eq!(x.len(), rows * self.in_features);
         let a = T::activations(x);
         let (k, ldc) = (self.in_features, self.out_features);
+        let mut out: Vec<f32> = Vec::with_capacity(rows * ldc);
         let shared = SharedOut(out.as_mut_ptr());
         // Slice-major: a thread's consecutive tasks mostly share one slice of weights (kept in its cache).
         let tasks: Vec<(usize, usize)> =
@@ -610,19 +608,29 @@ impl<T: Element> Matmul<T> {
                     )?;
                 }
                 for (r, row) in block.chunks_exact(slice.n).enumerate() {
-                    // SAFETY: row r0 + r, columns start..start + n of the output: inside it, and written by this task
-                    // alone (tasks own disjoint (slice, row block) pairs).
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(shared.0.add((r0 + r) * ldc + slice.start), slice.n) };
-                    if add {
-                        dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
-                    } else {
-                        dst.copy_from_slice(row);
+                    let at = (r0 + r) * ldc + slice.start;
+                    // SAFETY: row r0 + r, columns start..start + n of the output lie inside its capacity and are
+                    // written by this task alone (tasks own disjoint (slice, row block) pairs), through raw pointers:
+                    // the memory is not initialised yet, so no reference to it is made.
+                    unsafe {
+                        let dst = shared.0.add(at);
+                        match residual {
+                            Some(res) => {
+                                row.iter().zip(&res[at..at + slice.n]).enumerate().for_each(|(j, (&v, &r))| {
+                                    dst.add(j).write(v + r);
+                                })
+                            }
+                            None => ptr::copy_nonoverlapping(row.as_ptr(), dst, slice.n),
+                        }
                     }
                 }
                 Ok(())
             })
-        })
+        })?;
+        // SAFETY: the tasks covered every (row, column) once (slices partition the columns, row blocks the rows) and all
+        // succeeded, so all rows × ldc elements are written.
+        unsafe { out.set_len(rows * ldc) };
+        Ok(out)
     }
 }
 
