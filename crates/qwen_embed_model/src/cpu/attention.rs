@@ -103,6 +103,62 @@ pub fn visible_keys(pos: usize, pad: usize) -> std::ops::RangeInclusive<usize> {
     }
 }
 
+/// One step of the online softmax (the blocked paths): folds the scores of one key block into a query row's running
+/// `max` and `sum`, rescales its output so far (`out`), and leaves in `row` the probabilities of its visible keys
+/// relative to the new max, 0 for every other key. `row` holds the block's keys from `key0`; `pos` and `pad` say which
+/// keys the query at that position may see ([`visible_keys`]).
+pub(crate) fn online_softmax_step(
+    row: &mut [f32],
+    key0: usize,
+    (pos, pad): (usize, usize),
+    (max, sum): (&mut f32, &mut f32),
+    out: &mut [f32],
+) {
+    let end = key0 + row.len();
+    let visible = visible_keys(pos, pad);
+    let lo = (*visible.start()).clamp(key0, end) - key0;
+    let hi = (*visible.end() + 1).clamp(key0, end) - key0;
+    if lo < hi {
+        let new_max = row[lo..hi].iter().fold(*max, |m, &x| m.max(x));
+        let block_sum = crate::elementwise::exp_shifted(&mut row[lo..hi], new_max);
+        let scale = (*max - new_max).exp(); // 0 for the row's first visible block
+        if scale != 1.0 {
+            out.iter_mut().for_each(|o| *o *= scale);
+        }
+        *sum = *sum * scale + block_sum;
+        *max = new_max;
+    }
+    row[..lo].fill(0.0);
+    row[hi.max(lo)..].fill(0.0);
+}
+
+/// The blocked paths' last step: a task's `n` output rows (`acc`, row stride `ldo`, unnormalised) divided by their
+/// softmax sums, written to the (batch, query, heads × head_dim) output at the task's sequence `b`, head `h` and first
+/// query `start`.
+pub(crate) fn write_rows(
+    out: &SharedOut,
+    acc: &[f32],
+    ldo: usize,
+    sums: &[f32],
+    (b, h, start): (usize, usize, usize),
+    s: Shape,
+) {
+    let (queries, hd) = (s.len - s.first_query, s.head_dim);
+    for (i, &sum) in sums.iter().enumerate() {
+        let inv = 1.0 / sum;
+        // SAFETY: these rows of the output (sequence b, head h, this block) are written by this task alone.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(out.0.add((b * queries + start + i) * s.heads * hd + h * hd), hd) };
+        dst.iter_mut().zip(&acc[i * ldo..][..hd]).for_each(|(d, &o)| *d = o * inv);
+    }
+}
+
+/// Fills `buf` with `len` copies of `value`, reusing its allocation.
+pub(crate) fn reset<T: Copy>(buf: &mut Vec<T>, len: usize, value: T) {
+    buf.clear();
+    buf.resize(len, value);
+}
+
 thread_local! {
     /// Each pool thread's score buffer, reused across tasks and calls.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{query_block_tasks, visible_keys, Shape};
+use crate::attention::{online_softmax_step, query_block_tasks, reset, write_rows, Shape};
 use crate::cpu::Avx512Bf16;
 use crate::elementwise::f32_to_bf16;
 use crate::panels::SharedOut;
@@ -95,12 +95,6 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// Fills `buf` with `len` copies of `value`, reusing its allocation.
-fn reset<T: Copy>(buf: &mut Vec<T>, len: usize, value: T) {
-    buf.clear();
-    buf.resize(len, value);
-}
-
 /// [`crate::attention::causal_attention`] in bf16; the token proves the CPU has AVX512F and AVX512-BF16.
 pub fn causal_attention(kernel: Avx512Bf16, q: &[f32], k: &[f32], v: &[f32], pads: &[usize], s: Shape) -> Vec<f32> {
     let queries = s.len - s.first_query;
@@ -170,21 +164,8 @@ pub fn causal_attention(kernel: Avx512Bf16, q: &[f32], k: &[f32], v: &[f32], pad
                     for r in 0..group_rows(g) {
                         let i = g * MR + r;
                         let row = &mut sc.scores[i * KEY_BLOCK..][..kc];
-                        let visible = visible_keys(first_pos + i, pad);
-                        let lo = (*visible.start()).clamp(key0, key0 + kc) - key0;
-                        let hi = (*visible.end() + 1).clamp(key0, key0 + kc) - key0;
-                        if lo < hi {
-                            let new_max = row[lo..hi].iter().fold(sc.max[i], |m, &x| m.max(x));
-                            let sum = crate::elementwise::exp_shifted(&mut row[lo..hi], new_max);
-                            let scale = (sc.max[i] - new_max).exp(); // 0 for the row's first visible block
-                            if scale != 1.0 {
-                                sc.out[i * ldo..][..ldo].iter_mut().for_each(|o| *o *= scale);
-                            }
-                            sc.sum[i] = sc.sum[i] * scale + sum;
-                            sc.max[i] = new_max;
-                        }
-                        row[..lo].fill(0.0);
-                        row[hi.max(lo)..].fill(0.0);
+                        let out = &mut sc.out[i * ldo..][..ldo];
+                        online_softmax_step(row, key0, (first_pos + i, pad), (&mut sc.max[i], &mut sc.sum[i]), out);
                         let p = &mut sc.p[i * KEY_BLOCK / 2..][..kc.div_ceil(2)];
                         for (j, p) in p.iter_mut().enumerate() {
                             *p = pair(row[2 * j], row.get(2 * j + 1).copied().unwrap_or(0.0));
@@ -220,14 +201,7 @@ pub fn causal_attention(kernel: Avx512Bf16, q: &[f32], k: &[f32], v: &[f32], pad
                     }
                 }
             }
-            for i in 0..n {
-                let inv = 1.0 / sc.sum[i];
-                // SAFETY: these rows of the output (sequence b, head h, this block) are written by this task alone.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.0.add((b * queries + start + i) * s.heads * hd + h * hd), hd)
-                };
-                dst.iter_mut().zip(&sc.out[i * ldo..][..hd]).for_each(|(d, &o)| *d = o * inv);
-            }
+            write_rows(out_ptr, &sc.out, ldo, &sc.sum, (b, h, start), s);
         });
     });
     out
