@@ -4,8 +4,8 @@
 //! instructions our development machines lack could not be.
 //!
 //! The glue is generic over the element type ([`Element`]: `f32` or [`Bf16`]), so the f32 instantiation tests the
-//! same packing, primitive cache, slicing, post-op and threading on any x86-64 CPU; the bf16 one runs where the CPU has
-//! the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
+//! same packing, primitive cache, slicing, scratchpads and threading on any x86-64 CPU; the bf16 one runs where the CPU
+//! has the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
 //! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none.
 //!
 //! How it runs:
@@ -19,6 +19,9 @@
 //!   started before the model server's fork. Cancellation is unchanged: the encoder checks between layers.
 //! - **Primitives cached** per (element type, rows, in, slice width), once per process: rows are at most
 //!   [`ROW_BLOCK`], so a shape has at most that many primitives, shared by every layer of that shape.
+//! - **A scratchpad per thread.** oneDNN's default scratchpad is one buffer shared by all primitives (Debian builds it
+//!   without `DNNL_ENABLE_CONCURRENT_EXEC`), which concurrent tasks would race on: every primitive is made with a user
+//!   scratchpad, and each execution brings its thread's own.
 //! - **Dense blocks, copied into place.** oneDNN 2.6's brgemm writes only a dense output (a wider row stride sends it
 //!   to the reference implementation), so each task computes its m × slice block in a buffer of its thread and copies
 //!   it into the output. The residual add rides on that copy ([`Matmul::matmul_add`]): a sum post-op would need the
