@@ -103,6 +103,52 @@ pub fn visible_keys(pos: usize, pad: usize) -> std::ops::RangeInclusive<usize> {
     }
 }
 
+/// One task of the blocked paths (`attention_tiled`, `attention_bf16`): `n` queries of sequence `b` and query head `h`
+/// from query `start`, in groups of `mr` rows (one micro-kernel call each), and the keys they may see.
+pub(crate) struct QueryBlock {
+    pub n: usize,
+    pub groups: usize,
+    mr: usize,
+    /// The absolute position of the block's first query.
+    pub first_pos: usize,
+    /// The sequence's left padding.
+    pub pad: usize,
+    /// The keys the block may see: from the first visible one to the last query's own position (exclusive end).
+    pub key_lo: usize,
+    pub key_end: usize,
+    /// The KV head (over all sequences) that query head `h` of sequence `b` reads.
+    pub kv_head: usize,
+}
+
+impl QueryBlock {
+    pub fn new((b, h, start): (usize, usize, usize), block: usize, mr: usize, pads: &[usize], s: Shape) -> Self {
+        let n = block.min(s.len - s.first_query - start);
+        let first_pos = s.first_query + start;
+        let pad = pads[b];
+        let kv_head = b * s.kv_heads + h / (s.heads / s.kv_heads);
+        QueryBlock {
+            n,
+            groups: n.div_ceil(mr),
+            mr,
+            first_pos,
+            pad,
+            key_lo: pad.min(first_pos),
+            key_end: first_pos + n,
+            kv_head,
+        }
+    }
+
+    /// Rows in group `g` (`mr`, or fewer in the last group).
+    pub fn group_rows(&self, g: usize) -> usize {
+        self.mr.min(self.n - g * self.mr)
+    }
+
+    /// One past group `g`'s last visible key: its last query's position + 1.
+    pub fn group_end(&self, g: usize) -> usize {
+        self.first_pos + g * self.mr + self.group_rows(g)
+    }
+}
+
 /// One step of the online softmax (the blocked paths): folds the scores of one key block into a query row's running
 /// `max` and `sum`, rescales its output so far (`out`), and leaves in `row` the probabilities of its visible keys
 /// relative to the new max, 0 for every other key. `row` holds the block's keys from `key0`; `pos` and `pad` say which

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{online_softmax_step, query_block_tasks, reset, write_rows, Shape};
+use crate::attention::{online_softmax_step, query_block_tasks, reset, write_rows, QueryBlock, Shape};
 use crate::cpu::F32Kernel;
 use crate::micro_kernel::{interleave_rows, tile, Step32, Tile, MR, NR};
 use crate::panels::SharedOut;
@@ -90,16 +90,10 @@ pub fn causal_attention(_kernel: F32Kernel, q: &[f32], k: &[f32], v: &[f32], pad
     let out_ptr = SharedOut(out.as_mut_ptr());
     query_block_tasks(s, QUERY_BLOCK).into_par_iter().for_each(|(b, h, start)| {
         let out_ptr = &out_ptr; // the whole Sync wrapper, not its raw pointer field
-        let n = QUERY_BLOCK.min(queries - start);
-        let groups = n.div_ceil(MR);
-        let group_rows = |g: usize| MR.min(n - g * MR);
-        let first_pos = s.first_query + start; // absolute position of the block's first query
-        let pad = pads[b];
-        // Keys the block may see: from the first visible one to the last query's own position.
-        let (key_lo, key_end) = (pad.min(first_pos), first_pos + n);
-        // A group's last visible key: its last query's position.
-        let group_end = |g: usize| first_pos + g * MR + group_rows(g);
-        let kvh = b * s.kv_heads + h / (s.heads / s.kv_heads);
+        let blk = QueryBlock::new((b, h, start), QUERY_BLOCK, MR, pads, s);
+        let (n, groups, first_pos, pad, kvh) = (blk.n, blk.groups, blk.first_pos, blk.pad, blk.kv_head);
+        let (key_lo, key_end) = (blk.key_lo, blk.key_end);
+        let (group_rows, group_end) = (|g| blk.group_rows(g), |g| blk.group_end(g));
         let pk = &kv.k[kvh * kv.panels * hd..][..kv.panels * hd];
         let pv = &kv.v[kvh * kv.dim_panels * kv.panels * NR..][..kv.dim_panels * kv.panels * NR];
         let width = KEY_PANELS * NR;

@@ -113,6 +113,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let bf16_to_f32 = |b: u16| f32::from_bits((b as u32) << 16);
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
+    }
+
+    #[test]
     fn exp_is_within_two_ulp_of_libm() {
         let mut worst = 0f32;
         for i in 0..=870_000 {

@@ -65,7 +65,8 @@ impl Linear {
         })
     }
 
-    /// `residual + x · Wᵀ (+ b)`: on oneDNN (without a bias) the add is fused into the matmul as a sum post-op.
+    /// `residual + x · Wᵀ (+ b)`: on oneDNN (without a bias) the add is made as each block of the product is copied
+    /// into place, not in a pass of its own.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "onednn")]
         if let Linear::Onednn { weights, bias: None } = self {
