@@ -41,10 +41,24 @@ pub enum Job {
     Status,
 }
 
+/// Whose work is served first: a batch takes from the first class that has work waiting, and a bulk batch of a
+/// later class pauses at its next layer while an interactive batch computes.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub enum Priority {
+    /// A session waiting for its result (`embed()` in a query, a sync trigger).
+    #[default]
+    Interactive,
+    /// The async embedding worker.
+    Async,
+    /// `CALL qwen_embed.backfill`.
+    Backfill,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Request {
     /// Who asks (a backend's pid), for per-session counts.
     pub client: i32,
+    pub priority: Priority,
     pub model: ModelSpec,
     pub lengths: Lengths,
     pub job: Job,
@@ -165,6 +179,7 @@ mod tests {
     fn frames_round_trip() {
         let request = Request {
             client: 42,
+            priority: Priority::Async,
             model: ModelSpec { path: "/m".into(), device: "cpu".into(), dtype: "auto".into() },
             lengths: Lengths { max_length: 8192, truncate: false },
             job: Job::Embed { texts: vec!["a".into(), "ü 北京".into()], instruct: None, dim: Some(32) },

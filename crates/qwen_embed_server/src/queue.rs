@@ -6,10 +6,16 @@
 //! many are waiting, not to their size. Lanes split small and large requests, so that two batch threads can compute
 //! interactive queries next to bulk work. Within a request, sequences go shortest first (the model then packs each
 //! batch by length itself). Canceled requests are dropped here, before anything is computed for them.
+//!
+//! Above all that, priority classes ([`Priority`]): a batch takes from the interactive requests first, then from the
+//! async worker's, then from backfills', so a backlog of async or backfill work never delays a session's query by
+//! more than the batch already computing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use crate::protocol::Priority;
 
 /// Which requests a batch may take from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +31,7 @@ pub enum Lane {
 
 struct Entry {
     id: u64,
+    priority: Priority,
     /// (index in the request, token ids), shortest first; `next` is the first not yet handed out.
     seqs: Vec<(usize, Vec<u32>)>,
     next: usize,
@@ -42,6 +49,7 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub request: u64,
+    pub priority: Priority,
     pub index: usize,
     pub ids: Vec<u32>,
 }
@@ -79,7 +87,13 @@ impl Queue {
 
     /// Queues a request's token sequences. Refused when they would take the queue over its limit (a request alone
     /// in an empty queue is always taken, so no request is refused for its size alone).
-    pub fn push(&mut self, id: u64, seqs: Vec<Vec<u32>>, canceled: Arc<AtomicBool>) -> Result<(), Full> {
+    pub fn push(
+        &mut self,
+        id: u64,
+        priority: Priority,
+        seqs: Vec<Vec<u32>>,
+        canceled: Arc<AtomicBool>,
+    ) -> Result<(), Full> {
         if !self.entries.is_empty() && self.queued_texts + seqs.len() > self.limit {
             return Err(Full { queued: self.queued_texts, limit: self.limit });
         }
@@ -87,7 +101,7 @@ impl Queue {
         seqs.sort_by_key(|(_, ids)| ids.len());
         let total_tokens = seqs.iter().map(|(_, ids)| ids.len()).sum();
         self.queued_texts += seqs.len();
-        self.entries.push_back(Entry { id, seqs, next: 0, total_tokens, canceled });
+        self.entries.push_back(Entry { id, priority, seqs, next: 0, total_tokens, canceled });
         Ok(())
     }
 
@@ -106,8 +120,9 @@ impl Queue {
         dropped
     }
 
-    /// The next batch for `lane`: sequences taken round-robin across the requests the lane may serve, at least one,
-    /// then as many as fit in `budget` tokens. Empty when nothing waits for this lane.
+    /// The next batch for `lane`: sequences taken round-robin across the requests of the first priority class with
+    /// work for the lane, then of the next class, at least one sequence, then as many as fit in `budget` tokens.
+    /// Empty when nothing waits for this lane.
     pub fn next_batch(&mut self, budget: usize, lane: Lane) -> Vec<Item> {
         let eligible = |e: &Entry| match lane {
             Lane::Interactive { small_tokens } => e.total_tokens <= small_tokens,
@@ -116,21 +131,23 @@ impl Queue {
         };
         let mut batch: Vec<Item> = Vec::new();
         let mut tokens = 0;
-        'rounds: loop {
-            let mut took = false;
-            for e in self.entries.iter_mut().filter(|e| eligible(e) && e.remaining() > 0) {
-                let len = e.seqs[e.next].1.len();
-                if !batch.is_empty() && tokens + len > budget {
-                    break 'rounds;
+        'classes: for class in [Priority::Interactive, Priority::Async, Priority::Backfill] {
+            loop {
+                let mut took = false;
+                for e in self.entries.iter_mut().filter(|e| e.priority == class && eligible(e) && e.remaining() > 0) {
+                    let len = e.seqs[e.next].1.len();
+                    if !batch.is_empty() && tokens + len > budget {
+                        break 'classes;
+                    }
+                    let (index, ids) = std::mem::take(&mut e.seqs[e.next]);
+                    e.next += 1;
+                    tokens += len;
+                    batch.push(Item { request: e.id, priority: e.priority, index, ids });
+                    took = true;
                 }
-                let (index, ids) = std::mem::take(&mut e.seqs[e.next]);
-                e.next += 1;
-                tokens += len;
-                batch.push(Item { request: e.id, index, ids });
-                took = true;
-            }
-            if !took {
-                break;
+                if !took {
+                    break;
+                }
             }
         }
         self.queued_texts -= batch.len();
@@ -151,43 +168,52 @@ mod tests {
         Arc::new(AtomicBool::new(false))
     }
 
+    /// An interactive request.
+    fn push(q: &mut Queue, id: u64, seqs: Vec<Vec<u32>>, canceled: Arc<AtomicBool>) -> Result<(), Full> {
+        q.push(id, Priority::Interactive, seqs, canceled)
+    }
+
+    fn item(request: u64, index: usize, ids: Vec<u32>) -> Item {
+        Item { request, priority: Priority::Interactive, index, ids }
+    }
+
     #[test]
     fn a_single_query_is_not_starved_by_a_bulk_request() {
         let mut q = Queue::new(1_000_000);
-        q.push(1, seqs(&[20; 100_000]), flag()).unwrap();
+        push(&mut q, 1, seqs(&[20; 100_000]), flag()).unwrap();
         let first = q.next_batch(200, Lane::Any);
         assert_eq!(first.len(), 10);
-        q.push(2, seqs(&[30]), flag()).unwrap();
+        push(&mut q, 2, seqs(&[30]), flag()).unwrap();
         let second = q.next_batch(200, Lane::Any);
         assert!(second.iter().any(|i| i.request == 2), "the query waits for the next batch only");
         assert!(second.iter().map(|i| i.ids.len()).sum::<usize>() <= 200);
         // The interactive lane takes the small request and never the bulk one; the bulk lane the other way round.
-        q.push(3, seqs(&[12]), flag()).unwrap();
+        push(&mut q, 3, seqs(&[12]), flag()).unwrap();
         let (interactive, bulk) = (Lane::Interactive { small_tokens: 512 }, Lane::Bulk { small_tokens: 512 });
         assert!(q.next_batch(200, bulk).iter().all(|i| i.request == 1));
-        assert_eq!(q.next_batch(200, interactive), vec![Item { request: 3, index: 0, ids: vec![7; 12] }]);
+        assert_eq!(q.next_batch(200, interactive), vec![item(3, 0, vec![7; 12])]);
         assert!(q.next_batch(200, interactive).is_empty());
     }
 
     #[test]
     fn requests_share_batches_round_robin_and_every_sequence_goes_once() {
         let mut q = Queue::new(100);
-        q.push(1, seqs(&[5, 1, 3]), flag()).unwrap();
-        q.push(2, seqs(&[2, 2]), flag()).unwrap();
+        push(&mut q, 1, seqs(&[5, 1, 3]), flag()).unwrap();
+        push(&mut q, 2, seqs(&[2, 2]), flag()).unwrap();
         let batch = q.next_batch(8, Lane::Any);
         // Round 1: request 1's shortest (1), request 2's first (2); round 2: request 1's next (3), request 2 (2).
         let got: Vec<(u64, usize)> = batch.iter().map(|i| (i.request, i.index)).collect();
         assert_eq!(got, vec![(1, 1), (2, 0), (1, 2), (2, 1)]);
         assert_eq!(q.queued_texts(), 1);
         let rest = q.next_batch(8, Lane::Any);
-        assert_eq!(rest, vec![Item { request: 1, index: 0, ids: vec![7; 5] }]);
+        assert_eq!(rest, vec![item(1, 0, vec![7; 5])]);
         assert_eq!((q.queued_texts(), q.queued_requests()), (0, 0));
     }
 
     #[test]
     fn a_sequence_over_the_budget_goes_alone() {
         let mut q = Queue::new(100);
-        q.push(1, seqs(&[500, 10]), flag()).unwrap();
+        push(&mut q, 1, seqs(&[500, 10]), flag()).unwrap();
         assert_eq!(q.next_batch(64, Lane::Any).len(), 1);
         assert_eq!(q.next_batch(64, Lane::Any)[0].ids.len(), 500);
     }
@@ -195,15 +221,33 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_and_canceled_requests_are_dropped_before_compute() {
         let mut q = Queue::new(10);
-        q.push(1, seqs(&[1; 8]), flag()).unwrap();
-        assert_eq!(q.push(2, seqs(&[1; 3]), flag()), Err(Full { queued: 8, limit: 10 }));
+        push(&mut q, 1, seqs(&[1; 8]), flag()).unwrap();
+        assert_eq!(push(&mut q, 2, seqs(&[1; 3]), flag()), Err(Full { queued: 8, limit: 10 }));
         let gone = flag();
-        q.push(3, seqs(&[1; 2]), gone.clone()).unwrap();
+        push(&mut q, 3, seqs(&[1; 2]), gone.clone()).unwrap();
         gone.store(true, Ordering::Relaxed);
         assert_eq!(q.drop_canceled(), vec![3]);
         assert_eq!(q.queued_texts(), 8);
         assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 1));
         // Alone in an empty queue, a request larger than the limit is taken.
-        assert!(q.push(4, seqs(&[1; 50]), flag()).is_ok());
+        assert!(push(&mut q, 4, seqs(&[1; 50]), flag()).is_ok());
+    }
+
+    #[test]
+    fn interactive_work_goes_first_then_async_then_backfill() {
+        let mut q = Queue::new(1_000_000);
+        q.push(1, Priority::Backfill, seqs(&[10; 100]), flag()).unwrap();
+        q.push(2, Priority::Async, seqs(&[10; 100]), flag()).unwrap();
+        // Async before backfill, whatever the order of arrival.
+        assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 2 && i.priority == Priority::Async));
+        // A query arriving behind both is the whole next batch's first pick; the rest of the budget goes to the
+        // next class.
+        q.push(3, Priority::Interactive, seqs(&[10; 2]), flag()).unwrap();
+        let batch = q.next_batch(100, Lane::Any);
+        let got: Vec<u64> = batch.iter().map(|i| i.request).collect();
+        assert_eq!(got, vec![3, 3, 2, 2, 2, 2, 2, 2, 2, 2]);
+        // Backfill runs once the async work is done.
+        while q.next_batch(100, Lane::Any).iter().any(|i| i.request == 2) {}
+        assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 1));
     }
 }

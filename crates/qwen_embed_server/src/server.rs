@@ -6,20 +6,21 @@
 //! Two batch threads take work from the queue ([`crate::queue`]): one from small requests, one from large ones, so an
 //! interactive query is computed next to a running bulk batch instead of behind it, and concurrent queries share
 //! batches. Both run the encoder on one
-//! thread pool sized by the settings.
+//! thread pool sized by the settings. A batch of async or backfill work pauses at its next layer while a batch with
+//! interactive work computes, so a query gets the whole pool.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting};
 
-use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
+use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
 use crate::queue::{Item, Lane, Queue};
 
 /// How the server runs.
@@ -83,6 +84,8 @@ struct Shared {
     status: Mutex<Status>,
     clients: Mutex<HashMap<i32, u64>>,
     next_id: AtomicU64,
+    /// Batches with interactive work computing now: lower-priority batches wait for none.
+    interactive_computing: AtomicUsize,
     pool: rayon::ThreadPool,
 }
 
@@ -129,6 +132,7 @@ pub fn serve(
         status: Mutex::new(status),
         clients: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
+        interactive_computing: AtomicUsize::new(0),
         pool,
     });
 
@@ -218,7 +222,7 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
             Some(Err(reply)) => reply,
             Some(Ok(model)) => {
                 lock(&shared.status).requests += 1;
-                let reply = run_job(shared, &model, job, request.lengths, &conn);
+                let reply = run_job(shared, &model, job, request.lengths, request.priority, &conn);
                 match reply {
                     None => {
                         lock(&shared.status).canceled += 1;
@@ -316,12 +320,21 @@ fn limits(shared: &Shared, lengths: Lengths) -> Limits {
 }
 
 /// Runs one job; None if the caller left first.
-fn run_job(shared: &Shared, model: &Arc<Embedder>, job: Job, lengths: Lengths, conn: &UnixStream) -> Option<Reply> {
+fn run_job(
+    shared: &Shared,
+    model: &Arc<Embedder>,
+    job: Job,
+    lengths: Lengths,
+    priority: Priority,
+    conn: &UnixStream,
+) -> Option<Reply> {
     let limits = limits(shared, lengths);
     let gone = || caller_gone(conn);
     let result = match job {
         Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
-        Job::Embed { texts, instruct, dim } => return embed(shared, model, texts, instruct, dim, &limits, conn),
+        Job::Embed { texts, instruct, dim } => {
+            return embed(shared, model, (texts, instruct, dim), priority, &limits, conn)
+        }
         Job::CountTokens { text, instruct } => {
             model.tokenizer().encode(&format_input(&text, instruct.as_deref())).map(|ids| Reply::Count(ids.len()))
         }
@@ -350,9 +363,8 @@ fn run_job(shared: &Shared, model: &Arc<Embedder>, job: Job, lengths: Lengths, c
 fn embed(
     shared: &Shared,
     model: &Embedder,
-    texts: Vec<String>,
-    instruct: Option<String>,
-    dim: Option<i64>,
+    (texts, instruct, dim): (Vec<String>, Option<String>, Option<i64>),
+    priority: Priority,
     limits: &Limits,
     conn: &UnixStream,
 ) -> Option<Reply> {
@@ -395,7 +407,7 @@ fn embed(
             done,
         },
     );
-    let pushed = lock(&shared.queue).push(id, seqs, canceled.clone());
+    let pushed = lock(&shared.queue).push(id, priority, seqs, canceled.clone());
     if let Err(full) = pushed {
         lock(&shared.collecting).remove(&id);
         lock(&shared.status).rejected += 1;
@@ -454,10 +466,19 @@ fn run_batches(shared: &Shared, lane: Lane) {
 fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
     let seqs: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
     let requests: Vec<u64> = batch.iter().map(|i| i.request).collect();
+    let interactive = batch.iter().any(|i| i.priority == Priority::Interactive);
+    let _computing = interactive.then(|| Computing::start(&shared.interactive_computing));
     // Stop early only if every request in the batch is gone.
-    let canceled = || {
+    let gone = || {
         let collecting = lock(&shared.collecting);
         requests.iter().all(|id| !collecting.contains_key(id))
+    };
+    // Called between layers: a batch without interactive work waits there while one with it computes.
+    let canceled = || {
+        while !interactive && shared.interactive_computing.load(Ordering::Relaxed) > 0 && !gone() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gone()
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         shared.pool.install(|| model.embed_tokens(&seqs, shared.settings.batch_tokens, &canceled))
@@ -512,6 +533,22 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
                 }
             }
         }
+    }
+}
+
+/// Counts a batch with interactive work while it computes (to the end, even if it panics).
+struct Computing<'a>(&'a AtomicUsize);
+
+impl<'a> Computing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Computing(count)
+    }
+}
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
 use qwen_embed_server::client::{call, CallError};
-use qwen_embed_server::protocol::{write_frame, Job, Lengths, ModelSpec, Reply, Request, Status};
+use qwen_embed_server::protocol::{write_frame, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
 use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
 fn tiny_model() -> PathBuf {
@@ -46,7 +46,7 @@ fn start(settings: Settings) -> (tempfile::TempDir, PathBuf) {
 const SETTINGS: Settings = Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512 };
 
 fn request(job: Job) -> Request {
-    Request { client: 7, model: spec(), lengths: LENGTHS, job }
+    Request { client: 7, priority: Priority::Interactive, model: spec(), lengths: LENGTHS, job }
 }
 
 fn embed(socket: &Path, texts: &[&str], instruct: Option<&str>) -> Reply {
