@@ -85,7 +85,7 @@ install_extension() {
     cargo pgrx install --pg-config "$PG_CONFIG" ${SUDO:+--sudo} "$@"
 }
 
-# test_cluster [NAME]: a cluster with the extension preloaded and pointed at the bundled test model and reranker (and
+# test_cluster [NAME [postgresql.conf line ...]]: a cluster with the extension preloaded and pointed at the bundled test model and reranker (and
 # copies of them beside, for tests that switch models).
 # f32: results compare with transformers' fp32 reference to 1e-4 on any CPU.
 test_cluster() {
@@ -95,7 +95,7 @@ test_cluster() {
     reranker=$(install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker)
     install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker-copy >/dev/null
     cluster_new "$(scratch_dir)/${1:-main}" "shared_preload_libraries = 'qwen_embed'" \
-        "qwen_embed.model_path = '$model'" "qwen_embed.reranker_path = '$reranker'" "qwen_embed.dtype = 'f32'"
+        "qwen_embed.model_path = '$model'" "qwen_embed.reranker_path = '$reranker'" "qwen_embed.dtype = 'f32'" "${@:2}"
     export QWEN_EMBED_MODEL=$model
 }
 

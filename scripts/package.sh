@@ -5,7 +5,7 @@
 # scripts/install-deps.sh builds it from Debian's source package).
 #
 #     bash scripts/package.sh            # prints the .deb's path
-#     dpkg -i target/deb/postgresql-15-qwen-embed_0.1.0_amd64.deb
+#     dpkg -i target/deb/postgresql-15-qwen-embed_0.2.0_amd64.deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh

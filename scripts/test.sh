@@ -23,7 +23,10 @@ bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves
 echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
 bash tests/faults.sh
 
-echo "== hot standby: a primary and a streaming replica"
+echo "== async embedding: the queue, its worker, failures, modes, the upgrade from 0.1.0"
+bash tests/async.sh
+
+echo "== hot standby: a primary and a streaming replica, and a promotion"
 bash tests/standby.sh
 
 echo "== load: pgbench, 16 clients, 60 s"

@@ -116,6 +116,8 @@ BEGIN
             after := start_of_table;
             CONTINUE;
         END IF;
+        -- Behind interactive and async work in the model server (until this batch's COMMIT).
+        PERFORM pg_catalog.set_config('qwen_embed.priority', 'backfill', true);
         EXECUTE fill USING ids, @extschema@.embed(texts, instruct, dim);
         GET DIAGNOSTICS filled = ROW_COUNT;
         done := done + filled;

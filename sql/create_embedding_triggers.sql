@@ -1,16 +1,21 @@
--- qwen_embed.create_embedding_triggers(table, text_column, vector_column [, instruct])
--- Attaches the triggers that keep vector_column = embed(text_column [, instruct]):
+-- qwen_embed.create_embedding_triggers(table, text_column, vector_column [, instruct] [, mode => 'sync' | 'async'])
+-- Attaches the triggers that keep vector_column = embed(text_column [, instruct]).
+-- mode 'sync' (the default): the writing statement embeds its rows:
 -- - AFTER INSERT and AFTER UPDATE, FOR EACH STATEMENT (qwen_embed_trigger): embed the statement's rows that have a
 --   text and no vector, in batches. PostgreSQL allows transition tables only on single-event triggers, hence two.
 -- - BEFORE UPDATE, FOR EACH ROW, only when the text changes and the statement leaves the vector as it was
 --   (qwen_embed_clear_on_change): clears the row's vector. A row trigger sees each row's OLD and NEW exactly, so statements that change the
 --   primary key, INSERT … ON CONFLICT DO UPDATE and MERGE are handled like any UPDATE.
 -- A vector given explicitly by INSERT or UPDATE is kept.
+-- mode 'async': the writing statement only queues its rows (sql/async.sql) and the database's background worker
+-- embeds them after the commit: AFTER INSERT, UPDATE, DELETE (statement, transition tables) and TRUNCATE triggers
+-- running qwen_embed._async_capture, and the same BEFORE UPDATE row trigger.
 CREATE FUNCTION qwen_embed.create_embedding_triggers(
     tbl regclass,
     text_column name,
     vector_column name,
-    instruct text DEFAULT NULL
+    instruct text DEFAULT NULL,
+    mode text DEFAULT 'sync'
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -25,7 +30,13 @@ DECLARE
         JOIN pg_operator o ON o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
         JOIN pg_namespace n ON n.oid = o.oprnamespace
         WHERE a.attrelid = tbl AND a.attname = vector_column AND NOT a.attisdropped);
+    prefix text := 'qwen_embed_' || vector_column;
+    capture text;
 BEGIN
+    IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
+        RAISE EXCEPTION 'qwen_embed: mode must be ''sync'' or ''async'', got %', coalesce(quote_literal(mode), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF vector_eq IS NULL THEN
         RAISE EXCEPTION 'qwen_embed: column % of % is not of type vector', quote_literal(vector_column), tbl
             USING ERRCODE = 'datatype_mismatch';
@@ -36,18 +47,86 @@ BEGIN
         'CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW '
         'WHEN (OLD.%I IS DISTINCT FROM NEW.%I AND (OLD.%I IS NULL AND NEW.%I IS NULL OR OLD.%I %s NEW.%I)) '
         'EXECUTE FUNCTION @extschema@.qwen_embed_clear_on_change(%s)',
-        'qwen_embed_' || vector_column || '_clear', tbl, text_column, text_column,
+        prefix || '_clear', tbl, text_column, text_column,
         vector_column, vector_column, vector_column, vector_eq, vector_column, columns);
+    IF mode = 'async' THEN
+        PERFORM qwen_embed._async_wake(false); -- an ERROR with a hint unless qwen_embed is preloaded
+        capture := format('EXECUTE FUNCTION qwen_embed._async_capture(%s)',
+                          qwen_embed._async_register(tbl, text_column, vector_column, instruct));
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS qwen_embed_new '
+                       'FOR EACH STATEMENT %s', prefix || '_async_insert', tbl, capture);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS qwen_embed_old NEW TABLE AS qwen_embed_new FOR EACH STATEMENT %s',
+                       prefix || '_async_update', tbl, capture);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS qwen_embed_old '
+                       'FOR EACH STATEMENT %s', prefix || '_async_delete', tbl, capture);
+        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT %s',
+                       prefix || '_async_truncate', tbl, capture);
+        RETURN;
+    END IF;
     EXECUTE format(
         'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS qwen_embed_new '
         'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.qwen_embed_trigger(%s)',
-        'qwen_embed_' || vector_column || '_insert', tbl, args);
+        prefix || '_insert', tbl, args);
     EXECUTE format(
         'CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING NEW TABLE AS qwen_embed_new '
         'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.qwen_embed_trigger(%s)',
-        'qwen_embed_' || vector_column || '_update', tbl, args);
+        prefix || '_update', tbl, args);
 END
 $$;
 
-COMMENT ON FUNCTION qwen_embed.create_embedding_triggers(regclass, name, name, text) IS
-    'Create the triggers that embed text_column into vector_column: per statement on INSERT and UPDATE, in batches';
+COMMENT ON FUNCTION qwen_embed.create_embedding_triggers(regclass, name, name, text, text) IS
+    'Create the triggers that embed text_column into vector_column: in the writing statement (sync) or after it (async)';
+
+-- qwen_embed.set_embedding_mode(table, vector_column, mode): switches a table's triggers between 'sync' and 'async',
+-- in one transaction (writers wait for it, then find the new triggers), losing no work: rows queued in async mode are
+-- still embedded by the worker after a switch to sync. Returns the previous mode.
+CREATE FUNCTION qwen_embed.set_embedding_mode(tbl regclass, vector_column name, mode text) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    prefix text := 'qwen_embed_' || vector_column;
+    previous text;
+    raw bytea;
+    trigger_name name;
+    args text[] := '{}';
+    text_column name;
+    instruct text;
+BEGIN
+    SELECT CASE WHEN t.tgname = prefix || '_insert' THEN 'sync' ELSE 'async' END, t.tgargs
+      INTO previous, raw
+      FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname IN (prefix || '_insert', prefix || '_async_insert');
+    -- The trigger's arguments: NUL-terminated strings.
+    WHILE length(raw) > 0 LOOP
+        args := args || convert_from(substring(raw FROM 1 FOR position('\x00'::bytea IN raw) - 1),
+                                     getdatabaseencoding());
+        raw := substring(raw FROM position('\x00'::bytea IN raw) + 1);
+    END LOOP;
+    IF previous IS NULL THEN
+        RAISE EXCEPTION 'qwen_embed: % has no embedding triggers for column %', tbl, quote_literal(vector_column)
+            USING ERRCODE = 'undefined_object', HINT = 'Create them with qwen_embed.create_embedding_triggers().';
+    END IF;
+    IF previous = mode THEN
+        RETURN previous;
+    END IF;
+    IF previous = 'sync' THEN
+        text_column := args[1];
+        instruct := args[3];
+    ELSE
+        SELECT a.text_column, a.instruct INTO text_column, instruct FROM qwen_embed.async_tables a
+         WHERE a.id = args[1]::integer;
+        PERFORM qwen_embed._async_unregister(tbl, vector_column);
+    END IF;
+    FOR trigger_name IN
+        SELECT t.tgname FROM pg_trigger t
+         WHERE t.tgrelid = tbl AND t.tgname IN (prefix || '_clear', prefix || '_insert', prefix || '_update',
+               prefix || '_async_insert', prefix || '_async_update', prefix || '_async_delete', prefix || '_async_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+    END LOOP;
+    PERFORM qwen_embed.create_embedding_triggers(tbl, text_column, vector_column, instruct, mode);
+    RETURN previous;
+END
+$$;

@@ -14,6 +14,7 @@
 //! - `documents`: `embed_chunks`, `embed_document` for long texts
 //! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
 //! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
+//! - `async_embed`: async mode of those triggers: the queue's background workers (sql/async.sql)
 //! - `rerank`: `rerank`, `rerank_score` (Qwen3-Reranker, in the model server or this backend)
 //! - `stats`: per-backend counters, in shared memory when preloaded: the `qwen_embed.stats` view
 //! - `info`: `qwen_embed.info()`
@@ -21,6 +22,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod async_embed;
 mod backend;
 mod backfill;
 mod call_site;
@@ -47,6 +49,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     stats::init();
     supervisor::init();
+    async_embed::init();
 }
 
 /// Required by `cargo pgrx test`.

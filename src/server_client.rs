@@ -39,7 +39,8 @@ fn request(job: Job) -> Reply {
 
 /// [`request`] for a job on another of the server's models (the reranker).
 fn request_for(model: ModelSpec, job: Job) -> Reply {
-    let request = Request { client: backend::pid(), model, lengths: lengths(), job };
+    let request =
+        Request { client: backend::pid(), priority: settings::PRIORITY.get().into(), model, lengths: lengths(), job };
     let wait = Duration::from_millis(settings::SERVER_WAIT.get().max(0) as u64);
     let started = Instant::now();
     loop {
@@ -178,7 +179,13 @@ pub fn count_tokens(text: String, instruct: Option<String>) -> usize {
 /// The server's status, if it is running and answers.
 pub fn status() -> Option<(Status, i32, u64, String)> {
     let (_, pid, restarts, last_exit) = supervisor::published()?;
-    let request = Request { client: backend::pid(), model: ModelSpec::default(), lengths: lengths(), job: Job::Status };
+    let request = Request {
+        client: backend::pid(),
+        priority: settings::PRIORITY.get().into(),
+        model: ModelSpec::default(),
+        lengths: lengths(),
+        job: Job::Status,
+    };
     match call(Path::new(supervisor::SOCKET), &request, interrupts) {
         Ok(Reply::Status(s)) => Some((*s, pid, restarts, last_exit)),
         _ => None,

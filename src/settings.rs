@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use qwen_embed_model::{LengthPolicy, Limits};
 
 pub static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -20,8 +20,61 @@ pub static SERVER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static SERVER_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(2048);
 pub static SERVER_QUEUE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 pub static SERVER_WAIT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static PRIORITY: GucSetting<Priority> = GucSetting::<Priority>::new(Priority::Interactive);
+pub static ASYNC_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(128);
+pub static ASYNC_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+
+/// `qwen_embed.priority`: the class of this session's work in the model server's queue.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Priority {
+    #[name = c"interactive"]
+    Interactive,
+    #[name = c"async"]
+    Async,
+    #[name = c"backfill"]
+    Backfill,
+}
+
+impl From<Priority> for qwen_embed_server::protocol::Priority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Interactive => Self::Interactive,
+            Priority::Async => Self::Async,
+            Priority::Backfill => Self::Backfill,
+        }
+    }
+}
 
 pub fn register() {
+    GucRegistry::define_enum_guc(
+        c"qwen_embed.priority",
+        c"Class of this session's work in the model server: interactive, async or backfill.",
+        c"The server serves interactive work first, then async, then backfill. CALL qwen_embed.backfill sets backfill \
+          for its own requests, the async worker async.",
+        &PRIORITY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.async_batch_size",
+        c"Rows the async embedding worker claims, embeds and writes back at a time.",
+        c"",
+        &ASYNC_BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"qwen_embed.async_max_attempts",
+        c"Attempts of an async item that fails by itself before it is parked as failed.",
+        c"",
+        &ASYNC_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"qwen_embed.model_path",
         c"Directory of the Qwen3 embedding model (Hugging Face layout).",

@@ -47,3 +47,28 @@ backfill=$(on_replica -v ON_ERROR_STOP=0 -c "CALL qwen_embed.backfill('docs', 'b
 echo "$backfill" | grep -qx 25006 || fail "backfill on the replica did not give 25006: $backfill"
 echo "ok: on a streaming replica embed() works through its model server (route $route), the HNSW top-3 equals the"
 echo "    primary's ($top), INSERT through the triggers and backfill give ERROR 25006 (read-only transaction)"
+
+# Async tables: the queue is a table like any other, replicated; nothing runs on the standby, and after a promotion
+# the promoted server's worker drains it. The primary's worker cannot embed meanwhile (its model path is broken after
+# the base backup was taken), so its rows stay queued, uncharged.
+PGDATABASE=qwen_embed_standby pg -q -c "ALTER SYSTEM SET qwen_embed.model_path = '/nonexistent'" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+PGDATABASE=qwen_embed_standby pg -q <<'SQL' >/dev/null
+CREATE TABLE notes (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('notes', 'body', 'embedding', mode => 'async');
+INSERT INTO notes SELECT g, 'queued on the primary ' || g FROM generate_series(1, 200) g;
+SQL
+for _ in $(seq 100); do
+    [ "$(on_replica -c "SELECT count(*) FROM qwen_embed.async_queue" 2>/dev/null)" = 200 ] && break
+    sleep 0.1
+done
+[ "$(on_replica -c "SELECT count(*) FROM qwen_embed.async_queue")" = 200 ] || fail "the queue did not reach the replica"
+workers=$(on_replica -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qwen_embed async%'")
+[ "$workers" = 0 ] || fail "$workers async launcher or workers run on the hot standby"
+cluster_stop "$primary"
+as_postgres "$PG_BIN/pg_ctl" -D "$replica/data" -w promote >/dev/null
+on_replica -c "SELECT qwen_embed.wait_for_embeddings('notes', '2 min')" >/dev/null || fail "the queue did not drain after the promotion"
+drained=$(on_replica -c "SELECT count(*) FROM notes WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")
+[ "$drained" = 200 ] || fail "$drained of 200 rows embedded after the promotion"
+echo "ok: async rows queued on the primary reached the standby, which ran no async worker; promoted, it embedded all 200"

@@ -1,0 +1,479 @@
+-- Asynchronous embedding: writes queue work, a background worker per database embeds it (src/async_embed/).
+--
+-- In async mode a table's triggers do not embed: statement-level triggers queue the rows whose text changed, in the
+-- writing transaction (a rollback queues nothing), at most one item per row (a newer change replaces the pending
+-- one), each with the fingerprint of the text it was queued for. The database's worker claims a batch in a short
+-- transaction, embeds it through the model server holding no transaction, and writes the vectors back in a second
+-- short transaction that applies a vector only where the row's text still has the fingerprint the worker embedded.
+-- Items that fail alone carry attempts, last error and next retry time, and are parked as failed after
+-- qwen_embed.async_max_attempts attempts. The worker's side is in the functions prefixed _async_ (called only by it).
+
+-- Identity of a text: what an item was queued for and what a stored vector was computed from. The one definition.
+-- (Classic SQL function bodies throughout: PostgreSQL 13 has no BEGIN ATOMIC.)
+CREATE FUNCTION qwen_embed.fingerprint(body text) RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT pg_catalog.md5(body)::uuid $$;
+
+-- One row per (table, vector column) under the async machinery: its configuration and its counters.
+-- mode 'async': the capture triggers are in place; 'sync': switched back, the worker finishes what was queued.
+CREATE TABLE qwen_embed.async_tables (
+    id               serial PRIMARY KEY,
+    relation         regclass    NOT NULL,
+    text_column      name        NOT NULL,
+    vector_column    name        NOT NULL,
+    instruct         text,
+    key_column       name        NOT NULL,
+    key_type         regtype     NOT NULL,
+    mode             text        NOT NULL CHECK (mode IN ('async', 'sync')),
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    embedded         bigint      NOT NULL DEFAULT 0,
+    rows_per_s       float8,
+    last_embedded_at timestamptz,
+    last_error       text,
+    last_error_at    timestamptz,
+    UNIQUE (relation, vector_column)
+);
+SELECT pg_catalog.pg_extension_config_dump('qwen_embed.async_tables', '');
+
+-- Pending work: one item per row at most. key is the row's primary key as text.
+CREATE TABLE qwen_embed.async_queue (
+    table_id    integer     NOT NULL,
+    key         text        NOT NULL,
+    fingerprint uuid        NOT NULL,
+    queued_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    next_try    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    attempts    integer     NOT NULL DEFAULT 0,
+    leased_at   timestamptz,
+    failed      boolean     NOT NULL DEFAULT false,
+    last_error  text,
+    PRIMARY KEY (table_id, key)
+);
+-- Oldest first, failed items out of the way.
+CREATE INDEX async_queue_due ON qwen_embed.async_queue (table_id, queued_at) WHERE NOT failed;
+-- A queue churns: vacuum it early.
+ALTER TABLE qwen_embed.async_queue SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
+
+-- The fingerprint of the text each stored vector was computed from (rows the worker embedded), for repair.
+CREATE TABLE qwen_embed.async_embedded (
+    table_id    integer NOT NULL,
+    key         text    NOT NULL,
+    fingerprint uuid    NOT NULL,
+    PRIMARY KEY (table_id, key)
+);
+REVOKE ALL ON qwen_embed.async_tables, qwen_embed.async_queue, qwen_embed.async_embedded FROM PUBLIC;
+
+-- The capture trigger, for INSERT, UPDATE, DELETE (statement level, with transition tables) and TRUNCATE.
+-- TG_ARGV[0]: the async_tables id. SECURITY DEFINER: writers need no rights on the queue.
+CREATE FUNCTION qwen_embed._async_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t qwen_embed.async_tables;
+    queue_them text := $q$
+        INSERT INTO qwen_embed.async_queue AS q (table_id, key, fingerprint)
+        SELECT $1, n.%1$I::text, qwen_embed.fingerprint(n.%2$I::text) FROM qwen_embed_new n %4$s
+         WHERE n.%2$I IS NOT NULL AND n.%3$I IS NULL %5$s
+        ON CONFLICT (table_id, key) DO UPDATE
+           SET fingerprint = excluded.fingerprint, queued_at = excluded.queued_at, next_try = excluded.next_try,
+               attempts = 0, leased_at = NULL, failed = false, last_error = NULL
+         WHERE q.fingerprint <> excluded.fingerprint$q$;
+    queued bigint;
+BEGIN
+    SELECT * INTO t FROM qwen_embed.async_tables WHERE id = TG_ARGV[0]::integer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qwen_embed: trigger % on % names async table % which is not configured',
+            TG_NAME, TG_RELID::regclass, TG_ARGV[0]
+            USING ERRCODE = 'triggered_action_exception',
+                  HINT = 'Recreate the triggers with qwen_embed.set_embedding_mode().';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        -- New rows with a text and no vector (a vector given by the INSERT is kept, as in sync mode).
+        EXECUTE format(queue_them, t.key_column, t.text_column, t.vector_column, '', '') USING t.id;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Only rows whose text changed (their vector was cleared by qwen_embed_clear_on_change). A row whose key
+        -- changed counts as new; its old key's item finds no row and is dropped by the worker.
+        EXECUTE format(queue_them, t.key_column, t.text_column, t.vector_column,
+                       format('LEFT JOIN qwen_embed_old o ON o.%1$I = n.%1$I', t.key_column),
+                       format('AND (o.%1$I IS NULL OR o.%2$I IS DISTINCT FROM n.%2$I)', t.key_column, t.text_column))
+            USING t.id;
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('DELETE FROM qwen_embed.async_queue q USING qwen_embed_old o '
+                       'WHERE q.table_id = $1 AND q.key = o.%I::text', t.key_column) USING t.id;
+        EXECUTE format('DELETE FROM qwen_embed.async_embedded e USING qwen_embed_old o '
+                       'WHERE e.table_id = $1 AND e.key = o.%I::text', t.key_column) USING t.id;
+        RETURN NULL;
+    ELSE -- TRUNCATE
+        DELETE FROM qwen_embed.async_queue WHERE table_id = t.id;
+        DELETE FROM qwen_embed.async_embedded WHERE table_id = t.id;
+        RETURN NULL;
+    END IF;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM qwen_embed._async_wake(true); -- the worker is woken when this transaction commits
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Worker: release every lease (at the worker's start: a lease is only ever held by this database's one worker, so
+-- any lease found then belongs to a worker that died) or the leases of some tables after a batch-level failure
+-- (the model server down): no item is charged; the error is recorded on the tables.
+CREATE FUNCTION qwen_embed._async_release(table_ids integer[], error text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE qwen_embed.async_queue SET leased_at = NULL
+     WHERE leased_at IS NOT NULL AND (table_ids IS NULL OR table_id = ANY (table_ids));
+    IF error IS NOT NULL THEN
+        UPDATE qwen_embed.async_tables SET last_error = error, last_error_at = clock_timestamp()
+         WHERE id = ANY (table_ids);
+    END IF;
+END
+$$;
+
+-- Worker: when the next item is due (NULL: nothing left to do but failed items).
+CREATE FUNCTION qwen_embed._async_next_due() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT min(next_try) FROM qwen_embed.async_queue WHERE NOT failed AND leased_at IS NULL $$;
+
+-- Worker: claims up to `batch` due items, taken from the tables in turn (each table's oldest first), leases them,
+-- and returns them with their rows' current texts and those texts' fingerprints. Items whose row is gone or has no
+-- text any more are finished here.
+CREATE FUNCTION qwen_embed._async_claim(batch integer)
+RETURNS TABLE (table_id integer, key text, fingerprint uuid, body_fingerprint uuid, body text, instruct text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t qwen_embed.async_tables;
+    ids integer[];
+    keys text[];
+    fps uuid[];
+    table_keys text[];
+    table_fps uuid[];
+BEGIN
+    -- Tables dropped since they were configured: their items have nothing to do.
+    WITH gone AS (
+        DELETE FROM qwen_embed.async_tables a WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.relation)
+        RETURNING a.id
+    ), q AS (DELETE FROM qwen_embed.async_queue q USING gone WHERE q.table_id = gone.id)
+    DELETE FROM qwen_embed.async_embedded e USING gone WHERE e.table_id = gone.id;
+    WITH due AS (
+        SELECT d.table_id, d.key, d.fingerprint,
+               row_number() OVER (PARTITION BY d.table_id ORDER BY d.queued_at) AS turn
+          FROM qwen_embed.async_tables a
+         CROSS JOIN LATERAL (
+               SELECT q.table_id, q.key, q.fingerprint, q.queued_at FROM qwen_embed.async_queue q
+                WHERE q.table_id = a.id AND NOT q.failed AND q.leased_at IS NULL AND q.next_try <= now()
+                ORDER BY q.queued_at LIMIT batch
+                  FOR UPDATE SKIP LOCKED) d
+    ), taken AS (
+        SELECT due.table_id, due.key, due.fingerprint FROM due ORDER BY turn, table_id LIMIT batch
+    ), leased AS (
+        UPDATE qwen_embed.async_queue q SET leased_at = now() FROM taken
+         WHERE q.table_id = taken.table_id AND q.key = taken.key
+        RETURNING q.table_id, q.key, q.fingerprint
+    )
+    SELECT array_agg(l.table_id), array_agg(l.key), array_agg(l.fingerprint) INTO ids, keys, fps FROM leased l;
+    FOR t IN SELECT a.* FROM qwen_embed.async_tables a WHERE a.id = ANY (ids) LOOP
+        SELECT array_agg(u.k), array_agg(u.f) INTO table_keys, table_fps
+          FROM unnest(ids, keys, fps) u(i, k, f) WHERE u.i = t.id;
+        RETURN QUERY EXECUTE format(
+            'SELECT $1, r.key, r.fp, qwen_embed.fingerprint(s.%2$I::text), s.%2$I::text, $4 '
+            'FROM unnest($2, $3) r(key, fp) '
+            'JOIN %3$s s ON s.%1$I = r.key::%4$s WHERE s.%2$I IS NOT NULL',
+            t.key_column, t.text_column, t.relation, t.key_type) USING t.id, table_keys, table_fps, t.instruct;
+        -- Rows deleted (with the triggers bypassed) or left without text: nothing to embed.
+        EXECUTE format(
+            'DELETE FROM qwen_embed.async_queue q USING unnest($2, $3) r(key, fp) '
+            'WHERE q.table_id = $1 AND q.key = r.key AND q.fingerprint = r.fp AND NOT EXISTS ('
+            '  SELECT FROM %3$s s WHERE s.%1$I = r.key::%4$s AND s.%2$I IS NOT NULL)',
+            t.key_column, t.text_column, t.relation, t.key_type) USING t.id, table_keys, table_fps;
+    END LOOP;
+END
+$$;
+
+-- Worker: writes the vectors of one table's items. A vector is applied only where the row still exists and its text
+-- still has the fingerprint of the text the worker embedded (`embedded`); an item is finished if it still has the
+-- fingerprint it was claimed with (a newer change has replaced it otherwise, and stays queued). Waits at most
+-- `lock_wait` for rows a writer holds; then nothing is written and the items go back to the queue, uncharged.
+-- `seconds`: the time the batch took (for the rows-per-second moving average of the status view).
+-- Returns the number of rows written, or -1 when it gave up on a lock.
+CREATE FUNCTION qwen_embed._async_apply(
+    table_id integer, keys text[], claimed uuid[], embedded uuid[], vectors text[], lock_wait interval, seconds float8
+) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t qwen_embed.async_tables;
+    written_keys text[];
+    written_fps uuid[];
+    written integer;
+BEGIN
+    SELECT * INTO t FROM qwen_embed.async_tables a WHERE a.id = _async_apply.table_id;
+    BEGIN
+        PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
+        EXECUTE format(
+            'WITH r AS (SELECT * FROM unnest($1, $2, $3) r(key, fp, v)), '
+            'w AS (UPDATE %3$s s SET %4$I = r.v::%6$s FROM r '
+            '       WHERE s.%1$I = r.key::%5$s AND qwen_embed.fingerprint(s.%2$I::text) = r.fp '
+            '      RETURNING r.key, r.fp) '
+            'SELECT array_agg(key), array_agg(fp) FROM w',
+            t.key_column, t.text_column, t.relation, t.vector_column, t.key_type,
+            (SELECT format_type(atttypid, NULL) FROM pg_attribute
+              WHERE attrelid = t.relation AND attname = t.vector_column))
+            INTO written_keys, written_fps USING keys, embedded, vectors;
+        PERFORM set_config('lock_timeout', '0', true);
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        UPDATE qwen_embed.async_queue q SET leased_at = NULL
+         WHERE q.table_id = t.id AND q.key = ANY (keys);
+        RETURN -1;
+    END;
+    INSERT INTO qwen_embed.async_embedded AS e (table_id, key, fingerprint)
+    SELECT t.id, k, f FROM unnest(written_keys, written_fps) w(k, f)
+    ON CONFLICT (table_id, key) DO UPDATE SET fingerprint = excluded.fingerprint;
+    DELETE FROM qwen_embed.async_queue q USING unnest(keys, claimed) r(key, fp)
+     WHERE q.table_id = t.id AND q.key = r.key AND q.fingerprint = r.fp;
+    UPDATE qwen_embed.async_queue q SET leased_at = NULL
+     WHERE q.table_id = t.id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
+    written := coalesce(cardinality(written_keys), 0);
+    UPDATE qwen_embed.async_tables a
+       SET embedded = a.embedded + written, last_embedded_at = clock_timestamp(),
+           rows_per_s = 0.7 * coalesce(a.rows_per_s, written / greatest(seconds, 1e-3))
+                        + 0.3 * written / greatest(seconds, 1e-3)
+     WHERE a.id = t.id;
+    RETURN written;
+END
+$$;
+
+-- Worker: charges items that failed by themselves (each alone in its request): attempts + 1, the error, a retry
+-- after 10 s · 2^(attempts - 1) (at most an hour), parked as failed after max_attempts.
+CREATE FUNCTION qwen_embed._async_fail(table_id integer, keys text[], claimed uuid[], error text, max_attempts integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE qwen_embed.async_queue q
+       SET attempts = q.attempts + 1, last_error = error, leased_at = NULL, failed = q.attempts + 1 >= max_attempts,
+           next_try = clock_timestamp() + least(interval '1 hour', interval '10 seconds' * 2 ^ q.attempts)
+      FROM unnest(keys, claimed) r(key, fp)
+     WHERE q.table_id = _async_fail.table_id AND q.key = r.key AND q.fingerprint = r.fp;
+    UPDATE qwen_embed.async_tables a SET last_error = error, last_error_at = clock_timestamp()
+     WHERE a.id = _async_fail.table_id;
+    -- Items changed meanwhile were requeued by their writer: just unlease them.
+    UPDATE qwen_embed.async_queue q SET leased_at = NULL
+     WHERE q.table_id = _async_fail.table_id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
+END
+$$;
+
+CREATE VIEW qwen_embed.async_status AS
+SELECT a.relation, a.text_column, a.vector_column, a.mode,
+       count(q.key) FILTER (WHERE NOT q.failed AND q.leased_at IS NULL) AS pending,
+       count(q.key) FILTER (WHERE q.leased_at IS NOT NULL) AS in_progress,
+       count(q.key) FILTER (WHERE q.failed) AS failed,
+       now() - min(q.queued_at) FILTER (WHERE NOT q.failed) AS lag,
+       round(a.rows_per_s::numeric, 1) AS rows_per_s,
+       a.embedded, a.last_embedded_at, a.last_error, a.last_error_at,
+       qwen_embed._async_worker_pid() AS worker_pid
+  FROM qwen_embed.async_tables a
+  LEFT JOIN qwen_embed.async_queue q ON q.table_id = a.id
+ GROUP BY a.id;
+GRANT SELECT ON qwen_embed.async_status TO PUBLIC;
+
+CREATE VIEW qwen_embed.async_failed AS
+SELECT a.relation, a.vector_column, q.key, q.attempts, q.last_error, q.queued_at
+  FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id
+ WHERE q.failed;
+
+-- The async_tables row of a table's vector column (the only one, when vector_column is NULL); an ERROR if none.
+CREATE FUNCTION qwen_embed._async_table(tbl regclass, vector_column name) RETURNS qwen_embed.async_tables
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    found qwen_embed.async_tables;
+    n integer;
+BEGIN
+    SELECT count(*) INTO n FROM qwen_embed.async_tables a
+     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_column = _async_table.vector_column);
+    IF n <> 1 THEN
+        RAISE EXCEPTION 'qwen_embed: % has % async embedding columns%', tbl, n,
+            coalesce(' named ' || quote_literal(_async_table.vector_column), '')
+            USING ERRCODE = 'undefined_object',
+                  HINT = CASE WHEN n = 0 THEN 'Create them with qwen_embed.create_embedding_triggers(..., mode => ''async'').'
+                              ELSE 'Name the vector column.' END;
+    END IF;
+    SELECT * INTO found FROM qwen_embed.async_tables a
+     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_column = _async_table.vector_column);
+    RETURN found;
+END
+$$;
+
+-- Returns when the table has nothing pending or in progress (read-your-writes for scripts and tests); an ERROR
+-- (57014) at the timeout. Failed items do not count as pending: a WARNING says how many there are.
+-- SECURITY DEFINER: any role may wait (it learns only counts, as from the async_status view).
+CREATE FUNCTION qwen_embed.wait_for_embeddings(
+    tbl regclass, timeout interval DEFAULT '1 minute', vector_column name DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
+    deadline timestamptz := clock_timestamp() + timeout;
+    left_over bigint;
+    failed bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'qwen_embed.wait_for_embeddings cannot see the worker''s writes in a % transaction',
+            current_setting('transaction_isolation')
+            USING ERRCODE = 'active_sql_transaction', HINT = 'Call it outside the transaction, or in READ COMMITTED.';
+    END IF;
+    PERFORM qwen_embed._async_wake(false);
+    LOOP
+        SELECT count(*) FILTER (WHERE NOT q.failed), count(*) FILTER (WHERE q.failed) INTO left_over, failed
+          FROM qwen_embed.async_queue q WHERE q.table_id = t.id;
+        EXIT WHEN left_over = 0;
+        IF clock_timestamp() >= deadline THEN
+            RAISE EXCEPTION 'qwen_embed: % rows of % still wait for their embeddings after %', left_over, tbl, timeout
+                USING ERRCODE = 'query_canceled',
+                      HINT = 'See qwen_embed.async_status (lag, rows_per_s, last_error) and the server log.';
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    IF failed > 0 THEN
+        RAISE WARNING 'qwen_embed: % rows of % failed to embed and are parked', failed, tbl
+            USING HINT = 'See qwen_embed.async_failed; qwen_embed.retry_failed_embeddings() queues them again.';
+    END IF;
+END
+$$;
+
+-- retry, drop and repair run with the caller's rights: the owner of the extension, or roles granted rights on the
+-- queue tables.
+CREATE FUNCTION qwen_embed.retry_failed_embeddings(tbl regclass, vector_column name DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
+    n bigint;
+BEGIN
+    UPDATE qwen_embed.async_queue SET failed = false, attempts = 0, next_try = now(), last_error = NULL
+     WHERE table_id = t.id AND failed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM qwen_embed._async_wake(true);
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION qwen_embed.drop_failed_embeddings(tbl regclass, vector_column name DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
+    n bigint;
+BEGIN
+    DELETE FROM qwen_embed.async_queue WHERE table_id = t.id AND failed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Queues the rows whose vector is NULL (and text is not), and the rows whose text no longer has the fingerprint of
+-- the text their vector was computed from: writes that bypassed the triggers (session_replication_role = replica,
+-- logical replication, a restore, triggers disabled for a while). Rows whose vector was given explicitly (no
+-- fingerprint known) are left alone. Returns the number of rows queued.
+CREATE FUNCTION qwen_embed.repair_embeddings(tbl regclass, vector_column name DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
+    n bigint;
+BEGIN
+    -- Fingerprints of rows that are gone.
+    EXECUTE format('DELETE FROM qwen_embed.async_embedded e WHERE e.table_id = $1 AND NOT EXISTS ('
+                   '  SELECT FROM %s s WHERE s.%I::text = e.key)', t.relation, t.key_column) USING t.id;
+    EXECUTE format($q$
+        INSERT INTO qwen_embed.async_queue AS q (table_id, key, fingerprint)
+        SELECT $1, s.%1$I::text, qwen_embed.fingerprint(s.%2$I::text) FROM %4$s s
+          LEFT JOIN qwen_embed.async_embedded e ON e.table_id = $1 AND e.key = s.%1$I::text
+         WHERE s.%2$I IS NOT NULL
+           AND (s.%3$I IS NULL OR e.fingerprint <> qwen_embed.fingerprint(s.%2$I::text))
+        ON CONFLICT (table_id, key) DO UPDATE
+           SET fingerprint = excluded.fingerprint, queued_at = excluded.queued_at, next_try = excluded.next_try,
+               attempts = 0, leased_at = NULL, failed = false, last_error = NULL
+         WHERE q.fingerprint <> excluded.fingerprint$q$,
+        t.key_column, t.text_column, t.vector_column, t.relation) USING t.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM qwen_embed._async_wake(true);
+    END IF;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION qwen_embed.wait_for_embeddings(regclass, interval, name) IS
+    'Wait until the async embedding queue of a table is empty; ERROR 57014 at the timeout';
+COMMENT ON FUNCTION qwen_embed.repair_embeddings(regclass, name) IS
+    'Queue the rows of an async table whose vector is NULL or was computed from another text';
+COMMENT ON VIEW qwen_embed.async_status IS
+    'Per async table: pending, in progress and failed items, lag (age of the oldest pending item), rows/s, last error';
+
+-- Called by create_embedding_triggers(..., mode => 'async'): the table's async_tables row (made or switched back to
+-- async), its id. SECURITY DEFINER: creating triggers needs only the TRIGGER privilege on the table, checked here.
+CREATE FUNCTION qwen_embed._async_register(tbl regclass, text_column name, vector_column name, instruct text)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    key_column name;
+    key_type regtype;
+    id integer;
+BEGIN
+    IF NOT has_table_privilege(session_user, tbl, 'TRIGGER') THEN
+        RAISE EXCEPTION 'permission denied to create triggers on %', tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT a.attname, a.atttypid INTO key_column, key_type
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = tbl AND i.indisprimary AND i.indnkeyatts = 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qwen_embed: table % has no single-column primary key', tbl
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'The worker writes each row''s vector back by primary key; add one, e.g. id bigint '
+                         'GENERATED ALWAYS AS IDENTITY PRIMARY KEY.';
+    END IF;
+    PERFORM FROM pg_attribute WHERE attrelid = tbl AND attname = text_column AND attnum > 0 AND NOT attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qwen_embed: column % of % does not exist', quote_literal(text_column), tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    INSERT INTO qwen_embed.async_tables AS a (relation, text_column, vector_column, instruct, key_column, key_type, mode)
+    VALUES (tbl, text_column, vector_column, instruct, key_column, key_type, 'async')
+    ON CONFLICT ON CONSTRAINT async_tables_relation_vector_column_key DO UPDATE
+       SET text_column = excluded.text_column, instruct = excluded.instruct, key_column = excluded.key_column,
+           key_type = excluded.key_type, mode = 'async'
+    RETURNING a.id INTO id;
+    RETURN id;
+END
+$$;
+
+-- Called by set_embedding_mode(..., 'sync'): the capture triggers are gone; the worker finishes what is queued, and
+-- the fingerprints of the vectors it wrote are forgotten (the sync triggers now write vectors without them).
+CREATE FUNCTION qwen_embed._async_unregister(tbl regclass, vector_column name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT has_table_privilege(session_user, tbl, 'TRIGGER') THEN
+        RAISE EXCEPTION 'permission denied to drop triggers on %', tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    UPDATE qwen_embed.async_tables a SET mode = 'sync'
+     WHERE a.relation = tbl AND a.vector_column = _async_unregister.vector_column;
+    DELETE FROM qwen_embed.async_embedded e USING qwen_embed.async_tables a
+     WHERE e.table_id = a.id AND a.relation = tbl AND a.vector_column = _async_unregister.vector_column;
+END
+$$;
