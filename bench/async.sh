@@ -37,8 +37,8 @@ BEGIN NEW.embedded_at := clock_timestamp(); RETURN NEW; END $$;
 CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON async FOR EACH ROW
     WHEN (OLD.embedding IS NULL AND NEW.embedding IS NOT NULL) EXECUTE FUNCTION stamp();
 SQL
-echo "model: 0.6B shape, random weights; server: $(q -c "SELECT string_agg(key || ' ' || value, ', ') FROM qwen_embed.server_info() WHERE key IN ('device', 'dtype', 'kernel', 'threads')")"
 q -c "SELECT vector_dims(embed('warm up'))" >/dev/null
+echo "model: 0.6B shape, random weights; server: $(q -c "SELECT string_agg(key || ' ' || value, ', ') FROM qwen_embed.server_info() WHERE key IN ('device', 'dtype', 'kernel', 'threads', 'batch_tokens')")"
 
 # ~40-token documents, as a COPY file the server reads.
 data=$(scratch_dir)/docs.tsv
@@ -97,7 +97,7 @@ chmod 644 "$query"
 p50() { # prints the p50 latency in ms of 15 s of single queries
     local log=$(scratch_dir)/pgbench_log
     rm -rf "$log" && mkdir -p "$log" && chmod 777 "$log"
-    (cd "$log" && as_postgres "$PG_BIN/pgbench" -n -d $db -c 1 -T 15 -l -f "$query" >/dev/null)
+    (cd "$log" && as_postgres "$PG_BIN/pgbench" -n -c 1 -T 15 -l -f "$query" $db >/dev/null)
     cat "$log"/pgbench_log.* | awk '{ print $3 / 1000 }' | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] }'
 }
 idle=$(p50)
@@ -117,7 +117,7 @@ cat >"$insert" <<'SQL'
 INSERT INTO async (id, body) VALUES (:id, 'steady insert ' || :id || ' about vector search latency and batch size');
 SQL
 chmod 644 "$insert"
-as_postgres "$PG_BIN/pgbench" -n -d $db -c 1 -T "$lag_secs" -R "$rate" -f "$insert" >/dev/null 2>&1 || true
+as_postgres "$PG_BIN/pgbench" -n -c 1 -T "$lag_secs" -R "$rate" -f "$insert" $db >/dev/null 2>&1 || true
 q -c "SELECT qwen_embed.wait_for_embeddings('async', '10 min')" >/dev/null
 q -F ' ' -c "SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric), round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric)
              FROM (SELECT extract(epoch FROM embedded_at - queued_at) * 1000 AS ms FROM async) l" |

@@ -12,7 +12,7 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'async_wake_wrapper';
 
--- src/async_embed/mod.rs:72
+-- src/async_embed/mod.rs:74
 -- qwen_embed::async_embed::_async_worker_pid
 CREATE  FUNCTION qwen_embed."_async_worker_pid"() RETURNS INT /* Option < i32 > */
 STRICT STABLE PARALLEL SAFE  
@@ -160,7 +160,9 @@ AS $$ SELECT min(next_try) FROM qwen_embed.async_queue WHERE NOT failed AND leas
 
 -- Worker: claims up to `batch` due items, taken from the tables in turn (each table's oldest first), leases them,
 -- and returns them with their rows' current texts and those texts' fingerprints. Items whose row is gone or has no
--- text any more are finished here.
+-- text any more are finished here. The worker waits at most 200 ms for any lock (a TRUNCATE, a writer holding a
+-- queue row): then it claims nothing this time, so that it never holds a lock a writer waits for long, and never
+-- takes part in a deadlock (the deadlock detector would otherwise pick a victim, maybe the writer).
 CREATE FUNCTION qwen_embed._async_claim(batch integer)
 RETURNS TABLE (table_id integer, key text, fingerprint uuid, body_fingerprint uuid, body text, instruct text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -173,54 +175,83 @@ DECLARE
     fps uuid[];
     table_keys text[];
     table_fps uuid[];
+    found_keys text[];
+    found_fps uuid[];
+    found_body_fps uuid[];
+    found_bodies text[];
+    -- What is returned, gathered first: rows returned inside the block below would stay returned if it failed.
+    out_ids integer[] := '{}';
+    out_keys text[] := '{}';
+    out_fps uuid[] := '{}';
+    out_body_fps uuid[] := '{}';
+    out_bodies text[] := '{}';
+    out_instructs text[] := '{}';
 BEGIN
-    -- Tables dropped since they were configured: their items have nothing to do.
-    WITH gone AS (
-        DELETE FROM qwen_embed.async_tables a WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.relation)
-        RETURNING a.id
-    ), q AS (DELETE FROM qwen_embed.async_queue q USING gone WHERE q.table_id = gone.id)
-    DELETE FROM qwen_embed.async_embedded e USING gone WHERE e.table_id = gone.id;
-    WITH due AS (
-        SELECT d.table_id, d.key, d.fingerprint,
-               row_number() OVER (PARTITION BY d.table_id ORDER BY d.queued_at) AS turn
-          FROM qwen_embed.async_tables a
-         CROSS JOIN LATERAL (
-               SELECT q.table_id, q.key, q.fingerprint, q.queued_at FROM qwen_embed.async_queue q
-                WHERE q.table_id = a.id AND NOT q.failed AND q.leased_at IS NULL AND q.next_try <= now()
-                ORDER BY q.queued_at LIMIT batch
-                  FOR UPDATE SKIP LOCKED) d
-    ), taken AS (
-        SELECT due.table_id, due.key, due.fingerprint FROM due ORDER BY turn, table_id LIMIT batch
-    ), leased AS (
-        UPDATE qwen_embed.async_queue q SET leased_at = now() FROM taken
-         WHERE q.table_id = taken.table_id AND q.key = taken.key
-        RETURNING q.table_id, q.key, q.fingerprint
-    )
-    SELECT array_agg(l.table_id), array_agg(l.key), array_agg(l.fingerprint) INTO ids, keys, fps FROM leased l;
-    FOR t IN SELECT a.* FROM qwen_embed.async_tables a WHERE a.id = ANY (ids) LOOP
-        SELECT array_agg(u.k), array_agg(u.f) INTO table_keys, table_fps
-          FROM unnest(ids, keys, fps) u(i, k, f) WHERE u.i = t.id;
-        RETURN QUERY EXECUTE format(
-            'SELECT $1, r.key, r.fp, qwen_embed.fingerprint(s.%2$I::text), s.%2$I::text, $4 '
-            'FROM unnest($2, $3) r(key, fp) '
-            'JOIN %3$s s ON s.%1$I = r.key::%4$s WHERE s.%2$I IS NOT NULL',
-            t.key_column, t.text_column, t.relation, t.key_type) USING t.id, table_keys, table_fps, t.instruct;
-        -- Rows deleted (with the triggers bypassed) or left without text: nothing to embed.
-        EXECUTE format(
-            'DELETE FROM qwen_embed.async_queue q USING unnest($2, $3) r(key, fp) '
-            'WHERE q.table_id = $1 AND q.key = r.key AND q.fingerprint = r.fp AND NOT EXISTS ('
-            '  SELECT FROM %3$s s WHERE s.%1$I = r.key::%4$s AND s.%2$I IS NOT NULL)',
-            t.key_column, t.text_column, t.relation, t.key_type) USING t.id, table_keys, table_fps;
-    END LOOP;
+    BEGIN
+        PERFORM set_config('lock_timeout', '200ms', true);
+        -- Tables dropped since they were configured: their items have nothing to do.
+        WITH gone AS (
+            DELETE FROM qwen_embed.async_tables a WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.relation)
+            RETURNING a.id
+        ), q AS (DELETE FROM qwen_embed.async_queue q USING gone WHERE q.table_id = gone.id)
+        DELETE FROM qwen_embed.async_embedded e USING gone WHERE e.table_id = gone.id;
+        WITH due AS (
+            SELECT d.table_id, d.key, d.fingerprint,
+                   row_number() OVER (PARTITION BY d.table_id ORDER BY d.queued_at) AS turn
+              FROM qwen_embed.async_tables a
+             CROSS JOIN LATERAL (
+                   SELECT q.table_id, q.key, q.fingerprint, q.queued_at FROM qwen_embed.async_queue q
+                    WHERE q.table_id = a.id AND NOT q.failed AND q.leased_at IS NULL AND q.next_try <= now()
+                    ORDER BY q.queued_at LIMIT batch
+                      FOR UPDATE SKIP LOCKED) d
+        ), taken AS (
+            SELECT due.table_id, due.key, due.fingerprint FROM due ORDER BY turn, table_id LIMIT batch
+        ), leased AS (
+            UPDATE qwen_embed.async_queue q SET leased_at = now() FROM taken
+             WHERE q.table_id = taken.table_id AND q.key = taken.key
+            RETURNING q.table_id, q.key, q.fingerprint
+        )
+        SELECT array_agg(l.table_id), array_agg(l.key), array_agg(l.fingerprint) INTO ids, keys, fps FROM leased l;
+        FOR t IN SELECT a.* FROM qwen_embed.async_tables a WHERE a.id = ANY (ids) LOOP
+            SELECT array_agg(u.k), array_agg(u.f) INTO table_keys, table_fps
+              FROM unnest(ids, keys, fps) u(i, k, f) WHERE u.i = t.id;
+            EXECUTE format(
+                'SELECT coalesce(array_agg(r.key), ''{}''), coalesce(array_agg(r.fp), ''{}''), '
+                '       coalesce(array_agg(qwen_embed.fingerprint(s.%2$I::text)), ''{}''), '
+                '       coalesce(array_agg(s.%2$I::text), ''{}'') '
+                'FROM unnest($1, $2) r(key, fp) JOIN %3$s s ON s.%1$I = r.key::%4$s WHERE s.%2$I IS NOT NULL',
+                t.key_column, t.text_column, t.relation, t.key_type)
+                INTO found_keys, found_fps, found_body_fps, found_bodies
+                USING table_keys, table_fps;
+            out_keys := out_keys || found_keys;
+            out_fps := out_fps || found_fps;
+            out_body_fps := out_body_fps || found_body_fps;
+            out_bodies := out_bodies || found_bodies;
+            out_instructs := out_instructs || array_fill(t.instruct, ARRAY[cardinality(found_keys)]);
+            out_ids := out_ids || array_fill(t.id, ARRAY[cardinality(found_keys)]);
+            -- Rows deleted (with the triggers bypassed) or left without text: nothing to embed.
+            EXECUTE format(
+                'DELETE FROM qwen_embed.async_queue q USING unnest($2, $3) r(key, fp) '
+                'WHERE q.table_id = $1 AND q.key = r.key AND q.fingerprint = r.fp AND NOT EXISTS ('
+                '  SELECT FROM %3$s s WHERE s.%1$I = r.key::%4$s AND s.%2$I IS NOT NULL)',
+                t.key_column, t.text_column, t.relation, t.key_type)
+                USING t.id, table_keys, table_fps;
+        END LOOP;
+        PERFORM set_config('lock_timeout', '0', true);
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        RETURN; -- nothing claimed: the block's leases are undone
+    END;
+    RETURN QUERY SELECT * FROM unnest(out_ids, out_keys, out_fps, out_body_fps, out_bodies, out_instructs);
 END
 $$;
 
 -- Worker: writes the vectors of one table's items. A vector is applied only where the row still exists and its text
 -- still has the fingerprint of the text the worker embedded (`embedded`); an item is finished if it still has the
 -- fingerprint it was claimed with (a newer change has replaced it otherwise, and stays queued). Waits at most
--- `lock_wait` for rows a writer holds; then nothing is written and the items go back to the queue, uncharged.
--- `seconds`: the time the batch took (for the rows-per-second moving average of the status view).
--- Returns the number of rows written, or -1 when it gave up on a lock.
+-- `lock_wait` for any lock (a row a writer holds, a TRUNCATE): then nothing is written and -1 is returned, for the
+-- worker to give the items back (uncharged) in a transaction of its own. So the worker never holds a lock a writer
+-- waits for long and never takes part in a deadlock. `seconds`: the time the batch took (for the rows-per-second
+-- moving average of the status view). Returns the number of rows written.
 CREATE FUNCTION qwen_embed._async_apply(
     table_id integer, keys text[], claimed uuid[], embedded uuid[], vectors text[], lock_wait interval, seconds float8
 ) RETURNS integer
@@ -246,25 +277,23 @@ BEGIN
             (SELECT format_type(atttypid, NULL) FROM pg_attribute
               WHERE attrelid = t.relation AND attname = t.vector_column))
             INTO written_keys, written_fps USING keys, embedded, vectors;
+        INSERT INTO qwen_embed.async_embedded AS e (table_id, key, fingerprint)
+        SELECT t.id, k, f FROM unnest(written_keys, written_fps) w(k, f)
+        ON CONFLICT (table_id, key) DO UPDATE SET fingerprint = excluded.fingerprint;
+        DELETE FROM qwen_embed.async_queue q USING unnest(keys, claimed) r(key, fp)
+         WHERE q.table_id = t.id AND q.key = r.key AND q.fingerprint = r.fp;
+        UPDATE qwen_embed.async_queue q SET leased_at = NULL
+         WHERE q.table_id = t.id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
+        written := coalesce(cardinality(written_keys), 0);
+        UPDATE qwen_embed.async_tables a
+           SET embedded = a.embedded + written, last_embedded_at = clock_timestamp(),
+               rows_per_s = 0.7 * coalesce(a.rows_per_s, written / greatest(seconds, 1e-3))
+                            + 0.3 * written / greatest(seconds, 1e-3)
+         WHERE a.id = t.id;
         PERFORM set_config('lock_timeout', '0', true);
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-        UPDATE qwen_embed.async_queue q SET leased_at = NULL
-         WHERE q.table_id = t.id AND q.key = ANY (keys);
         RETURN -1;
     END;
-    INSERT INTO qwen_embed.async_embedded AS e (table_id, key, fingerprint)
-    SELECT t.id, k, f FROM unnest(written_keys, written_fps) w(k, f)
-    ON CONFLICT (table_id, key) DO UPDATE SET fingerprint = excluded.fingerprint;
-    DELETE FROM qwen_embed.async_queue q USING unnest(keys, claimed) r(key, fp)
-     WHERE q.table_id = t.id AND q.key = r.key AND q.fingerprint = r.fp;
-    UPDATE qwen_embed.async_queue q SET leased_at = NULL
-     WHERE q.table_id = t.id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
-    written := coalesce(cardinality(written_keys), 0);
-    UPDATE qwen_embed.async_tables a
-       SET embedded = a.embedded + written, last_embedded_at = clock_timestamp(),
-           rows_per_s = 0.7 * coalesce(a.rows_per_s, written / greatest(seconds, 1e-3))
-                        + 0.3 * written / greatest(seconds, 1e-3)
-     WHERE a.id = t.id;
     RETURN written;
 END
 $$;

@@ -60,12 +60,26 @@ cat >"$scripts/update.sql" <<'SQL'
 UPDATE docs SET body = 'revision ' || :client_id || '.' || random() || ' of row ' || :id WHERE id = :id;
 SQL
 chmod -R a+rX "$scripts"
-out=$(as_postgres "$PG_BIN/pgbench" -n -d $db -c 4 -j 2 -T 15 -f "$scripts/update.sql" 2>&1) || fail "pgbench: $out"
+out=$(as_postgres "$PG_BIN/pgbench" -n -c 4 -j 2 -T 15 -f "$scripts/update.sql" $db 2>&1) || fail "pgbench: $out"
 failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
 [ "${failed:-0}" = 0 ] || fail "pgbench: $failed failed transactions"
 q -c "SELECT qwen_embed.wait_for_embeddings('docs', '5 min')" >/dev/null
 check_vectors "after concurrent updates"
 echo "ok: $(echo "$out" | grep -o 'number of transactions actually processed: [0-9]*' | grep -o '[0-9]*$') updates of random rows; afterwards every vector equals embed(current body)"
+
+echo "-- TRUNCATE and DELETE while the worker drains"
+q -c "CREATE TABLE scratch (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('scratch', 'body', 'embedding', mode => 'async')" >/dev/null
+for round in $(seq 8); do
+    q -c "INSERT INTO scratch SELECT g, 'scratch row ' || g FROM generate_series(1, 3000) g" >/dev/null
+    sleep 0.3 # the worker claims and computes
+    if [ $((round % 2)) = 0 ]; then q -c "TRUNCATE scratch" >/dev/null; else q -c "DELETE FROM scratch" >/dev/null; fi ||
+        fail "a TRUNCATE or DELETE failed while the worker drained (round $round)"
+done
+[ "$(q -c "SELECT count(*) FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id WHERE a.relation = 'scratch'::regclass")" = 0 ] ||
+    fail "items of deleted rows are left"
+q -c "DROP TABLE scratch" >/dev/null
+echo "ok: 8 rounds of 3,000 rows inserted, then deleted or truncated while the worker drained: no writer failed, no item left"
 
 # Waits until the worker holds a batch (in progress), for the kill tests.
 wait_in_progress() {

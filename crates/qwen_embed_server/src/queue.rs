@@ -9,7 +9,9 @@
 //!
 //! Above all that, priority classes ([`Priority`]): a batch takes from the interactive requests first, then from the
 //! async worker's, then from backfills', so a backlog of async or backfill work never delays a session's query by
-//! more than the batch already computing.
+//! more than the batch already computing. A batch of only async or backfill work takes half the token budget: its
+//! layers are shorter, and an interactive batch waits less for the one in flight (the server pauses lower-priority
+//! batches between layers).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,12 +133,16 @@ impl Queue {
         };
         let mut batch: Vec<Item> = Vec::new();
         let mut tokens = 0;
+        let mut limit = budget;
         'classes: for class in [Priority::Interactive, Priority::Async, Priority::Backfill] {
             loop {
                 let mut took = false;
+                if class != Priority::Interactive && batch.is_empty() {
+                    limit = budget / 2;
+                }
                 for e in self.entries.iter_mut().filter(|e| e.priority == class && eligible(e) && e.remaining() > 0) {
                     let len = e.seqs[e.next].1.len();
-                    if !batch.is_empty() && tokens + len > budget {
+                    if !batch.is_empty() && tokens + len > limit {
                         break 'classes;
                     }
                     let (index, ids) = std::mem::take(&mut e.seqs[e.next]);
@@ -238,8 +244,10 @@ mod tests {
         let mut q = Queue::new(1_000_000);
         q.push(1, Priority::Backfill, seqs(&[10; 100]), flag()).unwrap();
         q.push(2, Priority::Async, seqs(&[10; 100]), flag()).unwrap();
-        // Async before backfill, whatever the order of arrival.
-        assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 2 && i.priority == Priority::Async));
+        // Async before backfill, whatever the order of arrival; half the budget for a batch of lower priority.
+        let batch = q.next_batch(100, Lane::Any);
+        assert_eq!(batch.len(), 5);
+        assert!(batch.iter().all(|i| i.request == 2 && i.priority == Priority::Async));
         // A query arriving behind both is the whole next batch's first pick; the rest of the budget goes to the
         // next class.
         q.push(3, Priority::Interactive, seqs(&[10; 2]), flag()).unwrap();

@@ -38,6 +38,8 @@ pub struct Settings {
 
 /// How often waiting threads look at their caller's socket and at canceled requests.
 const POLL: Duration = Duration::from_millis(20);
+/// The longest a lower-priority batch waits at one layer boundary for interactive batches.
+const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// Per-client request counts kept for the status.
 const CLIENTS_KEPT: usize = 1024;
 
@@ -473,9 +475,15 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         let collecting = lock(&shared.collecting);
         requests.iter().all(|id| !collecting.contains_key(id))
     };
-    // Called between layers: a batch without interactive work waits there while one with it computes.
+    // Called between layers: a batch without interactive work waits there while one with it computes, at most
+    // MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work down but never stop it.
     let canceled = || {
-        while !interactive && shared.interactive_computing.load(Ordering::Relaxed) > 0 && !gone() {
+        let paused = Instant::now();
+        while !interactive
+            && shared.interactive_computing.load(Ordering::Relaxed) > 0
+            && paused.elapsed() < MAX_PAUSE
+            && !gone()
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
         gone()
