@@ -67,6 +67,25 @@ q -c "SELECT qwen_embed.wait_for_embeddings('docs', '5 min')" >/dev/null
 check_vectors "after concurrent updates"
 echo "ok: $(echo "$out" | grep -o 'number of transactions actually processed: [0-9]*' | grep -o '[0-9]*$') updates of random rows; afterwards every vector equals embed(current body)"
 
+echo "-- two tables share the worker's batches"
+q -c "CREATE TABLE big (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "CREATE TABLE small (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('big', 'body', 'embedding', mode => 'async')" \
+    -c "SELECT qwen_embed.create_embedding_triggers('small', 'body', 'embedding', mode => 'async')" >/dev/null
+q -c "INSERT INTO big SELECT g, repeat('a long backlog row ' || g || ' ', 20) FROM generate_series(1, 5000) g"
+q -c "INSERT INTO small SELECT g, 'queued behind the backlog ' || g FROM generate_series(1, 10) g"
+left=""
+for _ in $(seq 600); do
+    left=$(q -c "SELECT (SELECT pending + in_progress FROM qwen_embed.async_status WHERE relation = 'small'::regclass) || ' ' ||
+                        (SELECT pending + in_progress FROM qwen_embed.async_status WHERE relation = 'big'::regclass)")
+    [ "${left% *}" = 0 ] && break
+    sleep 0.05
+done
+[ "${left% *}" = 0 ] && [ "${left#* }" -gt 2500 ] ||
+    fail "the small table waited for the big one's backlog (small, big left: $left)"
+q -c "SELECT qwen_embed.wait_for_embeddings('big', '5 min')" -c "DROP TABLE big, small" >/dev/null
+echo "ok: 10 rows queued behind a 5,000-row backlog of another table were embedded while ${left#* } of it still waited"
+
 echo "-- TRUNCATE and DELETE while the worker drains"
 q -c "CREATE TABLE scratch (id int PRIMARY KEY, body text, embedding vector(64))" \
     -c "SELECT qwen_embed.create_embedding_triggers('scratch', 'body', 'embedding', mode => 'async')" >/dev/null

@@ -64,6 +64,9 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ "$(on_replica -c "SELECT count(*) FROM qwen_embed.async_queue")" = 200 ] || fail "the queue did not reach the replica"
+waited=$(on_replica -v ON_ERROR_STOP=0 -c "SELECT qwen_embed.wait_for_embeddings('notes', '1 s')" \
+    -c '\echo :LAST_ERROR_SQLSTATE' 2>&1)
+echo "$waited" | grep -qx 57014 || fail "wait_for_embeddings on the standby did not time out with 57014: $waited"
 workers=$(on_replica -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qwen_embed async%'")
 [ "$workers" = 0 ] || fail "$workers async launcher or workers run on the hot standby"
 cluster_stop "$primary"
@@ -71,4 +74,5 @@ as_postgres "$PG_BIN/pg_ctl" -D "$replica/data" -w promote >/dev/null
 on_replica -c "SELECT qwen_embed.wait_for_embeddings('notes', '2 min')" >/dev/null || fail "the queue did not drain after the promotion"
 drained=$(on_replica -c "SELECT count(*) FROM notes WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")
 [ "$drained" = 200 ] || fail "$drained of 200 rows embedded after the promotion"
-echo "ok: async rows queued on the primary reached the standby, which ran no async worker; promoted, it embedded all 200"
+echo "ok: async rows queued on the primary reached the standby, which ran no async worker (wait_for_embeddings timed"
+echo "    out there with 57014); promoted, it embedded all 200"

@@ -476,7 +476,8 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         requests.iter().all(|id| !collecting.contains_key(id))
     };
     // Called between layers: a batch without interactive work waits there while one with it computes, at most
-    // MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work down but never stop it.
+    // MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work down but never stop it. It waits on
+    // a thread of the pool: that thread meanwhile runs the interactive batch's tasks, so the query has the whole pool.
     let canceled = || {
         let paused = Instant::now();
         while !interactive
@@ -484,7 +485,9 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
             && paused.elapsed() < MAX_PAUSE
             && !gone()
         {
-            std::thread::sleep(Duration::from_millis(1));
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         gone()
     };
