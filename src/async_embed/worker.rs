@@ -205,7 +205,7 @@ fn process(items: Vec<Item>) -> Result<(), (std::collections::BTreeSet<i32>, Bat
             let (keys, claimed, embedded) =
                 (column(|i| i.key.clone()), column(|i| i.claimed.clone()), column(|i| i.embedded.clone()));
             run_with(
-                "SELECT qwen_embed._async_apply($1, $2, $3::uuid[], $4::uuid[], $5, $6::interval, $7)",
+                "SELECT qwen_embed._async_apply($1, $2, $3::bigint[], $4::bigint[], $5, $6::interval, $7)",
                 move || {
                     vec![
                         table.into(),
@@ -228,7 +228,7 @@ fn process(items: Vec<Item>) -> Result<(), (std::collections::BTreeSet<i32>, Bat
             let keys: Vec<String> = failing.iter().map(|i| i.key.clone()).collect();
             let claimed: Vec<String> = failing.iter().map(|i| i.claimed.clone()).collect();
             let attempts = settings::ASYNC_MAX_ATTEMPTS.get();
-            run_with("SELECT qwen_embed._async_fail($1, $2, $3::uuid[], $4, $5)", move || {
+            run_with("SELECT qwen_embed._async_fail($1, $2, $3::bigint[], $4, $5)", move || {
                 vec![table.into(), keys.into(), claimed.into(), error.into(), attempts.into()]
             });
         }
