@@ -20,21 +20,30 @@ broken llama && cp tests/fixtures/tiny-qwen3/model.safetensors "$models/llama"/ 
 grep -q '"llama"' "$models/llama/config.json" || { echo "could not make the llama fixture" >&2; exit 1; }
 chmod -R a+rX "$models" && chmod 000 "$models/unreadable/model.safetensors"
 
-passed=0 failed=0
+passed=0 failed=0 summary=()
 for test in ${QWEN_EMBED_SQL_TESTS:-tests/sql/*.sql}; do
     name=$(basename "$test" .sql)
-    pg -q -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS qwen_embed_test" \
-        -c "CREATE DATABASE qwen_embed_test" >/dev/null
+    # WITH (FORCE): sessions a failed file left behind (a psql it started, an async worker) do not stop the next file.
+    if ! pg -q -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS qwen_embed_test WITH (FORCE)" \
+        -c "CREATE DATABASE qwen_embed_test" >/dev/null; then
+        echo "FAILED $name: could not make its database"
+        summary+=("FAILED $name (no database)")
+        failed=$((failed + 1))
+        continue
+    fi
     if out=$(PGDATABASE=qwen_embed_test pg -q -v model_dir="$models" -f tests/sql_lib/checks.sql -f "$test" 2>&1); then
         echo "ok     $name"
         echo "$out" | sed -n 's/.*NOTICE:  qwen_embed test: /       /p'
+        summary+=("ok $name")
         passed=$((passed + 1))
     else
         echo "FAILED $name"
         echo "$out" | sed 's/^/    /' | tail -n 30
         cluster_log "$PGHOST" 20 | sed 's/^/    server: /'
+        summary+=("FAILED $name")
         failed=$((failed + 1))
     fi
 done
-echo "SQL tests: $passed passed, $failed failed"
+printf -v list '%s; ' "${summary[@]}"
+echo "SQL tests: $passed passed, $failed failed (${list%; })"
 [ "$failed" -eq 0 ]

@@ -41,11 +41,11 @@ SELECT expect((SELECT array_agg(id ORDER BY id) FROM indexed) = (SELECT array_ag
 
 -- The brief's per-row form: 500 rows, one forward pass for the question, with the result cache off.
 SET qwen_embed.cache_size = 0;
-CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM qwen_embed.info() WHERE key = 'forward_passes';
+CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM (SELECT info_value('info', 'forward_passes') AS value) kv;
 SELECT id FROM docs ORDER BY cosine_sim(embedding, embed('a question asked only once')) DESC LIMIT 3;
 SELECT expect(value::bigint - (SELECT passes FROM before) = 1,
               format('the per-row form ran %s forward passes', value::bigint - (SELECT passes FROM before)))
-FROM qwen_embed.info() WHERE key = 'forward_passes';
+FROM (SELECT info_value('info', 'forward_passes') AS value) kv;
 
 RESET qwen_embed.cache_size;
 

@@ -22,4 +22,4 @@ SELECT expect_error($q$SELECT embed('x')$q$, '22023', 'invalid qwen_embed.device
 RESET qwen_embed.device;
 RESET qwen_embed.model_path;
 SELECT expect(abs(vector_norm(embed('works again')) - 1) < 1e-5, 'the session recovers');
-SELECT expect(value::int >= 6, value || ' errors counted') FROM qwen_embed.info() WHERE key = 'errors';
+SELECT expect(value::int >= 6, value || ' errors counted') FROM (SELECT info_value('info', 'errors') AS value) kv;

@@ -3,7 +3,7 @@
 CREATE EXTENSION qwen_embed CASCADE;
 
 SELECT expect(value = 'not loaded', 'reranker before first use: ' || value)
-FROM qwen_embed.server_info() WHERE key = 'reranker_state';
+FROM (SELECT info_value('server_info', 'reranker_state') AS value) kv;
 CREATE TEMP TABLE pairs AS SELECT * FROM (VALUES
     (1, 'What is the capital of China?', 'The capital of China is Beijing.', NULL),
     (2, 'What is the capital of China?', 'Gravity pulls bodies towards each other.', NULL),
@@ -12,7 +12,7 @@ CREATE TEMP TABLE pairs AS SELECT * FROM (VALUES
     (5, '', '', NULL)) p(id, q, d, instruct);
 CREATE TEMP TABLE served AS SELECT id, rerank_score(q, d, instruct) AS s FROM pairs;
 SELECT expect(value LIKE 'ready%', 'reranker after first use: ' || value)
-FROM qwen_embed.server_info() WHERE key = 'reranker_state';
+FROM (SELECT info_value('server_info', 'reranker_state') AS value) kv;
 SELECT expect(bool_and(s > 0 AND s < 1), 'scores in (0, 1)') FROM served;
 
 -- The same scores from a copy of the reranker, which this backend loads itself (another path than the server's).
@@ -20,7 +20,7 @@ SELECT set_config('qwen_embed.reranker_path', :'model_dir' || '/tiny-qwen3-reran
 SELECT expect(max(abs(s - rerank_score(q, d, instruct))) < 1e-6, 'server and backend scores differ')
 FROM served JOIN pairs USING (id);
 SELECT expect(value ~ 'tiny-qwen3-reranker-copy$', 'backend reranker ' || value)
-FROM qwen_embed.info() WHERE key = 'reranker_path';
+FROM (SELECT info_value('info', 'reranker_path') AS value) kv;
 RESET qwen_embed.reranker_path;
 
 -- rerank() = rerank_score() per document, best first, NULLs skipped, idx = position in the array.

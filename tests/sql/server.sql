@@ -4,9 +4,9 @@ CREATE EXTENSION qwen_embed CASCADE;
 CREATE EXTENSION dblink;
 
 SELECT expect(vector_dims(embed('served by the model server')) = 64, 'embed through the server');
-SELECT expect(value = 'server', 'route ' || value) FROM qwen_embed.info() WHERE key = 'route';
-SELECT expect(value = 'ready', 'server state ' || value) FROM qwen_embed.server_info() WHERE key = 'state';
-SELECT expect(value ~ 'tiny-qwen3$', 'server model ' || value) FROM qwen_embed.server_info() WHERE key = 'model_path';
+SELECT expect(value = 'server', 'route ' || value) FROM (SELECT info_value('info', 'route') AS value) kv;
+SELECT expect(value = 'ready', 'server state ' || value) FROM (SELECT info_value('server_info', 'state') AS value) kv;
+SELECT expect(value ~ 'tiny-qwen3$', 'server model ' || value) FROM (SELECT info_value('server_info', 'model_path') AS value) kv;
 
 -- The server's vectors equal this backend's own model's (a copy of the same model: another model_path is computed in
 -- the backend), for single texts, batches, instructions, Matryoshka, chunks and documents.
@@ -19,7 +19,7 @@ CREATE TEMP TABLE served_doc AS SELECT embed_document(repeat('Paragraph about st
 CREATE TEMP TABLE served_count AS SELECT token_count('The capital of China is Beijing.') AS n;
 SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3-copy', false);
 SELECT expect(vector_dims(embed('now in this backend')) = 64, 'embed in the backend');
-SELECT expect(value = 'backend', 'route ' || value) FROM qwen_embed.info() WHERE key = 'route';
+SELECT expect(value = 'backend', 'route ' || value) FROM (SELECT info_value('info', 'route') AS value) kv;
 SELECT expect(max(1 - cosine_sim(v, embed(t))) < 1e-5, 'single texts differ') FROM served;
 SELECT expect(max(1 - cosine_sim(q, embed(t, 'Find answers'))) < 1e-5, 'instructed texts differ') FROM served;
 SELECT expect(max(1 - cosine_sim(d, embed(t, dim => 32))) < 1e-5 AND min(vector_dims(d)) = 32, 'Matryoshka differs')
@@ -33,7 +33,7 @@ SELECT expect(n = token_count('The capital of China is Beijing.') AND n = 8, 'to
 RESET qwen_embed.model_path;
 
 -- Eight sessions asking at the same moment share forward passes.
-CREATE TEMP TABLE before AS SELECT value::bigint AS batches FROM qwen_embed.server_info() WHERE key = 'batches';
+CREATE TEMP TABLE before AS SELECT value::bigint AS batches FROM (SELECT info_value('server_info', 'batches') AS value) kv;
 SELECT dblink_connect('s' || i, 'dbname=' || current_database()) FROM generate_series(1, 8) i;
 SELECT dblink_send_query('s' || i, format(
     $q$SELECT vector_dims(embed('concurrent question ' || %s || repeat(' with words', 40))) FROM pg_sleep_until(%L)$q$,
@@ -43,15 +43,18 @@ FROM generate_series(1, 8) i, dblink_get_result('s' || i) AS r(d int);
 SELECT dblink_disconnect('s' || i) FROM generate_series(1, 8) i;
 SELECT expect(value::bigint - (SELECT batches FROM before) < 8,
               format('8 concurrent queries took %s batches', value::bigint - (SELECT batches FROM before)))
-FROM qwen_embed.server_info() WHERE key = 'batches';
+FROM (SELECT info_value('server_info', 'batches') AS value) kv;
 DO $$ BEGIN RAISE NOTICE 'qwen_embed test: 8 concurrent single queries took % batches in the model server',
-    (SELECT value::bigint FROM qwen_embed.server_info() WHERE key = 'batches') - (SELECT batches FROM before); END $$;
+    (SELECT value::bigint FROM (SELECT info_value('server_info', 'batches') AS value) kv) - (SELECT batches FROM before); END $$;
 
--- Errors through the server keep their SQLSTATE, message and hint.
+-- Errors through the server keep their SQLSTATE, message and hint, and count in its errors (from a baseline: the
+-- counter is the cluster's running total).
+CREATE TEMP TABLE errors_before AS SELECT info_value('server_info', 'errors')::int AS errors;
 SELECT expect_error($q$SELECT embed('hello', dim => 8)$q$, '22023', 'dim must be between 32 and 64, got 8',
                     'Pass NULL for the model''s full dimension');
 SET qwen_embed.max_length = 4;
 SELECT expect_error($q$SELECT embed('The capital of China is Beijing.')$q$, '54000',
                     'input is 8 tokens long, which exceeds max_length 4', 'set qwen_embed.truncate = on');
 RESET qwen_embed.max_length;
-SELECT expect(value::int >= 2, 'server errors ' || value) FROM qwen_embed.server_info() WHERE key = 'errors';
+SELECT expect(value::int - errors = 2, 'server errors: ' || value::int - errors || ' more, expected 2')
+FROM (SELECT info_value('server_info', 'errors') AS value) kv, errors_before;

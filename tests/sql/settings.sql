@@ -26,10 +26,10 @@ DO $$
 DECLARE first_path text; second_path text;
 BEGIN
     PERFORM embed('load the first');
-    first_path := (SELECT value FROM qwen_embed.info() WHERE key = 'model_path');
+    first_path := (SELECT value FROM (SELECT info_value('info', 'model_path') AS value) kv);
     EXECUTE format('SET qwen_embed.model_path = %L', first_path || '-copy');
     PERFORM embed('load the second');
-    second_path := (SELECT value FROM qwen_embed.info() WHERE key = 'model_path');
+    second_path := (SELECT value FROM (SELECT info_value('info', 'model_path') AS value) kv);
     ASSERT second_path = first_path || '-copy', format('%s then %s', first_path, second_path);
 END $$;
 DROP ROLE qwen_reader;

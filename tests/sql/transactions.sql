@@ -18,11 +18,11 @@ EXCEPTION WHEN not_null_violation THEN
 END $$;
 
 -- 1000 rows in one statement: a handful of forward passes, every vector equal to a direct call.
-CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM qwen_embed.info() WHERE key = 'forward_passes';
+CREATE TEMP TABLE before AS SELECT value::bigint AS passes FROM (SELECT info_value('info', 'forward_passes') AS value) kv;
 INSERT INTO docs (body) SELECT 'document number ' || g FROM generate_series(1, 1000) g;
 DO $$
 DECLARE
-    passes bigint := (SELECT value::bigint FROM qwen_embed.info() WHERE key = 'forward_passes') - (SELECT passes FROM before);
+    passes bigint := (SELECT value::bigint FROM (SELECT info_value('info', 'forward_passes') AS value) kv) - (SELECT passes FROM before);
 BEGIN
     ASSERT passes BETWEEN 1 AND 10, format('1000 rows took %s forward passes', passes); -- not 1000
     ASSERT (SELECT count(*) FROM docs WHERE embedding IS NULL) = 0, 'rows left without embedding';

@@ -31,3 +31,14 @@ EXCEPTION WHEN OTHERS THEN
     PERFORM expect(strpos(got_message, fragment) > 0, format('%s: message %L lacks %L', query, got_message, fragment));
     PERFORM expect(hint IS NULL OR strpos(got_hint, hint) > 0, format('%s: hint %L lacks %L', query, got_hint, hint));
 END $$;
+
+-- info_value(source, key): the value of one key of qwen_embed.info() or qwen_embed.server_info() (source 'info' or
+-- 'server_info'); an ERROR unless exactly one row has that key, so that no check of it passes by finding no row.
+CREATE FUNCTION info_value(source text, k text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE n int; v text;
+BEGIN
+    EXECUTE format('SELECT count(*), max(value) FROM qwen_embed.%I() WHERE key = $1', source) INTO n, v USING k;
+    PERFORM expect(n = 1, format('qwen_embed.%s() has %s rows for key %s', source, n, k));
+    RETURN v;
+END $$;
