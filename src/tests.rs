@@ -324,12 +324,11 @@ mod tests {
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ku").unwrap(), Some(7));
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ku WHERE embedding IS NULL").unwrap(), Some(1));
 
-        // A vector the statement sets itself is kept, on INSERT and on UPDATE.
-        Spi::run(
-            "INSERT INTO ku VALUES (20, 'given', embed('something else'));
-             UPDATE ku SET body = 'given, changed', embedding = embed('another thing') WHERE id = 20;",
-        )
-        .unwrap();
+        // A vector the statement sets itself is kept, on INSERT and on UPDATE (each checked before the next).
+        Spi::run("INSERT INTO ku VALUES (20, 'given', embed('something else'))").unwrap();
+        assert!(float("SELECT cosine_sim(embedding, embed('something else')) FROM ku WHERE id = 20") > 0.99999);
+        assert!(float("SELECT cosine_sim(embedding, embed('given')) FROM ku WHERE id = 20") < 0.999);
+        Spi::run("UPDATE ku SET body = 'given, changed', embedding = embed('another thing') WHERE id = 20").unwrap();
         assert!(float("SELECT cosine_sim(embedding, embed('another thing')) FROM ku WHERE id = 20") > 0.99999);
     }
 

@@ -8,13 +8,17 @@ INSERT INTO docs (body) SELECT 'rolled back ' || g FROM generate_series(1, 100) 
 ROLLBACK;
 DO $$ BEGIN ASSERT (SELECT count(*) FROM docs) = 0, 'rollback left rows'; END $$;
 
--- The third row violates NOT NULL: the whole statement fails, nothing of it stays.
+-- A statement that fails after the trigger embedded and wrote its rows' vectors (a deferred unique constraint, checked
+-- by SET CONSTRAINTS once the statement is done): nothing of it stays.
+ALTER TABLE docs ADD COLUMN tag int UNIQUE DEFERRABLE INITIALLY DEFERRED;
 DO $$
 BEGIN
-    INSERT INTO docs (body) VALUES ('one'), ('two'), (NULL);
-    RAISE EXCEPTION 'insert should have failed';
-EXCEPTION WHEN not_null_violation THEN
-    ASSERT (SELECT count(*) FROM docs) = 0, 'failed statement left rows';
+    INSERT INTO docs (body, tag) VALUES ('one', 1), ('two', 1);
+    ASSERT (SELECT count(*) FROM docs WHERE embedding IS NOT NULL) = 2, 'the trigger did not embed both rows';
+    SET CONSTRAINTS ALL IMMEDIATE;
+    RAISE EXCEPTION 'the duplicate tag should have failed';
+EXCEPTION WHEN unique_violation THEN
+    ASSERT (SELECT count(*) FROM docs) = 0, 'a failed statement left rows';
 END $$;
 
 -- 1000 rows in one statement: a handful of forward passes, every vector equal to a direct call.
