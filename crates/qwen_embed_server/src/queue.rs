@@ -66,17 +66,42 @@ pub struct Full {
 pub struct Queue {
     entries: VecDeque<Entry>,
     queued_texts: usize,
+    /// Texts of jobs that run outside the queue (rerank, chunks, a document) while they run: they count against the
+    /// limit as queued texts do, so that no kind of work is unbounded.
+    reserved: usize,
     limit: usize,
 }
 
 impl Queue {
     /// A queue that holds at most `limit` texts waiting to be computed.
     pub fn new(limit: usize) -> Self {
-        Queue { entries: VecDeque::new(), queued_texts: 0, limit }
+        Queue { entries: VecDeque::new(), queued_texts: 0, reserved: 0, limit }
     }
 
+    /// Texts waiting, and texts of jobs running outside the queue.
     pub fn queued_texts(&self) -> usize {
-        self.queued_texts
+        self.queued_texts + self.reserved
+    }
+
+    /// Would `texts` more take the queue over its limit? (Never when nothing waits or runs: no request is refused
+    /// for its size alone.)
+    pub fn full_for(&self, texts: usize) -> Option<Full> {
+        let busy = !self.entries.is_empty() || self.reserved > 0;
+        (busy && self.queued_texts() + texts > self.limit)
+            .then_some(Full { queued: self.queued_texts(), limit: self.limit })
+    }
+
+    /// Counts `texts` of a job that runs outside the queue against the limit, until [`Queue::release`].
+    pub fn reserve(&mut self, texts: usize) -> Result<(), Full> {
+        if let Some(full) = self.full_for(texts) {
+            return Err(full);
+        }
+        self.reserved += texts;
+        Ok(())
+    }
+
+    pub fn release(&mut self, texts: usize) {
+        self.reserved -= texts;
     }
 
     pub fn queued_requests(&self) -> usize {
@@ -96,8 +121,8 @@ impl Queue {
         seqs: Vec<Vec<u32>>,
         canceled: Arc<AtomicBool>,
     ) -> Result<(), Full> {
-        if !self.entries.is_empty() && self.queued_texts + seqs.len() > self.limit {
-            return Err(Full { queued: self.queued_texts, limit: self.limit });
+        if let Some(full) = self.full_for(seqs.len()) {
+            return Err(full);
         }
         let mut seqs: Vec<(usize, Vec<u32>)> = seqs.into_iter().enumerate().collect();
         seqs.sort_by_key(|(_, ids)| ids.len());
@@ -257,5 +282,20 @@ mod tests {
         // Backfill runs once the async work is done.
         while q.next_batch(100, Lane::Any).iter().any(|i| i.request == 2) {}
         assert!(q.next_batch(100, Lane::Any).iter().all(|i| i.request == 1));
+    }
+
+    #[test]
+    fn jobs_outside_the_queue_count_against_its_limit() {
+        let mut q = Queue::new(10);
+        push(&mut q, 1, seqs(&[1; 6]), flag()).unwrap();
+        assert_eq!(q.reserve(5), Err(Full { queued: 6, limit: 10 }));
+        q.reserve(4).unwrap();
+        assert_eq!(q.queued_texts(), 10);
+        assert_eq!(push(&mut q, 2, seqs(&[1]), flag()), Err(Full { queued: 10, limit: 10 }));
+        q.release(4);
+        push(&mut q, 2, seqs(&[1]), flag()).unwrap();
+        // Alone, a job of any size is taken.
+        let mut empty = Queue::new(10);
+        empty.reserve(50).unwrap();
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting};
 
 use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
-use crate::queue::{Item, Lane, Queue};
+use crate::queue::{Full, Item, Lane, Queue};
 
 /// How the server runs.
 #[derive(Clone, Copy, Debug)]
@@ -282,6 +282,10 @@ fn rerank(
         Ok(r) => r,
         Err(reply) => return Some(reply),
     };
+    let _admitted = match Admitted::new(shared, documents.len()) {
+        Ok(a) => a,
+        Err(reply) => return Some(reply),
+    };
     let limits = limits(shared, lengths);
     let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
     let gone = || caller_gone(conn);
@@ -332,6 +336,16 @@ fn run_job(
 ) -> Option<Reply> {
     let limits = limits(shared, lengths);
     let gone = || caller_gone(conn);
+    // Chunks and documents run outside the queue, admitted against its limit while they run.
+    let _admitted = match &job {
+        Job::Chunks { doc, chunk_tokens, overlap, .. } | Job::Document { doc, chunk_tokens, overlap, .. } => {
+            match Admitted::new(shared, estimated_chunks(doc, *chunk_tokens, *overlap)) {
+                Ok(admitted) => Some(admitted),
+                Err(reply) => return Some(reply),
+            }
+        }
+        _ => None,
+    };
     let result = match job {
         Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
         Job::Embed { texts, instruct, dim } => {
@@ -375,10 +389,9 @@ fn embed(
     }
     // Refuse at once, before tokenising, what the queue cannot take now (checked again when queued).
     {
-        let queue = lock(&shared.queue);
-        if queue.queued_requests() > 0 && queue.queued_texts() + texts.len() > queue.limit() {
-            lock(&shared.status).rejected += 1;
-            return Some(Reply::Overloaded { queued_texts: queue.queued_texts(), limit: queue.limit() });
+        let full = lock(&shared.queue).full_for(texts.len());
+        if let Some(full) = full {
+            return Some(overloaded(shared, full));
         }
     }
     let mut seqs = Vec::with_capacity(texts.len());
@@ -412,8 +425,7 @@ fn embed(
     let pushed = lock(&shared.queue).push(id, priority, seqs, canceled.clone());
     if let Err(full) = pushed {
         lock(&shared.collecting).remove(&id);
-        lock(&shared.status).rejected += 1;
-        return Some(Reply::Overloaded { queued_texts: full.queued, limit: full.limit });
+        return Some(overloaded(shared, full));
     }
     shared.work_waiting.notify_all();
     loop {
@@ -545,6 +557,36 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
             }
         }
     }
+}
+
+fn overloaded(shared: &Shared, full: Full) -> Reply {
+    lock(&shared.status).rejected += 1;
+    Reply::Overloaded { queued_texts: full.queued, limit: full.limit }
+}
+
+/// A job that runs outside the queue (rerank, chunks, a document), admitted against the queue's limit for as long
+/// as it runs: `texts` count as queued texts do.
+struct Admitted<'a> {
+    shared: &'a Shared,
+    texts: usize,
+}
+
+impl<'a> Admitted<'a> {
+    fn new(shared: &'a Shared, texts: usize) -> Result<Self, Reply> {
+        let reserved = lock(&shared.queue).reserve(texts);
+        reserved.map(|()| Admitted { shared, texts }).map_err(|full| overloaded(shared, full))
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).release(self.texts);
+    }
+}
+
+/// The chunks a document will make, estimated before tokenising (about 4 bytes a token), for admission.
+fn estimated_chunks(doc: &str, chunk_tokens: usize, overlap: usize) -> usize {
+    (doc.len() / 4).div_ceil(chunk_tokens.saturating_sub(overlap).max(1)).max(1)
 }
 
 /// Counts a batch with interactive work while it computes (to the end, even if it panics).

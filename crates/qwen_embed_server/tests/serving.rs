@@ -186,6 +186,25 @@ fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+    // Every other kind of work counts against the same limit: a rerank of 6,000 documents, and the ~6,000 chunks of
+    // a long document, in chunks or as one vector, are refused too.
+    let documents: Vec<String> = bulk.iter().take(6_000).cloned().collect();
+    let long_doc = "word ".repeat(80_000);
+    let jobs = [
+        Request {
+            model: reranker_spec(),
+            job: Job::Rerank { query: "q".into(), documents, instruct: None },
+            ..request(Job::Status)
+        },
+        request(Job::Chunks { doc: long_doc.clone(), chunk_tokens: 16, overlap: 0, dim: None }),
+        request(Job::Document { doc: long_doc, chunk_tokens: 16, overlap: 0, weighting: "uniform".into(), dim: None }),
+    ];
+    for job in &jobs {
+        match call(&socket, job, || {}).unwrap() {
+            Reply::Overloaded { limit, .. } => assert_eq!(limit, 25_000),
+            other => panic!("{:?} was not refused: {other:?}", std::mem::discriminant(&job.job)),
+        }
+    }
     // A single query still gets through quickly (the interactive lane).
     let started = Instant::now();
     assert!(matches!(embed(&socket, &["a quick question"], None), Reply::Vectors { .. }));
@@ -196,7 +215,7 @@ fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once
         std::thread::sleep(Duration::from_millis(20));
     }
     let s = status(&socket);
-    assert_eq!((s.canceled, s.rejected), (1, 1), "{s:?}");
+    assert_eq!((s.canceled, s.rejected), (1, 4), "{s:?}");
     assert_eq!(s.queued_texts, 0, "the abandoned request's texts left the queue");
     assert!(s.texts < 20_000, "the abandoned request was computed in full: {} texts", s.texts);
     assert!(quick < Duration::from_secs(2), "a single query waited {quick:?} behind the bulk request");
