@@ -118,9 +118,10 @@ BEGIN
 END
 $$;
 
--- Worker: release every lease (at the worker's start: a lease is only ever held by this database's one worker, so
--- any lease found then belongs to a worker that died) or the leases of some tables after a batch-level failure
--- (the model server down): no item is charged; the error is recorded on the tables.
+-- Worker: gives leases back. Every lease, at the worker's start (a lease is only ever held by this database's one
+-- worker, so any lease found then belongs to a worker that died); the leases of some tables after a batch-level
+-- failure (the model server down: no item is charged, the error is recorded on the tables), and after each table's
+-- write-back or charged failures (what was not finished, because a writer requeued it meanwhile, goes back).
 CREATE FUNCTION qwen_embed._async_release(table_ids integer[], error text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -263,8 +264,8 @@ BEGIN
         ON CONFLICT (table_id, key) DO UPDATE SET fingerprint = excluded.fingerprint;
         DELETE FROM qwen_embed.async_queue q USING unnest(keys, claimed) r(key, fp)
          WHERE q.table_id = t.id AND q.key = r.key AND q.fingerprint = r.fp;
-        UPDATE qwen_embed.async_queue q SET leased_at = NULL
-         WHERE q.table_id = t.id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
+        -- The rest (items requeued meanwhile) goes back to the queue.
+        PERFORM qwen_embed._async_release(ARRAY[t.id], NULL);
         written := coalesce(cardinality(written_keys), 0);
         UPDATE qwen_embed.async_tables a
            SET embedded = a.embedded + written, last_embedded_at = clock_timestamp(),
@@ -292,11 +293,8 @@ BEGIN
            next_try = clock_timestamp() + least(interval '1 hour', interval '10 seconds' * 2 ^ q.attempts)
       FROM unnest(keys, claimed) r(key, fp)
      WHERE q.table_id = _async_fail.table_id AND q.key = r.key AND q.fingerprint = r.fp;
-    UPDATE qwen_embed.async_tables a SET last_error = error, last_error_at = clock_timestamp()
-     WHERE a.id = _async_fail.table_id;
-    -- Items changed meanwhile were requeued by their writer: just unlease them.
-    UPDATE qwen_embed.async_queue q SET leased_at = NULL
-     WHERE q.table_id = _async_fail.table_id AND q.key = ANY (keys) AND q.leased_at IS NOT NULL;
+    -- Items changed meanwhile were requeued by their writer: they only go back to the queue. The error is the table's.
+    PERFORM qwen_embed._async_release(ARRAY[_async_fail.table_id], error);
 END
 $$;
 

@@ -113,19 +113,18 @@ pub fn stalled() -> Vec<pg_sys::Oid> {
         .collect()
 }
 
-/// The calling worker takes the database's slot; None if another live worker holds it (or no slot is free). Returns
-/// the wake count.
-pub fn attach(database: pg_sys::Oid) -> Option<u64> {
+/// The calling worker takes the database's slot; false if another live worker holds it (or no slot is free).
+pub fn attach(database: pg_sys::Oid) -> bool {
     let me = backend::pid();
     let mut slots = SLOTS_LOCK.exclusive();
     let index = match slots.0.iter().position(|s| s.database == oid(database)) {
         // SAFETY: kill with signal 0 only checks that the process exists.
         Some(i) if slots.0[i].pid != 0 && slots.0[i].pid != me && unsafe { libc::kill(slots.0[i].pid, 0) } == 0 => {
-            return None
+            return false
         }
         Some(i) => i,
         None => {
-            let i = slots.0.iter().position(|s| s.database == 0)?;
+            let Some(i) = slots.0.iter().position(|s| s.database == 0) else { return false };
             slots.0[i] = Slot { database: oid(database), ..Slot::default() };
             i
         }
@@ -134,10 +133,10 @@ pub fn attach(database: pg_sys::Oid) -> Option<u64> {
     slot.pid = me;
     // SAFETY: MyProc is this process's entry in shared memory, set before any extension code runs.
     slot.latch = unsafe { std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch) } as usize;
-    Some(slot.wakes)
+    true
 }
 
-/// The wake count of the calling worker's slot.
+/// The wake count of the calling worker's slot (read before each look at the queue, for `detach_if_idle`).
 pub fn wakes(database: pg_sys::Oid) -> u64 {
     SLOTS_LOCK.share().0.iter().find(|s| s.database == oid(database)).map_or(0, |s| s.wakes)
 }

@@ -49,16 +49,16 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    let Some(mut seen) = slots::attach(database) else {
+    if !slots::attach(database) {
         return; // another worker serves this database
-    };
-    // SAFETY: a callback with the process's lifetime; it runs at any exit (an ERROR's too) and only frees the slot.
+    }
+    // SAFETY: a callback with the process's lifetime; it runs at every exit (a return from here, an ERROR) and only
+    // frees the slot.
     unsafe { pg_sys::before_shmem_exit(Some(detach_at_exit), arg) };
     let installed = BackgroundWorker::transaction(|| {
         Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('qwen_embed._async_claim(integer)') IS NOT NULL")
     });
     if installed != Ok(Some(true)) {
-        slots::detach(database);
         return;
     }
     // Every request of this process waits behind interactive ones in the model server.
@@ -80,7 +80,7 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
             // SAFETY: the worker's main loop, as PostgreSQL's own processes reload on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        seen = slots::wakes(database).max(seen);
+        let seen = slots::wakes(database);
         let items = claim(settings::ASYNC_BATCH_SIZE.get());
         if items.is_empty() {
             let due = BackgroundWorker::transaction(|| {
@@ -103,8 +103,7 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
             Err((tables, BatchFailure(error))) => {
                 warning!("qwen_embed async worker: {error}; retrying in {} s", backoff.as_secs());
                 let tables: Vec<i32> = tables.into_iter().collect();
-                let message = error.clone();
-                run_with("SELECT qwen_embed._async_release($1, $2)", move || vec![tables.into(), message.into()]);
+                run_with("SELECT qwen_embed._async_release($1, $2)", move || vec![tables.into(), error.into()]);
                 if !sleep(backoff) {
                     break;
                 }
@@ -115,7 +114,6 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
             break;
         }
     }
-    slots::detach(database);
 }
 
 #[pg_guard]

@@ -108,10 +108,6 @@ impl Queue {
         self.entries.len()
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Queues a request's token sequences. Refused when they would take the queue over its limit (a request alone
     /// in an empty queue is always taken, so no request is refused for its size alone).
     pub fn push(
@@ -160,11 +156,11 @@ impl Queue {
         let mut tokens = 0;
         let mut limit = budget;
         'classes: for class in [Priority::Interactive, Priority::Async, Priority::Backfill] {
+            if class != Priority::Interactive && batch.is_empty() {
+                limit = budget / 2;
+            }
             loop {
                 let mut took = false;
-                if class != Priority::Interactive && batch.is_empty() {
-                    limit = budget / 2;
-                }
                 for e in self.entries.iter_mut().filter(|e| e.priority == class && eligible(e) && e.remaining() > 0) {
                     let len = e.seqs[e.next].1.len();
                     if !batch.is_empty() && tokens + len > limit {

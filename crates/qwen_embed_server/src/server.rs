@@ -5,9 +5,8 @@
 //! socket, so a caller that goes away (cancel, timeout, a dead backend) has its request dropped before it is computed.
 //! Two batch threads take work from the queue ([`crate::queue`]): one from small requests, one from large ones, so an
 //! interactive query is computed next to a running bulk batch instead of behind it, and concurrent queries share
-//! batches. Both run the encoder on one
-//! thread pool sized by the settings. A batch of async or backfill work pauses at its next layer while a batch with
-//! interactive work computes, so a query gets the whole pool.
+//! batches. Both run the encoder on one thread pool sized by the settings. A batch of async or backfill work pauses at
+//! its next layer while a batch with interactive work computes, so a query gets the whole pool.
 
 use std::collections::HashMap;
 use std::io;
