@@ -13,6 +13,8 @@
 #     bash bench/async.sh [ROWS=100000] [DRAIN_ROWS=1000] [LAG_SECONDS=60] [SYNC_ROWS=200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# calc EXPRESSION: floating-point arithmetic with awk (bc is not on every fresh machine).
+calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
 source scripts/cluster.sh
 rows=${1:-100000} drain_rows=${2:-1000} lag_secs=${3:-60} sync_rows=${4:-200}
 model=${QWEN_EMBED_BENCH_MODEL:-$HOME/.cache/qwen_embed/qwen3-0.6b-random}
@@ -66,7 +68,7 @@ sleep 1
 ratios=()
 for run in 1 2 3; do
     plain=$(copy_ms plain) async=$(copy_ms async)
-    ratio=$(echo "scale=3; $async / $plain" | bc)
+    ratio=$(calc "$async / $plain")
     ratios+=("$ratio")
     echo "   run $run: no triggers ${plain} ms, async ${async} ms: ${ratio}x"
 done
@@ -75,21 +77,21 @@ q -c "TRUNCATE async, plain" -c "ALTER SYSTEM RESET qwen_embed.model_path" >/dev
 cluster_stop "$PGHOST" && cluster_start "$PGHOST"
 q -c "SELECT vector_dims(embed('warm up'))" >/dev/null
 sync=$(copy_ms sync "$sync_rows")
-echo "   sync triggers: $sync_rows rows in ${sync} ms, i.e. $(echo "scale=0; $sync * $rows / $sync_rows / 1000" | bc) s for $rows rows (scaled)"
+echo "   sync triggers: $sync_rows rows in ${sync} ms, i.e. $(calc "$sync * $rows / $sync_rows / 1000") s for $rows rows (scaled)"
 
 echo
 echo "2. drain: $drain_rows rows"
 q -c "COPY async (id, body) FROM PROGRAM 'head -n $drain_rows $data'" >/dev/null
 started=$(date +%s.%N)
 q -c "SELECT qwen_embed.wait_for_embeddings('async', '1 hour')" >/dev/null
-drain_s=$(echo "$(date +%s.%N) - $started" | bc)
+drain_s=$(calc "$(date +%s.%N) - $started")
 q -c "COPY plain (id, body) FROM PROGRAM 'head -n $drain_rows $data'" >/dev/null
 started=$(date +%s.%N)
 q -c "CALL qwen_embed.backfill('plain', 'body', 'embedding')" >/dev/null 2>&1
-backfill_s=$(echo "$(date +%s.%N) - $started" | bc)
-drain_rate=$(echo "scale=1; $drain_rows / $drain_s" | bc)
-backfill_rate=$(echo "scale=1; $drain_rows / $backfill_s" | bc)
-echo "   async drain ${drain_rate} rows/s, backfill ${backfill_rate} rows/s: $(echo "scale=2; $drain_rate / $backfill_rate" | bc)x"
+backfill_s=$(calc "$(date +%s.%N) - $started")
+drain_rate=$(calc "$drain_rows / $drain_s")
+backfill_rate=$(calc "$drain_rows / $backfill_s")
+echo "   async drain ${drain_rate} rows/s, backfill ${backfill_rate} rows/s: $(calc "$drain_rate / $backfill_rate")x"
 q -c "TRUNCATE async, plain" >/dev/null
 
 echo
@@ -111,11 +113,11 @@ q -c "COPY async (id, body) FROM PROGRAM 'head -n $((drain_rows * 3)) $data'" >/
 sleep 2 # the worker is computing
 busy=$(p50)
 left=$(q -c "SELECT pending + in_progress FROM qwen_embed.async_status WHERE relation = 'async'::regclass")
-echo "   p50 idle ${idle} ms, while the backlog drains ${busy} ms ($left rows still queued at the end): $(echo "scale=2; $busy / $idle" | bc)x"
+echo "   p50 idle ${idle} ms, while the backlog drains ${busy} ms ($left rows still queued at the end): $(calc "$busy / $idle")x"
 q -c "TRUNCATE async" >/dev/null
 
 echo
-rate=$(echo "scale=2; $drain_rate / 2" | bc)
+rate=$(calc "$drain_rate / 2")
 echo "4. lag at a steady $rate inserts/s (half the drain throughput), ${lag_secs} s"
 insert=$(scratch_dir)/insert.sql
 cat >"$insert" <<'SQL'

@@ -44,9 +44,9 @@ echo "ok: rollback queues nothing; an UPDATE of another column queues nothing, o
 echo "-- 10,000 rows"
 started=$(date +%s.%N)
 q -c "INSERT INTO docs (body) SELECT 'row ' || g || ' about topic ' || (g % 97) FROM generate_series(1, 10000) g"
-insert_s=$(echo "$(date +%s.%N) - $started" | bc)
+insert_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 q -c "SELECT qwen_embed.wait_for_embeddings('docs', '10 min')" >/dev/null
-drain_s=$(echo "$(date +%s.%N) - $started" | bc)
+drain_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 check_vectors "10,000 rows"
 status=$(q -c "SELECT pending, in_progress, failed, embedded >= 10002 FROM qwen_embed.async_status WHERE relation = 'docs'::regclass")
 [ "$status" = "0|0|0|t" ] || fail "async_status after the drain: $status"
