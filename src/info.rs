@@ -110,6 +110,7 @@ pub(crate) mod qwen_embed {
             add("texts", s.texts.to_string());
             add("tokens", s.tokens.to_string());
             add("batches", s.batches.to_string());
+            add("batches_split", s.batches_split.to_string());
             let per_batch =
                 |n: u64| if s.batches > 0 { format!("{:.1}", n as f64 / s.batches as f64) } else { "0".into() };
             add("mean_batch_texts", per_batch(s.texts));

@@ -136,6 +136,8 @@ pub struct Status {
     pub texts: u64,
     pub tokens: u64,
     pub batches: u64,
+    /// Failed batches of several requests, computed again one request at a time.
+    pub batches_split: u64,
     pub max_batch_texts: u64,
     pub max_batch_tokens: u64,
     /// The reranker the server runs when asked (loaded on first use), and its state: "not loaded", "ready" or

@@ -6,14 +6,15 @@
 //! Two batch threads take work from the queue ([`crate::queue`]): one from small requests, one from large ones, so an
 //! interactive query is computed next to a running bulk batch instead of behind it, and concurrent queries share
 //! batches. Both run the encoder on one thread pool sized by the settings. A batch of async or backfill work pauses at
-//! its next layer while a batch with interactive work computes, so a query gets the whole pool.
+//! its next layer while a batch with interactive work computes, so a query gets the whole pool. A batch of several
+//! requests that fails is computed again one request at a time, so a failure fails only the request it belongs to.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,47 @@ struct Shared {
     pool: rayon::ThreadPool,
 }
 
+impl Shared {
+    fn new(spec: ModelSpec, settings: Settings, reranker: Option<RerankerSource>) -> io::Result<Shared> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.threads)
+            .thread_name(|i| format!("qwen_embed-server-{i}"))
+            .build()
+            .map_err(io::Error::other)?;
+        let status = Status {
+            pid: std::process::id() as i32,
+            model: spec.clone(),
+            state: "loading".into(),
+            threads: settings.threads,
+            batch_tokens: settings.batch_tokens,
+            queue_limit: settings.queue_limit,
+            reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
+            reranker_state: if reranker.is_some() { "not loaded" } else { "" }.into(),
+            ..Status::default()
+        };
+        let (reranker_spec, reranker) = match reranker {
+            Some(r) => (Some(r.spec), RerankerState::NotLoaded(Some(r.load))),
+            None => (None, RerankerState::NotLoaded(None)),
+        };
+        Ok(Shared {
+            spec,
+            settings,
+            model: Mutex::new(ModelState::Loading),
+            model_ready: Condvar::new(),
+            reranker_spec,
+            reranker: Mutex::new(reranker),
+            queue: Mutex::new(Queue::new(settings.queue_limit)),
+            work_waiting: Condvar::new(),
+            collecting: Mutex::new(HashMap::new()),
+            status: Mutex::new(status),
+            clients: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            interactive_computing: AtomicUsize::new(0),
+            pool,
+        })
+    }
+}
+
 /// Serves requests on `listener` until the process ends. `load` loads the model (on a thread of its own: the server
 /// answers status requests while it loads, and a failed load is every later request's error); the reranker, if
 /// any, is loaded by the first rerank request.
@@ -100,42 +142,7 @@ pub fn serve(
     load: impl FnOnce() -> Result<Embedder, Error> + Send + 'static,
     reranker: Option<RerankerSource>,
 ) -> io::Result<()> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(settings.threads)
-        .thread_name(|i| format!("qwen_embed-server-{i}"))
-        .build()
-        .map_err(io::Error::other)?;
-    let status = Status {
-        pid: std::process::id() as i32,
-        model: spec.clone(),
-        state: "loading".into(),
-        threads: settings.threads,
-        batch_tokens: settings.batch_tokens,
-        queue_limit: settings.queue_limit,
-        reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
-        reranker_state: if reranker.is_some() { "not loaded" } else { "" }.into(),
-        ..Status::default()
-    };
-    let (reranker_spec, reranker) = match reranker {
-        Some(r) => (Some(r.spec), RerankerState::NotLoaded(Some(r.load))),
-        None => (None, RerankerState::NotLoaded(None)),
-    };
-    let shared = Arc::new(Shared {
-        spec,
-        settings,
-        model: Mutex::new(ModelState::Loading),
-        model_ready: Condvar::new(),
-        reranker_spec,
-        reranker: Mutex::new(reranker),
-        queue: Mutex::new(Queue::new(settings.queue_limit)),
-        work_waiting: Condvar::new(),
-        collecting: Mutex::new(HashMap::new()),
-        status: Mutex::new(status),
-        clients: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
-        interactive_computing: AtomicUsize::new(0),
-        pool,
-    });
+    let shared = Arc::new(Shared::new(spec, settings, reranker)?);
 
     let loader = shared.clone();
     std::thread::Builder::new().name("qwen_embed-load".into()).spawn(move || {
@@ -406,6 +413,36 @@ fn embed(
     if seqs.is_empty() {
         return Some(Reply::Vectors { vectors: Vec::new(), cost: Cost::default() });
     }
+    let (id, canceled, results) = match submit(shared, seqs, dim, priority) {
+        Ok(submitted) => submitted,
+        Err(reply) => return Some(reply),
+    };
+    loop {
+        match results.recv_timeout(POLL) {
+            Ok(reply) => return Some(reply),
+            Err(RecvTimeoutError::Timeout) if caller_gone(conn) => {
+                canceled.store(true, Ordering::Relaxed);
+                lock(&shared.collecting).remove(&id);
+                shared.work_waiting.notify_all();
+                return None;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(failed(&Error::Compute(qwen_embed_model::candle::Error::Msg(
+                    "the request was dropped by the server".into(),
+                ))))
+            }
+        }
+    }
+}
+
+/// Queues a request's token sequences for the batch threads: its id, its cancel flag and where its reply will come.
+fn submit(
+    shared: &Shared,
+    seqs: Vec<Vec<u32>>,
+    dim: Option<i64>,
+    priority: Priority,
+) -> Result<(u64, Arc<AtomicBool>, Receiver<Reply>), Reply> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let canceled = Arc::new(AtomicBool::new(false));
     let (done, results) = channel();
@@ -424,26 +461,10 @@ fn embed(
     let pushed = lock(&shared.queue).push(id, priority, seqs, canceled.clone());
     if let Err(full) = pushed {
         lock(&shared.collecting).remove(&id);
-        return Some(overloaded(shared, full));
+        return Err(overloaded(shared, full));
     }
     shared.work_waiting.notify_all();
-    loop {
-        match results.recv_timeout(POLL) {
-            Ok(reply) => return Some(reply),
-            Err(RecvTimeoutError::Timeout) if caller_gone(conn) => {
-                canceled.store(true, Ordering::Relaxed);
-                lock(&shared.collecting).remove(&id);
-                shared.work_waiting.notify_all();
-                return None;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return Some(failed(&Error::Compute(qwen_embed_model::candle::Error::Msg(
-                    "the request was dropped by the server".into(),
-                ))))
-            }
-        }
-    }
+    Ok((id, canceled, results))
 }
 
 /// A batch thread: takes batches for its lane from the queue and computes them, until the process ends.
@@ -503,6 +524,8 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         gone()
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        tests::inject_fault(&seqs)?;
         shared.pool.install(|| model.embed_tokens(&seqs, shared.settings.batch_tokens, &canceled))
     }))
     .unwrap_or_else(|panic| {
@@ -521,6 +544,22 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         s.tokens += tokens;
         s.max_batch_texts = s.max_batch_texts.max(seqs.len() as u64);
         s.max_batch_tokens = s.max_batch_tokens.max(tokens);
+    }
+    // A batch of several requests that failed is computed again one request at a time: the failure (an input the
+    // encoder rejects, memory for a pass too large) belongs to one of them, and the others must not pay for it.
+    let mut alone: Vec<u64> = requests.clone();
+    alone.sort_unstable();
+    alone.dedup();
+    if alone.len() > 1 && matches!(result, Err(ref e) if !matches!(e, Error::Canceled)) {
+        lock(&shared.status).batches_split += 1;
+        drop(_computing);
+        let mut batch = batch;
+        for request in alone {
+            let (own, rest) = batch.into_iter().partition(|i| i.request == request);
+            batch = rest;
+            compute(shared, model, own);
+        }
+        return;
     }
     let mut collecting = lock(&shared.collecting);
     match result {
@@ -615,4 +654,59 @@ fn status(shared: &Shared) -> Status {
     clients.sort();
     s.per_client = clients;
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use qwen_embed_model::{DType, Device};
+
+    use super::*;
+
+    /// A token id no model has: a batch holding it fails as an encoder failure would.
+    const POISON: u32 = u32::MAX;
+
+    /// The fault the tests inject into [`compute`] (compiled into the tests only).
+    pub fn inject_fault(seqs: &[Vec<u32>]) -> Result<(), Error> {
+        match seqs.iter().any(|s| s.contains(&POISON)) {
+            true => Err(Error::Compute(qwen_embed_model::candle::Error::Msg("injected fault".into()))),
+            false => Ok(()),
+        }
+    }
+
+    fn tiny_model() -> Embedder {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3");
+        Embedder::load(&dir, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    #[test]
+    fn a_failing_request_fails_alone_and_the_others_in_its_batch_get_their_vectors() {
+        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512 };
+        let shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
+        let model = tiny_model();
+        let good_seqs = vec![vec![10, 11, 12], vec![13, 14]];
+        let (good, _, good_reply) = submit(&shared, good_seqs.clone(), None, Priority::Interactive).unwrap();
+        let (bad, _, bad_reply) = submit(&shared, vec![vec![15, POISON]], None, Priority::Interactive).unwrap();
+        let (later, _, later_reply) = submit(&shared, vec![vec![16]], None, Priority::Interactive).unwrap();
+
+        let batch = lock(&shared.queue).next_batch(1024, Lane::Any);
+        for id in [good, bad, later] {
+            assert!(batch.iter().any(|i| i.request == id), "the three requests share one batch");
+        }
+        compute(&shared, &model, batch);
+
+        let alone = model.embed_tokens(&good_seqs, 1024, &|| false).unwrap().0;
+        match good_reply.try_recv() {
+            Ok(Reply::Vectors { vectors, .. }) => assert_eq!(vectors, alone),
+            other => panic!("the good request got {other:?}"),
+        }
+        assert!(matches!(later_reply.try_recv(), Ok(Reply::Vectors { vectors, .. }) if vectors.len() == 1));
+        match bad_reply.try_recv() {
+            Ok(Reply::Failed { message, .. }) => assert!(message.contains("injected fault"), "{message}"),
+            other => panic!("the bad request got {other:?}"),
+        }
+        assert_eq!(lock(&shared.status).batches_split, 1);
+        assert!(lock(&shared.collecting).is_empty(), "every request was answered");
+    }
 }
