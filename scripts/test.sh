@@ -2,9 +2,10 @@
 # Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
 # statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
-# (scripts/test-postgres.sh), then the fault, hot-standby and load tests (tests/faults.sh, tests/standby.sh,
-# tests/load.sh) and the Debian package (tests/package.sh: built, installed with dpkg, smoke-tested), all on
-# PostgreSQL 15 (Debian 12's); then the pg_tests, SQL and pg_regress tests again on PostgreSQL 18, built from source.
+# (scripts/test-postgres.sh), then the fault, model-change, async, hot-standby and load tests (tests/faults.sh,
+# tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh) and the Debian package (tests/package.sh:
+# built, installed with dpkg, smoke-tested), all on PostgreSQL 15 (Debian 12's); then the pg_tests, SQL and pg_regress
+# tests again on PostgreSQL 18, built from source.
 # Every server is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the
 # machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
 set -euo pipefail
@@ -22,6 +23,9 @@ bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves
 
 echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
 bash tests/faults.sh
+
+echo "== the cluster's model changed under running sessions, a model the server cannot load, server = off"
+bash tests/model_change.sh
 
 echo "== async embedding: the queue, its worker, failures, modes, the upgrade from 0.1.0"
 bash tests/async.sh

@@ -34,6 +34,10 @@ pub(crate) mod qwen_embed {
                     add("server_last_exit", last_exit);
                 }
             }
+            // A model of its own that this backend loaded earlier (another model_path set in this session) stays
+            // in memory until the backend exits.
+            let own = runtime::loaded().map(|m| m.model_dir().display().to_string());
+            add("backend_model_path", own.unwrap_or_else(|| "(none)".into()));
         } else {
             add("route", "backend".into());
             match runtime::loaded() {

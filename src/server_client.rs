@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
+use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::Work;
 use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
@@ -21,7 +22,38 @@ use crate::{backend, settings, stats, supervisor};
 
 /// Does the model server serve this session's model?
 pub fn serves_this_session() -> bool {
-    settings::SERVER.get() && supervisor::published().is_some_and(|(spec, ..)| spec == settings::model_spec())
+    server_spec().is_some()
+}
+
+/// The model this session's requests name to the server, or None when the session runs its model in its own backend.
+///
+/// The cluster's model (taken from the configuration, not chosen by the session) always goes to the server, even while
+/// it differs from what the server runs: after `ALTER SYSTEM` and `pg_reload_conf()` a session may read the new
+/// setting before the supervisor has restarted the server with it, and it then waits for that server
+/// (`server_wait`) instead of loading a private copy of the model in its backend. A model the session chose itself
+/// goes to the server when it is the server's model, however it is spelled (`dtype = 'auto'` or what `auto` means
+/// here, a path with a trailing slash or through a symlink).
+fn server_spec() -> Option<ModelSpec> {
+    if !settings::SERVER.get() {
+        return None;
+    }
+    let (serving, ..) = supervisor::published()?;
+    let mine = settings::model_spec();
+    if mine == serving || !settings::model_chosen_by_session() {
+        return Some(mine);
+    }
+    same_model(&mine, &serving).then_some(serving)
+}
+
+/// Do two model settings name the same model on the same device in the same dtype?
+fn same_model(a: &ModelSpec, b: &ModelSpec) -> bool {
+    let path = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
+    let device = |d: &str| select_device(d).ok();
+    let (Some(da), Some(db)) = (device(&a.device), device(&b.device)) else { return false };
+    let dtype = |t: &str, d| select_dtype(t, d).ok();
+    path(&a.path) == path(&b.path)
+        && da.same_device(&db)
+        && dtype(&a.dtype, &da).is_some_and(|t| Some(t) == dtype(&b.dtype, &db))
 }
 
 fn lengths() -> Lengths {
@@ -34,7 +66,7 @@ fn work(cost: Cost) -> Work {
 
 /// Sends a job to the server and waits for its reply; every failure is an ERROR (never returns one).
 fn request(job: Job) -> Reply {
-    request_for(settings::model_spec(), job)
+    request_for(server_spec().unwrap_or_else(settings::model_spec), job)
 }
 
 /// [`request`] for a job on another of the server's models (the reranker).
@@ -42,8 +74,10 @@ fn request_for(model: ModelSpec, job: Job) -> Reply {
     let request =
         Request { client: backend::pid(), priority: settings::PRIORITY.get().into(), model, lengths: lengths(), job };
     let wait = Duration::from_millis(settings::SERVER_WAIT.get().max(0) as u64);
-    let started = Instant::now();
+    let mut started = Instant::now();
+    let mut resent = false;
     loop {
+        let server = server_pid();
         match call(Path::new(supervisor::SOCKET), &request, interrupts) {
             Ok(Reply::Failed { kind, message, hint }) => {
                 stats::record(|s| s.errors += 1);
@@ -71,20 +105,41 @@ fn request_for(model: ModelSpec, job: Job) -> Reply {
                 format!("qwen_embed: the model server is not running ({e}) after {} ms", wait.as_millis()),
                 Some("It is a background worker of qwen_embed (shared_preload_libraries); see the server log.".into()),
             ),
+            // The server died with the request. Embedding is a pure function, so sending it again is harmless: once,
+            // to the restarted server, with server_wait counted afresh; a second death may be this request's doing.
+            Err(CallError::Lost(_)) if !resent => {
+                resent = true;
+                started = Instant::now();
+                // To the next server, not to the dying one: its listening socket may accept for a moment more.
+                while server_pid() == server && started.elapsed() < wait {
+                    pause(Duration::from_millis(20));
+                }
+            }
             Err(CallError::Lost(e)) => {
                 stats::record(|s| s.errors += 1);
                 raise_with(
                     PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-                    format!("qwen_embed: the model server stopped while computing this request ({e})"),
+                    format!("qwen_embed: the model server stopped twice while computing this request ({e})"),
                     Some(
-                        "It is restarted by itself; run the statement again. The server log says why it stopped."
+                        "It is restarted by itself; the server log says why it stopped. The request was sent again \
+                         once after the first stop: if it stops the server each time, it is the cause."
                             .into(),
                     ),
                 )
             }
+            Err(CallError::TooLarge(e)) => raise_with(
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!("qwen_embed: the request is too large for the model server ({e})"),
+                Some("Send fewer or shorter texts in one call.".into()),
+            ),
             Ok(reply) => return reply,
         }
     }
+}
+
+/// The pid of the model server the supervisor runs now (0: none).
+fn server_pid() -> i32 {
+    supervisor::published().map_or(0, |(_, pid, ..)| pid)
 }
 
 /// Raises the ERROR of a pending interrupt (cancel, statement_timeout, terminate), if there is one.

@@ -1,9 +1,9 @@
 //! The `qwen_embed.*` settings (GUCs). Which model a backend runs and where are superuser-only; limits and batching
 //! are per session.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use qwen_embed_model::{LengthPolicy, Limits};
 
 pub static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -240,5 +240,33 @@ fn threads_or_cores(setting: i32) -> usize {
     match setting {
         n if n > 0 => n as usize,
         _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }
+}
+
+/// Did this session choose its model itself (`SET`, `ALTER ROLE`/`ALTER DATABASE ... SET`, a client option), rather
+/// than take the cluster's configuration? Read from PostgreSQL's record of where each setting's value came from,
+/// which needs no transaction (the async worker asks between transactions).
+pub fn model_chosen_by_session() -> bool {
+    [c"qwen_embed.model_path", c"qwen_embed.device", c"qwen_embed.dtype"]
+        .into_iter()
+        .any(|name| source(name).is_some_and(|s| s > pg_sys::GucSource::PGC_S_ARGV))
+}
+
+/// Where the value of the setting `name` came from.
+fn source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    // SAFETY: get_guc_variables returns PostgreSQL's array of GetNumConfigOptions() valid entries, each with a valid
+    // NUL-terminated name; it is read on the backend's own thread, where nothing changes it meanwhile.
+    unsafe {
+        let vars = pg_sys::get_guc_variables();
+        let count = pg_sys::GetNumConfigOptions() as usize;
+        (0..count).map(|i| *vars.add(i)).find(|&g| CStr::from_ptr((*g).name) == name).map(|g| (*g).source)
+    }
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    // SAFETY: find_option with create_placeholders false returns NULL or a pointer to the setting's entry, valid for
+    // the life of the backend; skip_errors true makes it return NULL for an unknown name instead of raising.
+    unsafe {
+        let g = pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32);
+        (!g.is_null()).then(|| (*g).source)
     }
 }

@@ -33,6 +33,9 @@ pub const SOCKET: &str = "qwen_embed.sock";
 
 const SPEC_BYTES: usize = 1024;
 
+/// A server that ran this long before it died was not dying over and over: its restart does not back off.
+const STEADY: Duration = Duration::from_secs(30);
+
 /// What the supervisor publishes for backends: which model the server runs, its pid, how often it was restarted.
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -168,6 +171,7 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
             error!("qwen_embed: cannot create the model server's socket {SOCKET} in the data directory: {e}")
         });
         let child = spawn(listener, &config);
+        let child_started = std::time::Instant::now();
         publish(|p| {
             p.running = true;
             copy(&mut p.spec, &encode_spec(&config.spec));
@@ -199,7 +203,11 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
                 p.restarts += 1;
                 copy(&mut p.last_exit, &status);
             });
-            // Back off while it keeps dying (a model that cannot load is an error reply, not an exit).
+            // Back off while it keeps dying (a model that cannot load is an error reply, not an exit); a server that
+            // ran for a while before it died is restarted at once again.
+            if child_started.elapsed() > STEADY {
+                backoff = Duration::from_millis(100);
+            }
             if !BackgroundWorker::wait_latch(Some(backoff)) {
                 publish(|p| p.running = false);
                 return;

@@ -43,34 +43,67 @@ worst=$(q -c "SELECT max(1 - cosine_sim(embedding, embed(body))) < 1e-5 FROM doc
 echo "ok: killed backend $victim mid-embed; server recovered; 200 committed rows intact, vectors equal embed(body)"
 
 echo "-- kill -9 of the model server in the middle of a batch"
-# The server runs in a child of its supervisor, not of the postmaster: its death must not restart the cluster.
+# The server runs in a child of its supervisor, not of the postmaster: its death must not restart the cluster. The
+# sessions waiting on it send their requests again, once, to the new server: they get their vectors, not an ERROR.
 started=$(q -c "SELECT pg_postmaster_start_time()")
 server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'"; }
 q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
 server=$(server_pid)
 [ -n "$server" ] || fail "no model server"
-out=$(scratch_dir)/waiter.out
-(q -v ON_ERROR_STOP=0 -c "SET application_name = 'qwen_embed_waiter'" \
-    -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('long text ' || g || ' ', 300) FROM generate_series(1, 3000) g)))" \
-    -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$out" 2>&1 || true) &
+waiters=""
+for w in 1 2 3; do
+    (q -v ON_ERROR_STOP=0 -c "SET application_name = 'qwen_embed_waiter'" \
+        -c "SELECT count(*) FILTER (WHERE vector_dims(v) = 64) FROM unnest(embed(ARRAY(SELECT repeat('long text $w ' || g || ' ', 300) FROM generate_series(1, 1000) g))) v" \
+        -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$(scratch_dir)/waiter$w.out" 2>&1 || true) &
+    waiters="$waiters $!"
+done
 for _ in $(seq 100); do
     [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ] && break
     sleep 0.1
 done
 sleep 0.5
+[ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'qwen_embed_waiter' AND state = 'active'")" = 3 ] ||
+    fail "the three sessions were not all waiting when the server was killed"
 $SUDO kill -9 "$server"
 [ "$(q -c "SELECT 40 + 2")" = 42 ] || fail "a plain query failed while the model server was down"
-wait
-grep -qx "sqlstate=58000" "$out" || fail "the waiting session did not get ERROR 58000: $(cat "$out")"
-grep -q "the model server stopped while computing this request" "$out" || fail "wrong message: $(cat "$out")"
-grep -q "HINT:  It is restarted by itself" "$out" || fail "no hint: $(cat "$out")"
-[ "$(q -c "SELECT vector_dims(embed('the next embed works'))")" = 64 ] || fail "embed failed after the server restart"
+wait $waiters
+for w in 1 2 3; do
+    out=$(scratch_dir)/waiter$w.out
+    grep -qx "1000" "$out" || fail "waiting session $w did not get its 1000 vectors: $(cat "$out")"
+    grep -qx "sqlstate=00000" "$out" || fail "waiting session $w got an ERROR: $(cat "$out")"
+done
 [ "$(q -c "SELECT pg_postmaster_start_time()")" = "$started" ] || fail "the cluster restarted"
 [ "$(server_pid)" != "$server" ] || fail "the server pid did not change"
 [ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'restarts'")" -ge 1 ] || fail "restart not counted"
-echo "ok: killed the model server (pid $server) mid-batch; the waiting session got ERROR 58000 with a hint, a plain query"
-echo "    ran meanwhile, the cluster did not restart, a new server (pid $(server_pid)) answers the next embed()"
+echo "ok: killed the model server (pid $server) mid-batch; three waiting sessions sent their requests again and got all"
+echo "    their vectors, a plain query ran meanwhile, the cluster did not restart, a new server (pid $(server_pid)) answers"
 q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'" | sed 's/^/    server_info last_exit: /'
+
+echo "-- calls while no model server runs: they wait up to qwen_embed.server_wait, then ERROR 57P03"
+# The supervisor is stopped (SIGSTOP) so that the killed server stays down for as long as the test needs.
+server=$(server_pid)
+supervisor=$(ps -o ppid= -p "$server" | tr -d ' ') # the server is the supervisor's child
+[ -n "$supervisor" ] || fail "no supervisor"
+$SUDO kill -STOP "$supervisor"
+$SUDO kill -9 "$server"
+patient=$(scratch_dir)/patient.out
+(q -v ON_ERROR_STOP=0 -c "SELECT vector_dims(embed('sent while no server runs'))" \
+    -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$patient" 2>&1 || true) &
+patient_pid=$!
+t0=$(date +%s%N)
+out=$(q -v ON_ERROR_STOP=0 -c "SET qwen_embed.server_wait = 300" -c "SELECT embed('no patience')" \
+    -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' 2>&1 || true)
+waited_ms=$((($(date +%s%N) - t0) / 1000000))
+echo "$out" | grep -qx "sqlstate=57P03" || { $SUDO kill -CONT "$supervisor"; fail "server_wait ran out without 57P03: $out"; }
+echo "$out" | grep -q "the model server is not running" || { $SUDO kill -CONT "$supervisor"; fail "wrong message: $out"; }
+[ "$waited_ms" -ge 300 ] || { $SUDO kill -CONT "$supervisor"; fail "gave up after $waited_ms ms, before server_wait"; }
+sleep 1
+kill -0 $patient_pid 2>/dev/null || { $SUDO kill -CONT "$supervisor"; fail "the patient session did not wait: $(cat "$patient")"; }
+$SUDO kill -CONT "$supervisor"
+wait $patient_pid
+grep -qx "64" "$patient" || fail "the session that called while no server ran got no vector: $(cat "$patient")"
+echo "ok: with the server down, server_wait = 300 ms gave ERROR 57P03 after $waited_ms ms; a session with the default"
+echo "    wait got its vector once the server was back"
 
 echo "-- cancel and terminate while waiting on the model server"
 # A session waits on the server (its 500 long texts queued with another session's bulk request); another session

@@ -32,6 +32,16 @@ SELECT expect(1 - cosine_sim(v, embed_document(repeat('Paragraph about storage. 
 SELECT expect(n = token_count('The capital of China is Beijing.') AND n = 8, 'token counts differ') FROM served_count;
 RESET qwen_embed.model_path;
 
+-- The server's model named another way by the session is still the server's model: its calls go to the server, and
+-- the backend loads no copy of its own for them.
+SET qwen_embed.dtype = 'float32';
+SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3/', false);
+SELECT expect(vector_dims(embed('the same model, spelled differently')) = 64, 'embed, the same model spelled differently');
+SELECT expect(value = 'server', 'route of the same model spelled differently: ' || value)
+FROM (SELECT info_value('info', 'route') AS value) kv;
+RESET qwen_embed.dtype;
+RESET qwen_embed.model_path;
+
 -- Eight sessions asking at the same moment share forward passes.
 CREATE TEMP TABLE before AS SELECT value::bigint AS batches FROM (SELECT info_value('server_info', 'batches') AS value) kv;
 SELECT dblink_connect('s' || i, 'dbname=' || current_database()) FROM generate_series(1, 8) i;

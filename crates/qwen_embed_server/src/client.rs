@@ -16,6 +16,8 @@ pub enum CallError {
     Unavailable(io::Error),
     /// The connection broke before the reply: the server exited while handling the request.
     Lost(io::Error),
+    /// The request is larger than a frame may be ([`crate::protocol::MAX_FRAME`]); it was not sent.
+    TooLarge(io::Error),
 }
 
 /// Sends `request` to the server listening at `socket` and waits for the reply, calling `between_waits` every 10 ms
@@ -23,7 +25,10 @@ pub enum CallError {
 /// with it, which tells the server to drop the request.
 pub fn call(socket: &Path, request: &Request, mut between_waits: impl FnMut()) -> Result<Reply, CallError> {
     let mut conn = UnixStream::connect(socket).map_err(CallError::Unavailable)?;
-    write_frame(&mut conn, request).map_err(CallError::Lost)?;
+    write_frame(&mut conn, request).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => CallError::TooLarge(e),
+        _ => CallError::Lost(e),
+    })?;
     let mut fd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd for the lifetime of `conn`.

@@ -244,7 +244,20 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
     if matches!(reply, Reply::Failed { .. }) {
         lock(&shared.status).errors += 1;
     }
-    write_frame(&mut conn, &reply)
+    match write_frame(&mut conn, &reply) {
+        // A reply over the frame limit (the vectors of a huge document's chunks) is the caller's error to see, not a
+        // connection that breaks as if the server had died.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            lock(&shared.status).errors += 1;
+            let too_large = Reply::Failed {
+                kind: qwen_embed_model::ErrorKind::TooLong,
+                message: format!("qwen_embed: the reply is too large for the model server to send ({e})"),
+                hint: Some("Send fewer or shorter texts in one call, or split the document.".into()),
+            };
+            write_frame(&mut conn, &too_large)
+        }
+        written => written,
+    }
 }
 
 /// The reranker, loading it on first use (other rerank requests wait for the load); its load error otherwise.

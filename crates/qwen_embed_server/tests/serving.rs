@@ -225,3 +225,16 @@ fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once
         Err(CallError::Unavailable(_))
     ));
 }
+
+#[test]
+fn a_request_too_large_for_one_frame_is_refused_before_it_is_sent() {
+    let (_dir, socket) = start(SETTINGS);
+    let huge = "x".repeat(qwen_embed_server::protocol::MAX_FRAME + 1);
+    let job = Job::Embed { texts: vec![huge], instruct: None, dim: None };
+    match call(&socket, &request(job), || {}) {
+        Err(CallError::TooLarge(e)) => assert!(e.to_string().contains("too large"), "{e}"),
+        other => panic!("a request over the frame limit got {other:?}"),
+    }
+    // The server never saw it and still answers.
+    assert!(matches!(embed(&socket, &["still serving"], None), Reply::Vectors { .. }));
+}
