@@ -21,14 +21,19 @@ CREATE TABLE qwen_embed.backfill_progress (
     updated_at    timestamptz NOT NULL,
     PRIMARY KEY (relation, vector_column)
 );
-REVOKE ALL ON qwen_embed.backfill_progress FROM PUBLIC;
+-- Each role reads and writes the progress of the columns it may update, and no other: row-level security checks the
+-- privilege as the caller (a SECURITY DEFINER function would check its owner's). The view below shows every row.
+ALTER TABLE qwen_embed.backfill_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY may_update_the_column ON qwen_embed.backfill_progress
+    USING (pg_catalog.has_column_privilege(relation, vector_column, 'UPDATE'));
+GRANT SELECT, INSERT, UPDATE ON qwen_embed.backfill_progress TO PUBLIC;
 
--- Written only through this function, which checks that the caller may update the column being filled.
+-- How the procedure writes its progress; says clearly when the caller may not update the column being filled.
 -- event: 'start' (a run begins: the clock restarts), 'progress' or 'done'.
 CREATE FUNCTION qwen_embed.backfill_report(
     tbl regclass, text_column name, vector_column name, rows_total bigint, rows_done bigint, event text
 ) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column

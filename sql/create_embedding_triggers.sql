@@ -23,10 +23,12 @@ AS $$
 DECLARE
     columns text := quote_literal(text_column) || ', ' || quote_literal(vector_column);
     args text := columns || coalesce(', ' || quote_literal(instruct), '');
-    -- pgvector's = for the vector column, schema-qualified (this function runs with a fixed search_path).
+    -- pgvector's = for the vector column, schema-qualified (this function runs with a fixed search_path); NULL when
+    -- the column is not a pgvector vector.
     vector_eq text := (
         SELECT format('OPERATOR(%I.=)', n.nspname)
         FROM pg_attribute a
+        JOIN pg_type t ON t.oid = a.atttypid AND t.typname = 'vector'
         JOIN pg_operator o ON o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
         JOIN pg_namespace n ON n.oid = o.oprnamespace
         WHERE a.attrelid = tbl AND a.attname = vector_column AND NOT a.attisdropped);

@@ -553,10 +553,12 @@ AS $$
 DECLARE
     columns text := quote_literal(text_column) || ', ' || quote_literal(vector_column);
     args text := columns || coalesce(', ' || quote_literal(instruct), '');
-    -- pgvector's = for the vector column, schema-qualified (this function runs with a fixed search_path).
+    -- pgvector's = for the vector column, schema-qualified (this function runs with a fixed search_path); NULL when
+    -- the column is not a pgvector vector.
     vector_eq text := (
         SELECT format('OPERATOR(%I.=)', n.nspname)
         FROM pg_attribute a
+        JOIN pg_type t ON t.oid = a.atttypid AND t.typname = 'vector'
         JOIN pg_operator o ON o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
         JOIN pg_namespace n ON n.oid = o.oprnamespace
         WHERE a.attrelid = tbl AND a.attname = vector_column AND NOT a.attisdropped);
@@ -658,6 +660,34 @@ BEGIN
     END LOOP;
     PERFORM qwen_embed.create_embedding_triggers(tbl, text_column, vector_column, instruct, mode);
     RETURN previous;
+END
+$$;
+
+ALTER TABLE qwen_embed.backfill_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY may_update_the_column ON qwen_embed.backfill_progress
+    USING (pg_catalog.has_column_privilege(relation, vector_column, 'UPDATE'));
+GRANT SELECT, INSERT, UPDATE ON qwen_embed.backfill_progress TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION qwen_embed.backfill_report(
+    tbl regclass, text_column name, vector_column name, rows_total bigint, rows_done bigint, event text
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT has_column_privilege(backfill_report.tbl, backfill_report.vector_column, 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied to update column % of %',
+            backfill_report.vector_column, backfill_report.tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO qwen_embed.backfill_progress AS p
+    VALUES (backfill_report.tbl, backfill_report.vector_column, backfill_report.text_column, pg_backend_pid(),
+            CASE event WHEN 'done' THEN 'done' ELSE 'running' END,
+            backfill_report.rows_total, backfill_report.rows_done, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (relation, vector_column) DO UPDATE
+        SET text_column = excluded.text_column, pid = excluded.pid, state = excluded.state,
+            rows_total = excluded.rows_total, rows_done = excluded.rows_done, updated_at = excluded.updated_at,
+            started_at = CASE event WHEN 'start' THEN excluded.started_at ELSE p.started_at END;
 END
 $$;
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Writes sql/qwen_embed--0.1.0--0.2.0.sql, the upgrade script of the first schema change (async embedding), from the
 # sources a fresh install runs: the SQL that pgrx generates for the two new Rust functions, sql/async.sql,
-# sql/create_embedding_triggers.sql (its function gained the mode argument: dropped and created again) and the
-# backfill procedure of sql/backfill.sql (it now sets its requests' priority). tests/async.sh checks that a database
-# updated with it has exactly a fresh install's objects.
+# sql/create_embedding_triggers.sql (its function gained the mode argument: dropped and created again), the
+# backfill procedure of sql/backfill.sql (it now sets its requests' priority) and its progress table's row-level
+# security (with the report function, no longer SECURITY DEFINER). tests/async.sh checks that a database updated with
+# it has exactly a fresh install's objects.
 #
 #     bash tools/upgrade-0.1.0-0.2.0.sh [pg_config]
 set -euo pipefail
@@ -31,6 +32,13 @@ generated() {
     cat sql/async.sql
     echo
     cat sql/create_embedding_triggers.sql
+    echo
+    # The progress table's row-level security and the report function, which lost SECURITY DEFINER (it checked the
+    # privilege of its owner, not of its caller).
+    sed -n '/^ALTER TABLE qwen_embed.backfill_progress ENABLE/,/^GRANT SELECT, INSERT, UPDATE/p' sql/backfill.sql
+    echo
+    sed -n '/^CREATE FUNCTION qwen_embed.backfill_report(/,/^\$\$;$/p' sql/backfill.sql |
+        sed '1s/^CREATE FUNCTION/CREATE OR REPLACE FUNCTION/'
     echo
     sed -n '/^CREATE PROCEDURE qwen_embed.backfill(/,/^\$\$;$/p' sql/backfill.sql |
         sed '1s/^CREATE PROCEDURE/CREATE OR REPLACE PROCEDURE/'
