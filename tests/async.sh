@@ -17,7 +17,10 @@ CREATE EXTENSION qwen_embed CASCADE;
 CREATE TABLE docs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text, tag text, embedding vector(64));
 SELECT qwen_embed.create_embedding_triggers('docs', 'body', 'embedding', mode => 'async');
 SQL
-queued() { q -c "SELECT count(*) FROM qwen_embed.async_queue"; }
+# Rows waiting for the worker: items, and the inserted rows of INSERT statements not yet turned into items.
+pending_sql="SELECT (SELECT count(*) FROM qwen_embed.async_queue) +
+                    (SELECT coalesce(sum(cardinality(keys)), 0) FROM qwen_embed.async_inserted)"
+queued() { q -c "$pending_sql"; }
 # Every stored vector equals a fresh embed() of its row's current text (and no row with text lacks one).
 check_vectors() {
     local bad
@@ -26,19 +29,26 @@ check_vectors() {
 }
 
 echo "-- the writer's transaction: rollback, unchanged texts, deletes"
-[ "$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('rolled back')" -c "SELECT count(*) FROM qwen_embed.async_queue" -c "ROLLBACK")" = 1 ] ||
+[ "$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('rolled back')" -c "$pending_sql" -c "ROLLBACK")" = 1 ] ||
     fail "an INSERT did not queue its row inside its transaction"
 [ "$(queued)" = 0 ] || fail "a rolled-back INSERT left $(queued) items"
 q -c "INSERT INTO docs (body) VALUES ('first'), ('second')" -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
 check_vectors "two rows"
-in_tx=$(q -c "BEGIN" -c "UPDATE docs SET tag = 'other column'" -c "SELECT count(*) FROM qwen_embed.async_queue" \
-    -c "UPDATE docs SET body = body || ' changed' WHERE body = 'first'" -c "SELECT count(*) FROM qwen_embed.async_queue" \
+in_tx=$(q -c "BEGIN" -c "UPDATE docs SET tag = 'other column'" -c "$pending_sql" \
+    -c "UPDATE docs SET body = body || ' changed' WHERE body = 'first'" -c "$pending_sql" \
     -c "ROLLBACK" | tr '\n' ' ')
 [ "$in_tx" = "0 1 " ] || fail "queued after an UPDATE of another column / of one text: $in_tx, expected 0 1"
 in_tx=$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('short-lived')" \
-    -c "DELETE FROM docs WHERE body = 'short-lived'" -c "SELECT count(*) FROM qwen_embed.async_queue" -c "ROLLBACK")
+    -c "DELETE FROM docs WHERE body = 'short-lived'" -c "$pending_sql" -c "ROLLBACK")
 [ "$in_tx" = 0 ] || fail "a DELETE left $in_tx items of its rows"
 [ "$(q -c "SELECT count(*) FROM docs WHERE embedding IS NULL")" = 0 ] || fail "an UPDATE of another column cleared a vector"
+# Rows inserted, then changed or deleted before the worker turned the INSERT's keys into items.
+q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('inserted one'), ('inserted two'), ('inserted three')" \
+    -c "UPDATE docs SET body = 'inserted two, changed' WHERE body = 'inserted two'" \
+    -c "DELETE FROM docs WHERE body = 'inserted three'" -c "COMMIT" \
+    -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+check_vectors "rows changed and deleted in the transaction that inserted them"
+[ "$(queued)" = 0 ] || fail "$(queued) items left after rows changed and deleted in their inserting transaction"
 echo "ok: rollback queues nothing; an UPDATE of another column queues nothing, of the text one item; DELETE unqueues"
 
 echo "-- 10,000 rows"
@@ -95,8 +105,10 @@ for round in $(seq 8); do
     if [ $((round % 2)) = 0 ]; then q -c "TRUNCATE scratch" >/dev/null; else q -c "DELETE FROM scratch" >/dev/null; fi ||
         fail "a TRUNCATE or DELETE failed while the worker drained (round $round)"
 done
-[ "$(q -c "SELECT count(*) FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id WHERE a.relation = 'scratch'::regclass")" = 0 ] ||
-    fail "items of deleted rows are left"
+left=$(q -c "SELECT (SELECT count(*) FROM qwen_embed.async_queue q WHERE q.table_id = a.id) +
+                    (SELECT coalesce(sum(cardinality(i.keys)), 0) FROM qwen_embed.async_inserted i WHERE i.table_id = a.id)
+             FROM qwen_embed.async_tables a WHERE a.relation = 'scratch'::regclass")
+[ "$left" = 0 ] || fail "$left items or inserted keys of deleted rows are left"
 q -c "DROP TABLE scratch" >/dev/null
 echo "ok: 8 rounds of 3,000 rows inserted, then deleted or truncated while the worker drained: no writer failed, no item left"
 

@@ -60,10 +60,10 @@ SELECT qwen_embed.create_embedding_triggers('notes', 'body', 'embedding', mode =
 INSERT INTO notes SELECT g, 'queued on the primary ' || g FROM generate_series(1, 200) g;
 SQL
 for _ in $(seq 100); do
-    [ "$(on_replica -c "SELECT count(*) FROM qwen_embed.async_queue" 2>/dev/null)" = 200 ] && break
+    [ "$(on_replica -c "SELECT (SELECT count(*) FROM qwen_embed.async_queue) + (SELECT coalesce(sum(cardinality(keys)), 0) FROM qwen_embed.async_inserted)" 2>/dev/null)" = 200 ] && break
     sleep 0.1
 done
-[ "$(on_replica -c "SELECT count(*) FROM qwen_embed.async_queue")" = 200 ] || fail "the queue did not reach the replica"
+[ "$(on_replica -c "SELECT (SELECT count(*) FROM qwen_embed.async_queue) + (SELECT coalesce(sum(cardinality(keys)), 0) FROM qwen_embed.async_inserted)")" = 200 ] || fail "the queue did not reach the replica"
 waited=$(on_replica -v ON_ERROR_STOP=0 -c "SELECT qwen_embed.wait_for_embeddings('notes', '1 s')" \
     -c '\echo :LAST_ERROR_SQLSTATE' 2>&1)
 echo "$waited" | grep -qx 57014 || fail "wait_for_embeddings on the standby did not time out with 57014: $waited"
