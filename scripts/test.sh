@@ -10,34 +10,52 @@
 # machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PG_VERSION=15 # the fault, standby, load and package tests run on Debian 12's own
-bash scripts/install-deps.sh
-export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 
-echo "== model core and model server (no PostgreSQL)"
-# With oneDNN (what the extension builds with), then the model core without it (what a build without libdnnl runs).
-cargo test -p qwen_embed_model -p qwen_embed_server --features qwen_embed_model/onednn -- --nocapture # kernels, SKIPPED
-cargo test -p qwen_embed_model --test reference -- --nocapture
+all_tests() {
+    export PG_VERSION=15 # the fault, standby, load and package tests run on Debian 12's own
+    bash scripts/install-deps.sh
+    export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 
-bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
+    echo "== model core and model server (no PostgreSQL)"
+    # With oneDNN (what the extension builds with), then the model core without it (what a build without libdnnl runs).
+    cargo test -p qwen_embed_model -p qwen_embed_server --features qwen_embed_model/onednn -- --nocapture # kernels, SKIPPED
+    cargo test -p qwen_embed_model --test reference -- --nocapture
 
-echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
-bash tests/faults.sh
+    bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
 
-echo "== the cluster's model changed under running sessions, a model the server cannot load, server = off"
-bash tests/model_change.sh
+    echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
+    bash tests/faults.sh
 
-echo "== async embedding: the queue, its worker, failures, modes, the upgrade from 0.1.0"
-bash tests/async.sh
+    echo "== the cluster's model changed under running sessions, a model the server cannot load, server = off"
+    bash tests/model_change.sh
 
-echo "== hot standby: a primary and a streaming replica, and a promotion"
-bash tests/standby.sh
+    echo "== async embedding: the queue, its worker, failures, modes, the upgrade from 0.1.0"
+    bash tests/async.sh
 
-echo "== load: pgbench, 16 clients, 60 s"
-bash tests/load.sh 60 16
+    echo "== hot standby: a primary and a streaming replica, and a promotion"
+    bash tests/standby.sh
 
-echo "== package: the Debian package installed with dpkg, smoke-tested on a fresh cluster"
-bash tests/package.sh
+    echo "== load: pgbench, 16 clients, 60 s"
+    bash tests/load.sh 60 16
 
-echo "== the newest PostgreSQL: pg_tests, SQL tests and pg_regress tests on 18, built from source"
-bash scripts/test-postgres.sh 18
+    echo "== package: the Debian package installed with dpkg, smoke-tested on a fresh cluster"
+    bash tests/package.sh
+
+    echo "== the newest PostgreSQL: pg_tests, SQL tests and pg_regress tests on 18, built from source"
+    bash scripts/test-postgres.sh 18
+}
+
+# The output is also logged, for the closing summary: the result, and every test that said SKIPPED (a check this
+# machine cannot make, such as bf16 kernels on a CPU without bf16 instructions, or the GPU tests).
+log=$(mktemp /tmp/qwen_embed-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+set +e # for the pipeline's status; inside it, the first failing step stops the tests
+(set -e && all_tests) 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+skipped=$(grep -o "SKIPPED .*" "$log" | sort | uniq -c || true)
+echo "== summary"
+echo "SKIPPED: $(echo -n "$skipped" | grep -c . || true) test(s) could not run on this machine"
+[ -z "$skipped" ] || echo "$skipped" | sed 's/^ */    /'
+[ "$rc" -eq 0 ] && echo "RESULT: all tests passed" || echo "RESULT: FAILED (exit $rc)"
+exit "$rc"

@@ -48,6 +48,16 @@ fn copy_readable(src: &std::path::Path, dst: &std::path::Path) {
     }
 }
 
+/// Says SKIPPED in the test command's output where the bf16 pg_test below cannot check bf16 (it runs inside the
+/// server, whose output the test command shows only when a test fails).
+#[cfg(test)]
+#[test]
+fn bf16_pg_test_has_a_bf16_kernel_here() {
+    if qwen_embed_model::precision::bf16_kernel().is_none() {
+        println!("SKIPPED bf16_stays_close_to_the_reference (pg_test): no bf16 kernel on this CPU");
+    }
+}
+
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
@@ -162,7 +172,23 @@ mod tests {
         let direct = float("SELECT cosine_sim(embed('what is rust', 'Find docs'), embed('Rust is a language'))");
         let one_liner = float("SELECT semantic_similarity('what is rust', 'Rust is a language', 'Find docs')");
         assert!((direct - one_liner).abs() < 1e-6);
-        assert!((float("SELECT semantic_similarity('same', 'same')") - 1.0).abs() < 1e-6);
+        // Against transformers: the cosine of the reference vectors of an instructed query and a document.
+        let (query, doc) = (&cases()[1], &cases()[0]);
+        let got = float(&format!(
+            "SELECT semantic_similarity({}, {}, {})",
+            sql_literal(query["text"].as_str().unwrap()),
+            sql_literal(doc["text"].as_str().unwrap()),
+            sql_literal(query["instruct"].as_str().unwrap())
+        ));
+        let want = reference_cosine(query, doc);
+        assert!((got - want).abs() < 1e-4, "semantic_similarity {got}, transformers {want}");
+    }
+
+    /// The cosine of two cases' reference vectors.
+    fn reference_cosine(a: &Value, b: &Value) -> f64 {
+        let (a, b) = (floats(&a["embedding"]), floats(&b["embedding"]));
+        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>();
+        dot(&a, &b) / (dot(&a, &a) * dot(&b, &b)).sqrt()
     }
 
     #[pg_test]
@@ -390,22 +416,15 @@ mod tests {
 
     #[pg_test]
     fn the_product_brief_workflow() {
-        // Sentence similarity: paraphrases score above unrelated pairs... with a random-weight model only the
-        // identities hold, so check the function's contract: symmetric, 1 for equal texts, within [-1, 1].
-        let pairs = [
-            ("The cat sits on the mat.", "A cat is sitting on a mat."),
-            ("He plays guitar.", "The stock market fell."),
-            ("北京是中国的首都。", "Beijing is the capital of China."),
-            ("I love pizza", "I love pizza"),
-            ("", "empty"),
-        ];
-        for (a, b) in pairs {
-            let ab = float(&format!("SELECT semantic_similarity({}, {})", sql_literal(a), sql_literal(b)));
-            let ba = float(&format!("SELECT semantic_similarity({}, {})", sql_literal(b), sql_literal(a)));
-            assert!((ab - ba).abs() < 1e-9 && (-1.0..=1.0).contains(&ab));
-            if a == b {
-                assert!((ab - 1.0).abs() < 1e-6);
-            }
+        // Sentence similarity: paraphrases score above unrelated pairs... with a random-weight model that cannot
+        // hold, so each pair's similarity is checked against the cosine of transformers' reference vectors.
+        let cases = cases();
+        for (a, b) in [(0, 3), (4, 6), (13, 14), (8, 16)] {
+            let (a, b) = (&cases[a], &cases[b]);
+            let text = |c: &Value| sql_literal(c["text"].as_str().unwrap());
+            let got = float(&format!("SELECT semantic_similarity({}, {})", text(a), text(b)));
+            let want = reference_cosine(a, b);
+            assert!((got - want).abs() < 1e-4, "{} / {}: {got}, transformers {want}", a["input"], b["input"]);
         }
         // Threshold filter: the rows above a threshold are exactly those whose similarity is above it.
         Spi::run(
@@ -644,17 +663,26 @@ mod tests {
 
     #[pg_test]
     fn the_stats_view_shows_this_backends_work() {
-        Spi::run("SELECT embed(ARRAY['one', 'two', 'three'])").unwrap();
-        Spi::run("SELECT embed('four')").unwrap();
+        let totals = || {
+            let (calls, texts, passes) = Spi::get_three::<i64, i64, i64>(
+                "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(texts), 0)::bigint, \
+                        coalesce(sum(forward_passes), 0)::bigint FROM qwen_embed.stats WHERE pid = pg_backend_pid()",
+            )
+            .unwrap();
+            (calls.unwrap(), texts.unwrap(), passes.unwrap())
+        };
+        let before = totals();
+        // Texts no earlier test embedded (a cached one would run no model).
+        Spi::run("SELECT embed(ARRAY['stats one', 'stats two', 'stats three'])").unwrap();
+        Spi::run("SELECT embed('stats four')").unwrap();
+        let after = totals();
+        // Two calls, four texts, one forward pass each (three short texts share one).
+        assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (2, 4, 2));
         let (pid, device, dtype) = Spi::get_three::<bool, String, String>(
             "SELECT pid = pg_backend_pid(), device, dtype FROM qwen_embed.stats",
         )
         .unwrap();
         assert_eq!((pid, device.as_deref(), dtype.as_deref()), (Some(true), Some("cpu"), Some("f32")));
-        let (calls, texts, passes) =
-            Spi::get_three::<i64, i64, i64>("SELECT calls, texts, forward_passes FROM qwen_embed.stats").unwrap();
-        assert_eq!((calls, texts), (Some(counter("calls")), Some(counter("texts"))));
-        assert!(texts.unwrap() >= 4 && passes.unwrap() >= 2);
         assert!(Spi::get_one::<bool>("SELECT last_call > now() - interval '1 minute' FROM qwen_embed.stats")
             .unwrap()
             .unwrap());

@@ -2,6 +2,22 @@
 -- the first rerank), equal to a backend's own copy, and two-stage retrieval in one statement.
 CREATE EXTENSION qwen_embed CASCADE;
 
+-- A model server that has not reranked yet, whatever earlier files did: a changed server setting makes the
+-- supervisor start a new one (the setting is reset at the end of this file).
+CREATE TEMP TABLE old_server AS SELECT info_value('server_info', 'pid') AS pid;
+SELECT format('ALTER SYSTEM SET qwen_embed.server_queue_limit = %s',
+              current_setting('qwen_embed.server_queue_limit')::int + 1) \gexec
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+    FOR i IN 1..300 LOOP
+        EXIT WHEN (SELECT value FROM qwen_embed.server_info() WHERE key = 'pid') <> (SELECT pid FROM old_server)
+              AND (SELECT value FROM qwen_embed.server_info() WHERE key = 'state') = 'ready';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT expect(info_value('server_info', 'pid') <> pid, 'the model server was not restarted') FROM old_server;
+
 SELECT expect(value = 'not loaded', 'reranker before first use: ' || value)
 FROM (SELECT info_value('server_info', 'reranker_state') AS value) kv;
 CREATE TEMP TABLE pairs AS SELECT * FROM (VALUES
@@ -58,3 +74,6 @@ SET qwen_embed.max_length = 100;
 SELECT expect_error($$SELECT rerank_score('q', repeat('long document ', 200))$$, '54000', 'exceeds max_length 100');
 SET qwen_embed.truncate = on;
 SELECT expect(rerank_score('q', repeat('long document ', 200)) BETWEEN 0 AND 1, 'truncated pair scored');
+
+ALTER SYSTEM RESET qwen_embed.server_queue_limit;
+SELECT pg_reload_conf();

@@ -1,7 +1,10 @@
 -- The reranker's SQL surface as pg_regress output: scores of the bundled tiny reranker (random weights: the values are
 -- the transformers reference's, see tests/fixtures/tiny-qwen3-reranker-reference.json), order, NULL conventions,
 -- errors with their hints.
+-- Whichever file runs first creates the extension; none shows a NOTICE about it (the files run in any order).
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS qwen_embed CASCADE;
+RESET client_min_messages;
 \set SHOW_CONTEXT never
 \set VERBOSITY default
 

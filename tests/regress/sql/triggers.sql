@@ -1,6 +1,9 @@
 -- Embedding triggers as a user sees them: which triggers exist, and that every statement form leaves each row's vector
 -- equal to a fresh embed() of its text.
+-- Whichever file runs first creates the extension; none shows a NOTICE about it (the files run in any order).
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS qwen_embed CASCADE;
+RESET client_min_messages;
 \set SHOW_CONTEXT never
 CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(64));
 SELECT qwen_embed.create_embedding_triggers('docs', 'body', 'embedding');
