@@ -128,13 +128,22 @@ pub fn vector_type_oid() -> pg_sys::Oid {
     if cached != pg_sys::Oid::INVALID {
         return cached;
     }
-    let oid = Spi::get_one::<pg_sys::Oid>(
-        "SELECT t.oid FROM pg_catalog.pg_type t
-           JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
-                                      AND d.objid = t.oid AND d.deptype = 'e'
-           JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
-          WHERE e.extname = 'vector' AND t.typname = 'vector'",
-    )
+    // A read-only query (select, not Spi::get_one, which assigns a transaction id and so fails inside a parallel
+    // query: "cannot assign XIDs during a parallel operation").
+    let oid = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT t.oid FROM pg_catalog.pg_type t
+                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                                              AND d.objid = t.oid AND d.deptype = 'e'
+                   JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                  WHERE e.extname = 'vector' AND t.typname = 'vector'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<pg_sys::Oid>()
+    })
     .ok()
     .flatten()
     .unwrap_or_else(|| error!("pgvector's vector type was not found; run CREATE EXTENSION vector"));
