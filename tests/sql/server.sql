@@ -14,8 +14,11 @@ CREATE TEMP TABLE texts AS SELECT t FROM unnest(ARRAY['The cat sits on the mat.'
     repeat('a longer text with many words ', 60), 'Instruct: x' || E'\n' || 'Query:y']) t;
 CREATE TEMP TABLE served AS SELECT t, embed(t) AS v, embed(t, 'Find answers') AS q, embed(t, dim => 32) AS d FROM texts;
 CREATE TEMP TABLE served_batch AS SELECT embed(array_agg(t ORDER BY t)) AS vs FROM texts;
-CREATE TEMP TABLE served_doc AS SELECT embed_document(repeat('Paragraph about storage. ', 400), 128, 16) AS v,
-    (SELECT array_agg(embedding ORDER BY chunk_no) FROM embed_chunks(repeat('Paragraph about storage. ', 400), 128, 16)) AS cs;
+CREATE TEMP TABLE served_doc AS SELECT embed_document(repeat('Paragraph about storage. ', 400), 128, 16) AS v;
+-- A document whose chunks differ from each other (numbered sentences), so that a shifted range or text shows.
+CREATE TEMP TABLE chunked AS SELECT string_agg(format('Sentence %s is about storage engine %s. ', g, g % 5), '') AS doc
+FROM generate_series(1, 300) g;
+CREATE TEMP TABLE served_chunks AS SELECT c.* FROM chunked, embed_chunks(doc, 128, 16) c;
 CREATE TEMP TABLE served_count AS SELECT token_count('The capital of China is Beijing.') AS n;
 SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3-copy', false);
 SELECT expect(vector_dims(embed('now in this backend')) = 64, 'embed in the backend');
@@ -26,9 +29,15 @@ SELECT expect(max(1 - cosine_sim(d, embed(t, dim => 32))) < 1e-5 AND min(vector_
 FROM served;
 SELECT expect((SELECT max(1 - cosine_sim(a, b)) FROM unnest(vs, (SELECT embed(array_agg(t ORDER BY t)) FROM texts)) x(a, b))
               < 1e-5, 'batches differ') FROM served_batch;
-SELECT expect(1 - cosine_sim(v, embed_document(repeat('Paragraph about storage. ', 400), 128, 16)) < 1e-5
-              AND cardinality(cs) = (SELECT count(*) FROM embed_chunks(repeat('Paragraph about storage. ', 400), 128, 16)),
+SELECT expect(1 - cosine_sim(v, embed_document(repeat('Paragraph about storage. ', 400), 128, 16)) < 1e-5,
               'documents differ') FROM served_doc;
+-- Chunks: the same numbers, texts (the same ranges of the document) and vectors.
+SELECT expect(count(*) = (SELECT count(*) FROM served_chunks) AND count(*) > 4
+              AND bool_and(s.chunk = b.chunk) AND max(1 - cosine_sim(s.embedding, b.embedding)) < 1e-5,
+              format('chunks differ: %s served, %s in the backend, texts equal %s, worst %s',
+                     (SELECT count(*) FROM served_chunks), count(*), bool_and(s.chunk = b.chunk),
+                     max(1 - cosine_sim(s.embedding, b.embedding))))
+FROM chunked, embed_chunks(doc, 128, 16) b JOIN served_chunks s USING (chunk_no);
 SELECT expect(n = token_count('The capital of China is Beijing.') AND n = 8, 'token counts differ') FROM served_count;
 RESET qwen_embed.model_path;
 
