@@ -266,7 +266,7 @@ fn source(name: &CStr) -> Option<pg_sys::GucSource::Type> {
     // SAFETY: find_option with create_placeholders false returns NULL or a pointer to the setting's entry, valid for
     // the life of the backend; skip_errors true makes it return NULL for an unknown name instead of raising.
     unsafe {
-        let g = pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32);
+        let g = pg_sys::find_option(name.as_ptr(), false, true, pgrx::PgLogLevel::ERROR as i32);
         (!g.is_null()).then(|| (*g).source)
     }
 }
