@@ -560,19 +560,21 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
     }
     // A batch of several requests that failed is computed again one request at a time: the failure (an input the
     // encoder rejects, memory for a pass too large) belongs to one of them, and the others must not pay for it.
-    let mut alone: Vec<u64> = requests.clone();
-    alone.sort_unstable();
-    alone.dedup();
-    if alone.len() > 1 && matches!(result, Err(ref e) if !matches!(e, Error::Canceled)) {
-        lock(&shared.status).batches_split += 1;
-        drop(_computing);
-        let mut batch = batch;
-        for request in alone {
-            let (own, rest) = batch.into_iter().partition(|i| i.request == request);
-            batch = rest;
-            compute(shared, model, own);
+    if matches!(result, Err(ref e) if !matches!(e, Error::Canceled)) {
+        let mut alone: Vec<u64> = requests.clone();
+        alone.sort_unstable();
+        alone.dedup();
+        if alone.len() > 1 {
+            lock(&shared.status).batches_split += 1;
+            drop(_computing);
+            let mut batch = batch;
+            for request in alone {
+                let (own, rest) = batch.into_iter().partition(|i| i.request == request);
+                batch = rest;
+                compute(shared, model, own);
+            }
+            return;
         }
-        return;
     }
     let mut collecting = lock(&shared.collecting);
     match result {
