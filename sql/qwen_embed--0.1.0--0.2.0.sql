@@ -450,10 +450,9 @@ BEGIN
     END IF;
     PERFORM qwen_embed._async_wake(false);
     LOOP
-        SELECT count(*) FILTER (WHERE NOT q.failed), count(*) FILTER (WHERE q.failed) INTO left_over, failed
-          FROM qwen_embed.async_queue q WHERE q.table_id = t.id;
-        left_over := left_over + (SELECT coalesce(sum(cardinality(i.keys)), 0)
-                                    FROM qwen_embed.async_inserted i WHERE i.table_id = t.id);
+        -- The status view's counts (one rule for what is pending; a failed item is never leased).
+        SELECT s.pending + s.in_progress, s.failed INTO left_over, failed
+          FROM qwen_embed.async_status s WHERE s.relation = t.relation AND s.vector_column = t.vector_column;
         EXIT WHEN left_over = 0;
         IF clock_timestamp() >= deadline THEN
             RAISE EXCEPTION 'qwen_embed: % rows of % still wait for their embeddings after %', left_over, tbl, timeout
