@@ -10,10 +10,10 @@
 //! - [`text`]: [`tokenizer`] (`tokenizer.json`, the instruction format, the length policy) and [`chunking`] (long
 //!   documents into token-budget chunks)
 //! - [`cpu`]: the CPU backends — detection (which kernels this CPU runs, found once), [`onednn`] (with the `onednn`
-//!   feature: the linear layers on oneDNN's bf16 brgemm for AMX and AVX512-BF16, work on the rayon pool),
-//!   [`f32_matmul`] and `micro_kernel` (AVX2/FMA/F16C linear layers on weights packed at load), [`attention`] (the CPU
-//!   attention: `attention_tiled` on the micro-kernel, `attention_bf16` with bf16 products on AVX512-BF16, a portable
-//!   path on `gemm`) and [`elementwise`] (vectorised exp and SwiGLU)
+//!   feature: the linear layers on oneDNN's bf16 brgemm for AMX and AVX512-BF16, work on the rayon pool, and
+//!   [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] and `micro_kernel` (AVX2/FMA/F16C
+//!   linear layers on weights packed at load), [`attention`] (the f32 CPU attention: `attention_tiled` on the
+//!   micro-kernel, a portable path on `gemm`) and [`elementwise`] (vectorised exp, SwiGLU, bf16 rounding)
 //! - `gpu` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`gpu/kernels/`)
 //!
 //! Beside them: [`device`] (`auto`/`cpu`/`cuda:N` and the dtype names), [`memory`] (will the model fit?) and
@@ -29,10 +29,10 @@ pub mod memory;
 pub mod model;
 pub mod text;
 
-#[cfg(feature = "onednn")]
-pub use cpu::onednn;
 pub use cpu::{attention, elementwise, f32_matmul};
-pub(crate) use cpu::{attention_bf16, attention_tiled, micro_kernel, panels};
+#[cfg(feature = "onednn")]
+pub use cpu::{attention_onednn, onednn};
+pub(crate) use cpu::{attention_tiled, micro_kernel, panels};
 #[cfg(feature = "cuda")]
 pub(crate) use gpu::softmax as gpu_softmax;
 pub(crate) use model::attention_layout;

@@ -103,7 +103,7 @@ pub fn visible_keys(pos: usize, pad: usize) -> std::ops::RangeInclusive<usize> {
     }
 }
 
-/// One task of the blocked paths (`attention_tiled`, `attention_bf16`): `n` queries of sequence `b` and query head `h`
+/// One task of the blocked paths (`attention_tiled`, `attention_onednn`): `n` queries of sequence `b` and query head `h`
 /// from query `start`, in groups of `mr` rows (one micro-kernel call each), and the keys they may see.
 pub(crate) struct QueryBlock {
     pub n: usize,
@@ -165,7 +165,7 @@ pub(crate) fn online_softmax_step(
     let lo = (*visible.start()).clamp(key0, end) - key0;
     let hi = (*visible.end() + 1).clamp(key0, end) - key0;
     if lo < hi {
-        let new_max = row[lo..hi].iter().fold(*max, |m, &x| m.max(x));
+        let new_max = crate::elementwise::max_of(&row[lo..hi], *max);
         let block_sum = crate::elementwise::exp_shifted(&mut row[lo..hi], new_max);
         let scale = (*max - new_max).exp(); // 0 for the row's first visible block
         if scale != 1.0 {

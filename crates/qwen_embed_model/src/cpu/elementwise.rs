@@ -35,6 +35,58 @@ macro_rules! widest {
 
 widest!(exp_shifted(xs: &mut [f32], max: f32) -> f32 = exp_shifted_generic);
 widest!(silu_mul_rows(gate_up: &[f32], out: &mut [f32], n: usize) -> () = silu_mul_generic);
+widest!(max_of(xs: &[f32], init: f32) -> f32 = max_of_generic);
+
+/// out[i] = [`f32_to_bf16`]`(xs[i])`: `vcvtneps2bf16` where the CPU has AVX512-BF16, else the integer rounding.
+pub fn to_bf16(xs: &[f32], out: &mut [u16]) {
+    assert_eq!(xs.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = crate::cpu::avx512_bf16() {
+        // SAFETY: the token says the CPU has AVX512F and AVX512-BF16; the slices are equally long (asserted).
+        return unsafe { to_bf16_avx512bf16(token, xs, out) };
+    }
+    to_bf16_generic(xs, out)
+}
+
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16 (the token says so); `xs` and `out` equally long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn to_bf16_avx512bf16(_: crate::cpu::Avx512Bf16, xs: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = xs.len();
+    let mut i = 0;
+    while i < n {
+        let lanes = (n - i).min(16);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        let v = _mm512_maskz_loadu_ps(mask, xs.as_ptr().add(i));
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(out.as_mut_ptr().add(i).cast(), mask, h);
+        i += 16;
+    }
+}
+
+/// The largest of `init` and `xs` (NaNs ignored, as `f32::max` does). Sixteen running maxima, so it vectorises.
+#[inline(always)]
+fn max_of_generic(xs: &[f32], init: f32) -> f32 {
+    let mut lanes = [init; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l = if x > *l { x } else { *l });
+    }
+    lanes.iter().chain(chunks.remainder()).fold(init, |m, &x| m.max(x))
+}
+
+/// out[i] = [`f32_to_bf16`]`(xs[i])`, written without a branch so it vectorises.
+fn to_bf16_generic(xs: &[f32], out: &mut [u16]) {
+    assert_eq!(xs.len(), out.len());
+    out.iter_mut().zip(xs).for_each(|(o, &x)| {
+        let bits = x.to_bits();
+        let rounded = ((bits.wrapping_add(0x7fff + ((bits >> 16) & 1))) >> 16) as u16;
+        let quiet = ((bits >> 16) | 0x40) as u16;
+        *o = if x.is_nan() { quiet } else { rounded };
+    });
+}
 
 /// xs[i] = exp(xs[i] - max) for all i; returns their sum (softmax after subtracting the maximum).
 #[inline(always)]
@@ -111,6 +163,30 @@ pub fn f32_to_bf16(x: f32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vector_passes_match_their_scalar_definitions() {
+        let xs: Vec<f32> = (0..103).map(|i| (i as f32 * 0.731).sin() * 1e3 + i as f32 * 1e-5).collect();
+        let mut specials = xs.clone();
+        specials.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0 + f32::EPSILON, f32::MAX]);
+        let want: Vec<u16> = specials.iter().map(|&x| f32_to_bf16(x)).collect();
+        let mut got = vec![0u16; specials.len()];
+        to_bf16_generic(&specials, &mut got);
+        assert_eq!(got, want);
+        match crate::cpu::avx512_bf16() {
+            Some(_) => {
+                let mut got = vec![0u16; specials.len()];
+                to_bf16(&specials, &mut got);
+                assert_eq!(got, want, "vcvtneps2bf16");
+            }
+            None => println!("SKIPPED vcvtneps2bf16 against f32_to_bf16: no AVX512-BF16"),
+        }
+        for n in [0, 1, 15, 16, 17, 103] {
+            let want = xs[..n].iter().fold(-5.0f32, |m, &x| m.max(x));
+            assert_eq!(max_of(&xs[..n], -5.0), want, "{n} values");
+        }
+        assert_eq!(max_of(&[f32::NAN, 2.0], f32::NEG_INFINITY), 2.0);
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {

@@ -1,19 +1,21 @@
 //! The CPU backends, and what this CPU can run, detected once per process.
 //!
-//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's bf16 brgemm, AMX or AVX512-BF16),
-//! [`f32_matmul`] on `micro_kernel` (AVX2/FMA/F16C linear layers, weights packed at load), [`attention`] (the CPU
-//! attention: `attention_tiled` on the micro-kernel, `attention_bf16` with bf16 products, a portable path on `gemm`;
-//! `panels` holds what the packed kernels share) and [`elementwise`] (vectorised exp and SwiGLU).
+//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's bf16 brgemm, AMX or AVX512-BF16,
+//! and [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] on `micro_kernel`
+//! (AVX2/FMA/F16C linear layers, weights packed at load), [`attention`] (the f32 CPU attention: `attention_tiled` on
+//! the micro-kernel, a portable path on `gemm`; `panels` holds what the packed kernels share) and [`elementwise`]
+//! (vectorised exp, SwiGLU and bf16 rounding).
 //!
 //! Detection: the kernel types have private fields, so a value exists only after detection found its instructions: a
 //! function handed one may execute them without checking again. That is what makes the `unsafe` calls into the
-//! kernels sound. The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use for the linear layers (it asks Linux for AMX
-//! itself) and `attention_bf16`'s; they are detected here so that one setting caps every kernel:
+//! kernels sound. The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use for the linear layers and the attention (it
+//! asks Linux for AMX itself) and [`elementwise`]'s bf16 rounding (`vcvtneps2bf16`); they are detected here so that one setting caps every kernel:
 //! `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the detected level (to measure or test what an older CPU
 //! would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
 
 pub mod attention;
-pub(crate) mod attention_bf16;
+#[cfg(feature = "onednn")]
+pub mod attention_onednn;
 pub(crate) mod attention_tiled;
 pub mod elementwise;
 pub mod f32_matmul;

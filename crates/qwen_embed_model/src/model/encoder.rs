@@ -20,7 +20,7 @@ use crate::attention_layout::{self, HeadNorms};
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
 use crate::linear::{with_cpu_f32, with_cpu_f32s, Linear};
-use crate::precision::Precision;
+use crate::precision::{CpuAttention, Precision};
 use crate::weights::Weights;
 
 /// Upper bound on the attention scores held at once (elements), which sets the query block size.
@@ -68,8 +68,8 @@ struct Batch {
     last_rows: Tensor,
     /// The model's RoPE tables (every position).
     rope: Rope,
-    /// Attention in bf16 on the CPU ([`Precision::bf16_attention`]).
-    bf16_attention: Option<crate::cpu::Avx512Bf16>,
+    /// What multiplies the CPU attention ([`Precision::cpu_attention`]).
+    cpu_attention: CpuAttention,
     /// What only the device path reads, made by the first layer that runs it (the CPU path never does).
     device_path: OnceCell<DevicePath>,
     /// The device-side attention's masks for all queries, one per block (additive masks, or for the fused GPU kernel
@@ -221,8 +221,8 @@ impl Encoder {
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
         let last_rows = Tensor::new(last_rows(&pads, len), &self.device)?;
         let (rope, device_path, masks) = (self.rope.clone(), OnceCell::new(), OnceCell::new());
-        let bf16_attention = self.precision.bf16_attention();
-        Ok(Batch { size: seqs.len(), len, pads, last_rows, rope, bf16_attention, device_path, masks })
+        let cpu_attention = self.precision.cpu_attention();
+        Ok(Batch { size: seqs.len(), len, pads, last_rows, rope, cpu_attention, device_path, masks })
     }
 }
 
@@ -339,12 +339,15 @@ impl Layer {
         let out = with_cpu_f32s([qkv, &self.q_norm, &self.k_norm, &rope.cos, &rope.sin], |[qkv, q, k, cos, sin]| {
             let norms = HeadNorms { q, k, eps, cos, sin };
             let (q, k, v) = attention_layout::split_heads(qkv, pads, s, &norms);
-            let out = match batch.bf16_attention {
-                Some(kernel) => crate::attention_bf16::causal_attention(kernel, &q, &k, &v, pads, s),
-                None => attention::causal_attention(&q, &k, &v, pads, s),
+            let out = match batch.cpu_attention {
+                CpuAttention::F32 => attention::causal_attention(&q, &k, &v, pads, s),
+                #[cfg(feature = "onednn")]
+                CpuAttention::Onednn(kernel) => {
+                    crate::attention_onednn::causal_attention_in(kernel, &q, &k, &v, pads, s)?
+                }
             };
-            attention_layout::packed_rows(out, pads, s)
-        })?;
+            Ok::<_, Error>(attention_layout::packed_rows(out, pads, s))
+        })??;
         let rows = out.len() / width;
         Ok(Tensor::from_vec(out, (rows, width), qkv.device())?)
     }

@@ -42,6 +42,16 @@ pub enum LinearKernel {
     Onednn(onednn::Kernel),
 }
 
+/// What multiplies the CPU attention ([`Precision::cpu_attention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuAttention {
+    /// `attention::causal_attention`: the AVX2/FMA micro-kernel, or `gemm`.
+    F32,
+    /// `attention_onednn` in the kernel's element type.
+    #[cfg(feature = "onednn")]
+    Onednn(onednn::Kernel),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Precision {
     pub linear: LinearKernel,
@@ -95,13 +105,14 @@ impl Precision {
         variants
     }
 
-    /// The attention's bf16 kernel: with oneDNN's bf16 linear layers (whose CPUs all have AVX512-BF16), Q·Kᵀ and P·V
-    /// take bf16 operands as PyTorch's CPU attention does there; every other CPU path attends in f32.
-    pub fn bf16_attention(&self) -> Option<cpu::Avx512Bf16> {
+    /// What multiplies the CPU attention's products: with oneDNN's linear layers, oneDNN's matmuls in the same element
+    /// type (bf16 operands as PyTorch's CPU flash attention takes them there; f32 for the glue's check); every other
+    /// CPU path attends in f32 on our kernels.
+    pub fn cpu_attention(&self) -> CpuAttention {
         match self.linear {
             #[cfg(feature = "onednn")]
-            LinearKernel::Onednn(onednn::Kernel::Bf16(_)) => cpu::avx512_bf16(),
-            _ => None,
+            LinearKernel::Onednn(kernel) => CpuAttention::Onednn(kernel),
+            _ => CpuAttention::F32,
         }
     }
 

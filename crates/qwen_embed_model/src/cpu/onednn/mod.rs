@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::elementwise::f32_to_bf16;
+use crate::elementwise::to_bf16;
 use crate::panels::SharedOut;
 
 /// Output features per slice: one task's columns. Four of the brgemm kernels' 64-column blocks.
@@ -82,6 +82,8 @@ pub trait Element: Copy + Default + Send + Sync + 'static {
     fn accepts(implementation: &str) -> bool;
     /// The activations in this type (borrowed where they already are).
     fn activations(x: &[f32]) -> Cow<'_, [Self]>;
+    /// `xs` in this type (rounded to nearest even).
+    fn convert(xs: &[f32], out: &mut [Self]);
 }
 
 impl Element for f32 {
@@ -92,6 +94,9 @@ impl Element for f32 {
     }
     fn activations(x: &[f32]) -> Cow<'_, [f32]> {
         Cow::Borrowed(x)
+    }
+    fn convert(xs: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(xs);
     }
 }
 
@@ -108,10 +113,13 @@ impl Element for Bf16 {
     }
     fn activations(x: &[f32]) -> Cow<'_, [Bf16]> {
         let mut out = vec![Bf16::default(); x.len()];
-        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(d, s)| {
-            d.iter_mut().zip(s).for_each(|(d, &s)| *d = Bf16(f32_to_bf16(s)));
-        });
+        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(d, s)| Bf16::convert(s, d));
         Cow::Owned(out)
+    }
+    fn convert(xs: &[f32], out: &mut [Bf16]) {
+        // SAFETY: Bf16 is a transparent wrapper of u16: same size, alignment and validity.
+        let bits = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), out.len()) };
+        to_bf16(xs, bits);
     }
 }
 
@@ -477,6 +485,8 @@ struct Key {
     rows: usize,
     k: usize,
     n: usize,
+    /// The weights' layout: packed at load (`None`: the one oneDNN chose for this shape) or plain.
+    plain: Option<Rhs>,
 }
 
 type Cache = Mutex<HashMap<Key, Arc<Primitive>>>;
@@ -497,6 +507,39 @@ fn primitive<T: Element>(key: Key, weights: &Md) -> Result<Arc<Primitive>> {
     }
     let made = Arc::new(pd.primitive()?);
     Ok(cache.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(made).clone())
+}
+
+/// How the right operand of a [`product`] lies in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rhs {
+    /// k × n, row-major (P · V: keys × head dims).
+    RowMajor,
+    /// Its transpose, n × k row-major (Q · Kᵀ: K stored keys × head dims).
+    Transposed,
+}
+
+/// `dst` (m × n, row-major f32) = `a` (m × k, row-major) · `b` (k × n, laid out as `rhs` says), in `T`, on this thread:
+/// the attention's products, whose right operand changes with every call (no packing at load). oneDNN's brgemm copies
+/// it into its own layout inside the call, as PyTorch's eager bf16 matmuls do. Primitives are cached by shape.
+pub fn product<T: Element>(m: usize, k: usize, n: usize, a: &[T], b: &[T], rhs: Rhs, dst: &mut [f32]) -> Result<()> {
+    assert!(a.len() >= m * k && b.len() >= k * n && dst.len() >= m * n);
+    single_threaded();
+    let tag = match rhs {
+        Rhs::RowMajor => ffi::dnnl_format_tag_t_dnnl_ab,
+        Rhs::Transposed => ffi::dnnl_format_tag_t_dnnl_ba,
+    };
+    let weights = md_by_tag(T::DATA_TYPE, k, n, tag)?;
+    let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n, plain: Some(rhs) }, &weights)?;
+    let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    // SAFETY: `a` and `b` hold the m × k and k × n elements their descriptors describe (asserted above) and are only
+    // read; `dst` holds m × n floats; all outlive the call.
+    unsafe {
+        let src = Memory::over(&src_md, a.as_ptr() as *mut std::ffi::c_void)?;
+        let wei = Memory::over(&weights, b.as_ptr() as *mut std::ffi::c_void)?;
+        let dst = Memory::over(&dst_md, dst.as_mut_ptr().cast())?;
+        execute(&p, &[arg(ffi::DNNL_ARG_SRC, &src), arg(ffi::DNNL_ARG_WEIGHTS, &wei), arg(ffi::DNNL_ARG_DST, &dst)])
+    }
 }
 
 /// One slice of output features, its weights in the primitive's layout.
@@ -594,7 +637,7 @@ impl<T: Element> Matmul<T> {
             single_threaded();
             let slice = &self.slices[s];
             let m = ROW_BLOCK.min(rows - r0);
-            let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n: slice.n }, &slice.md)?;
+            let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n: slice.n, plain: None }, &slice.md)?;
             let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
             let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, slice.n, ffi::dnnl_format_tag_t_dnnl_ab)?;
             BLOCK.with_borrow_mut(|block| {

@@ -2,6 +2,7 @@
 //! where oneDNN has a bf16 brgemm kernel for this CPU.
 
 use super::*;
+use crate::elementwise::f32_to_bf16;
 
 fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
