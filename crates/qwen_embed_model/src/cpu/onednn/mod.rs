@@ -523,23 +523,38 @@ pub enum Rhs {
 /// it into its own layout inside the call, as PyTorch's eager bf16 matmuls do. Primitives are cached by shape.
 pub fn product<T: Element>(m: usize, k: usize, n: usize, a: &[T], b: &[T], rhs: Rhs, dst: &mut [f32]) -> Result<()> {
     assert!(a.len() >= m * k && b.len() >= k * n && dst.len() >= m * n);
-    single_threaded();
     let tag = match rhs {
         Rhs::RowMajor => ffi::dnnl_format_tag_t_dnnl_ab,
         Rhs::Transposed => ffi::dnnl_format_tag_t_dnnl_ba,
     };
     let weights = md_by_tag(T::DATA_TYPE, k, n, tag)?;
-    let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n, plain: Some(rhs) }, &weights)?;
-    let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
-    let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
     // SAFETY: `a` and `b` hold the m × k and k × n elements their descriptors describe (asserted above) and are only
     // read; `dst` holds m × n floats; all outlive the call.
-    unsafe {
-        let src = Memory::over(&src_md, a.as_ptr() as *mut std::ffi::c_void)?;
-        let wei = Memory::over(&weights, b.as_ptr() as *mut std::ffi::c_void)?;
-        let dst = Memory::over(&dst_md, dst.as_mut_ptr().cast())?;
-        execute(&p, &[arg(ffi::DNNL_ARG_SRC, &src), arg(ffi::DNNL_ARG_WEIGHTS, &wei), arg(ffi::DNNL_ARG_DST, &dst)])
-    }
+    unsafe { matmul_on_thread::<T>((m, k, n), Some(rhs), a.as_ptr(), (&weights, b.as_ptr().cast()), dst.as_mut_ptr()) }
+}
+
+/// dst (m × n, dense row-major f32) = src (m × k, row-major, in `T`) · the weights (k × n in `weights`' layout: packed
+/// at load when `plain` is `None`), on this thread, with the primitive cached for that shape and layout.
+///
+/// # Safety
+/// `src` must hold m × k elements and the weights `weights.0.size()` bytes, both only read; `dst` m × n floats; all
+/// valid for the call.
+unsafe fn matmul_on_thread<T: Element>(
+    (m, k, n): (usize, usize, usize),
+    plain: Option<Rhs>,
+    src: *const T,
+    weights: (&Md, *const std::ffi::c_void),
+    dst: *mut f32,
+) -> Result<()> {
+    single_threaded();
+    let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n, plain }, weights.0)?;
+    let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    // oneDNN takes mutable pointers for every argument; it only reads the source and the weights.
+    let src = Memory::over(&src_md, src as *mut std::ffi::c_void)?;
+    let wei = Memory::over(weights.0, weights.1 as *mut std::ffi::c_void)?;
+    let dst = Memory::over(&dst_md, dst.cast())?;
+    execute(&p, &[arg(ffi::DNNL_ARG_SRC, &src), arg(ffi::DNNL_ARG_WEIGHTS, &wei), arg(ffi::DNNL_ARG_DST, &dst)])
 }
 
 /// One slice of output features, its weights in the primitive's layout.
@@ -634,24 +649,15 @@ impl<T: Element> Matmul<T> {
             (0..self.slices.len()).flat_map(|s| (0..rows).step_by(ROW_BLOCK).map(move |r| (s, r))).collect();
         tasks.into_par_iter().try_for_each(|(s, r0)| {
             let shared = &shared; // the whole Sync wrapper, not its raw pointer field
-            single_threaded();
             let slice = &self.slices[s];
             let m = ROW_BLOCK.min(rows - r0);
-            let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n: slice.n, plain: None }, &slice.md)?;
-            let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
-            let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, slice.n, ffi::dnnl_format_tag_t_dnnl_ab)?;
             BLOCK.with_borrow_mut(|block| {
                 block.resize(m * slice.n, 0.0);
                 // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
                 // read; the dense m × n block is this thread's own; all outlive the call.
                 unsafe {
-                    let src = Memory::over(&src_md, a[r0 * k..].as_ptr() as *mut std::ffi::c_void)?;
-                    let wei = Memory::over(&slice.md, slice.data.as_ptr() as *mut std::ffi::c_void)?;
-                    let dst = Memory::over(&dst_md, block.as_mut_ptr().cast())?;
-                    execute(
-                        &p,
-                        &[arg(ffi::DNNL_ARG_SRC, &src), arg(ffi::DNNL_ARG_WEIGHTS, &wei), arg(ffi::DNNL_ARG_DST, &dst)],
-                    )?;
+                    let weights = (&slice.md, slice.data.as_ptr().cast());
+                    matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, block.as_mut_ptr())?;
                 }
                 for (r, row) in block.chunks_exact(slice.n).enumerate() {
                     let at = (r0 + r) * ldc + slice.start;
