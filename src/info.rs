@@ -121,6 +121,10 @@ pub(crate) mod qwen_embed {
             add("mean_batch_tokens", per_batch(s.tokens));
             add("max_batch_texts", s.max_batch_texts.to_string());
             add("max_batch_tokens", s.max_batch_tokens.to_string());
+            if let Some(bytes) = s.heap_bytes_in_use {
+                add("heap_bytes_in_use", bytes.to_string());
+            }
+            add("idle_trims", s.idle_trims.to_string());
             add("restarts", restarts.to_string());
             add("last_exit", last_exit);
             for (client, n) in s.per_client {

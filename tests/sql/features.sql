@@ -1,6 +1,6 @@
 -- Features checked by value, each in a way that fails if the feature breaks: the result cache, the model server's
 -- batch limit, Matryoshka dimensions on arrays and chunks on both routes, document weightings on the server, argument
--- checks, backfill with an instruction and dimensions, the backfill progress view's figures and its privileges, and
+-- checks, the server's idle trim, backfill with an instruction and dimensions, the backfill progress view's figures and its privileges, and
 -- the triggers' column type check. Routes: the server runs the cluster's model; a copy of the same model set in the
 -- session runs in the backend.
 CREATE EXTENSION qwen_embed CASCADE;
@@ -37,6 +37,13 @@ SELECT expect(info_value('server_info', 'max_batch_tokens')::int
               format('a batch of %s tokens, over the limit of %s', info_value('server_info', 'max_batch_tokens'),
                      current_setting('qwen_embed.server_batch_tokens')));
 SELECT expect(info_value('server_info', 'max_batch_tokens')::int > 1000, 'the batches were not filled');
+
+-- The server's memory: its heap in use, and its free memory handed back after a second without work.
+SELECT expect(info_value('server_info', 'heap_bytes_in_use')::bigint > 10000000,
+              format('heap_bytes_in_use %s, less than the model', info_value('server_info', 'heap_bytes_in_use')));
+CREATE TEMP TABLE trims AS SELECT info_value('server_info', 'idle_trims')::int AS n;
+SELECT pg_sleep(1.5);
+SELECT expect(info_value('server_info', 'idle_trims')::int > n, 'no idle trim after 1.5 s without work') FROM trims;
 
 -- Matryoshka dimensions of arrays and chunks, on the server and in the backend: the renormalised prefix.
 CREATE TEMP TABLE routes (route text, array_err float8, chunk_err float8, chunk_dims int);

@@ -9,8 +9,10 @@
 //! - [`queue`]: pending requests and the fair choice of the next batch
 //! - [`server`]: the server: accept, tokenise, queue, batch, compute, answer; drop requests whose caller left
 //! - [`client`]: one request, waiting on the answer while the caller checks for interrupts
+//! - [`heap`]: its free memory back to the system when the server falls idle, and the bytes in use
 
 pub mod client;
+pub mod heap;
 pub mod protocol;
 pub mod queue;
 pub mod server;

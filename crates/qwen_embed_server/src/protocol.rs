@@ -144,6 +144,10 @@ pub struct Status {
     /// "failed: …"; empty path when none is configured.
     pub reranker: ModelSpec,
     pub reranker_state: String,
+    /// Bytes its heap has in use (None where the allocator cannot say), and the times it returned its free memory to
+    /// the system after falling idle ([`crate::heap`]).
+    pub heap_bytes_in_use: Option<u64>,
+    pub idle_trims: u64,
     /// Requests per client pid, for the clients seen most recently.
     pub per_client: Vec<(i32, u64)>,
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting};
 
+use crate::heap::{self, IdleTrim, IDLE};
 use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
 use crate::queue::{Full, Item, Lane, Queue};
 
@@ -89,6 +90,8 @@ struct Shared {
     /// Batches with interactive work computing now: lower-priority batches wait for none.
     interactive_computing: AtomicUsize,
     pool: rayon::ThreadPool,
+    /// Batches and reranks running, and the trim of free memory once none has run for a while.
+    idle: IdleTrim,
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             interactive_computing: AtomicUsize::new(0),
             pool,
+            idle: IdleTrim::new(IDLE),
         })
     }
 }
@@ -308,6 +312,7 @@ fn rerank(
     let limits = limits(shared, lengths);
     let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
     let gone = || caller_gone(conn);
+    let _working = shared.idle.working();
     match shared.pool.install(|| reranker.rerank(&query, &docs, instruct.as_deref(), &limits, &gone)) {
         Ok((scores, work)) => Some(Reply::Scores { scores, cost: cost(work) }),
         Err(Error::Canceled) => None,
@@ -503,7 +508,13 @@ fn run_batches(shared: &Shared, lane: Lane) {
                 if !batch.is_empty() {
                     break batch;
                 }
-                queue = shared.work_waiting.wait_timeout(queue, POLL).unwrap_or_else(|p| p.into_inner()).0;
+                let timeout;
+                (queue, timeout) = shared.work_waiting.wait_timeout(queue, POLL).unwrap_or_else(|p| p.into_inner());
+                if timeout.timed_out() && queue.queued_texts() == 0 {
+                    drop(queue); // the trim takes milliseconds: enqueuing goes on meanwhile
+                    shared.idle.poll();
+                    queue = lock(&shared.queue);
+                }
             }
         };
         compute(shared, &model, batch);
@@ -514,6 +525,7 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
     let seqs: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
     let requests: Vec<u64> = batch.iter().map(|i| i.request).collect();
     let interactive = batch.iter().any(|i| i.priority == Priority::Interactive);
+    let _working = shared.idle.working();
     let _computing = interactive.then(|| Computing::start(&shared.interactive_computing));
     // Stop early only if every request in the batch is gone.
     let gone = || {
@@ -668,6 +680,8 @@ fn status(shared: &Shared) -> Status {
     let mut clients: Vec<(i32, u64)> = lock(&shared.clients).iter().map(|(k, v)| (*k, *v)).collect();
     clients.sort();
     s.per_client = clients;
+    s.heap_bytes_in_use = heap::in_use();
+    s.idle_trims = shared.idle.trims();
     s
 }
 
@@ -723,5 +737,22 @@ mod tests {
         }
         assert_eq!(lock(&shared.status).batches_split, 1);
         assert!(lock(&shared.collecting).is_empty(), "every request was answered");
+    }
+
+    #[test]
+    fn a_batch_thread_returns_the_free_memory_once_the_server_is_idle() {
+        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512 };
+        let shared: &'static Shared = Box::leak(Box::new(Shared::new(ModelSpec::default(), settings, None).unwrap()));
+        *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
+        std::thread::spawn(|| run_batches(shared, Lane::Any));
+        let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], None, Priority::Interactive).unwrap();
+        assert!(matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Reply::Vectors { .. })));
+        let (answered, trims) = (Instant::now(), status(shared).idle_trims);
+        while status(shared).idle_trims == trims {
+            assert!(answered.elapsed() < IDLE * 5, "no trim {:?} after the last batch", answered.elapsed());
+            std::thread::sleep(POLL);
+        }
+        // The batch's end starts the idle time (its reply goes out just before).
+        assert!(answered.elapsed() >= IDLE - POLL, "trimmed {:?} after the last batch", answered.elapsed());
     }
 }
