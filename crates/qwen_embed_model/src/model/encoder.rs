@@ -13,13 +13,13 @@
 
 use std::cell::OnceCell;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::attention;
 use crate::attention_layout::{self, HeadNorms};
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
-use crate::linear::{with_cpu_f32, with_cpu_f32s, Linear};
+use crate::linear::{with_cpu_f32s, GateUp, Linear};
 use crate::precision::{CpuAttention, Precision};
 use crate::weights::Weights;
 
@@ -46,8 +46,8 @@ struct Layer {
     k_norm: Tensor,
     o_proj: Linear,
     post_norm: Tensor,
-    /// gate and up projections fused likewise.
-    gate_up: Linear,
+    /// gate and up projections fused likewise, with SwiGLU.
+    gate_up: GateUp,
     down: Linear,
 }
 
@@ -145,11 +145,15 @@ impl Encoder {
                 k_norm: get(&format!("{attn}.k_norm.weight"), &[hd])?,
                 o_proj: linear(&[&format!("{attn}.o_proj")], &[h], q_out, c.attention_bias)?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: linear(
-                    &[&format!("{mlp}.gate_proj"), &format!("{mlp}.up_proj")],
-                    &[c.intermediate_size, c.intermediate_size],
-                    h,
-                    false,
+                gate_up: GateUp::new(
+                    Tensor::cat(
+                        &[
+                            get_weight(&format!("{mlp}.gate_proj.weight"), &[c.intermediate_size, h])?,
+                            get_weight(&format!("{mlp}.up_proj.weight"), &[c.intermediate_size, h])?,
+                        ],
+                        0,
+                    )?,
+                    precision.linear,
                 )?,
                 down: linear(&[&format!("{mlp}.down_proj")], &[h], c.intermediate_size, false)?,
             });
@@ -305,7 +309,7 @@ impl Layer {
         let residual = if last_only { x.index_select(&batch.last_rows, 0)? } else { x.clone() };
         let x = self.attention(&normed, &residual, batch, c, first_query)?.contiguous()?;
         let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
-        let hidden = swiglu(&self.gate_up.forward(&normed)?, c.intermediate_size)?;
+        let hidden = self.gate_up.forward(&normed)?;
         self.down.forward_add(&hidden, &x)
     }
 
@@ -383,22 +387,6 @@ impl Layer {
         // Every sequence's last position is a real token: with one query each, the rows are already packed.
         Ok(if first_query == 0 { batch.packed(&out)? } else { out.reshape((b, nh * hd))? })
     }
-}
-
-/// silu(gate) · up from the fused gate/up output (..., 2 × inter): one vectorised pass on a CPU in f32, candle's
-/// operations elsewhere.
-fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
-    if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
-        let gate_up = gate_up.contiguous()?;
-        let mut dims = gate_up.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = inter;
-        }
-        let mut out = vec![0f32; gate_up.elem_count() / 2];
-        with_cpu_f32(&gate_up, |gu| crate::elementwise::silu_mul(gu, &mut out, inter))?;
-        return Ok(Tensor::from_vec(out, dims, gate_up.device())?);
-    }
-    Ok((candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)? * gate_up.narrow(D::Minus1, inter, inter)?)?)
 }
 
 /// Attention with candle operations, for the GPU (and f16 on a CPU): blocks of queries against the keys causality

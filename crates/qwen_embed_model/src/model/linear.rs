@@ -1,7 +1,8 @@
 //! A linear layer `y = x · Wᵀ + b` with the kernel `precision` chose: candle's matmul in the compute dtype, or
-//! weights packed once at load for a CPU kernel (`f32_matmul`, `onednn`) with f32 activations.
+//! weights packed once at load for a CPU kernel (`f32_matmul`, `onednn`) with f32 activations; and the MLP's gate and
+//! up projections with SwiGLU ([`GateUp`]).
 
-use candle_core::{DType, Device, Module, Storage, Tensor};
+use candle_core::{DType, Device, Module, Storage, Tensor, D};
 
 use crate::cpu::F32Kernel;
 use crate::error::Result;
@@ -42,6 +43,23 @@ pub(crate) fn with_cpu_f32s<R, const N: usize>(ts: [&Tensor; N], f: impl FnOnce(
         slices.push(&cpu.as_slice::<f32>()?[start..end]);
     }
     Ok(f(slices.try_into().unwrap_or_else(|_| unreachable!("one slice per tensor"))))
+}
+
+/// x: (..., in_features) → (..., out_features) by `f`, which gets x's rows in f32 and their count, on the CPU.
+fn rows_product(
+    x: &Tensor,
+    in_features: usize,
+    out_features: usize,
+    f: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let rows = x.elem_count() / in_features;
+    let out = with_cpu_f32(&x, |x| f(x, rows))??;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_features;
+    }
+    Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
 }
 
 impl Linear {
@@ -87,24 +105,72 @@ impl Linear {
             #[cfg(feature = "onednn")]
             Linear::Onednn { weights, bias } => (weights.features().0, weights.features().1, bias),
         };
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        let rows = x.elem_count() / in_features;
-        let out = with_cpu_f32(&x, |x| -> Result<Vec<f32>> {
+        let y = rows_product(x, in_features, out_features, |x, rows| {
             Ok(match self {
                 Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
                 #[cfg(feature = "onednn")]
                 Linear::Onednn { weights, .. } => weights.matmul(x, rows)?,
                 Linear::Dense(_) => unreachable!("handled above"),
             })
-        })??;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_features;
-        }
-        let y = Tensor::from_vec(out, dims, &Device::Cpu)?;
+        })?;
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// The MLP's gate and up projections and SwiGLU: `silu(x · Gᵀ) · (x · Uᵀ)`. On oneDNN each slice of the packed weights
+/// holds a block of gate features beside the same block of up features, so SwiGLU is applied as each block of the
+/// product is copied out: the product of both projections (rows × 2 × intermediate floats) is never written whole nor
+/// read back by a pass of its own. Elsewhere one fused linear layer, then [`swiglu`].
+pub enum GateUp {
+    Fused(Linear),
+    #[cfg(feature = "onednn")]
+    Onednn(onednn::Packed),
+}
+
+impl GateUp {
+    /// `weight` is the gate projection's (inter × in) rows, then the up projection's, without a bias (Qwen3 has none).
+    pub fn new(weight: Tensor, kernel: LinearKernel) -> Result<Self> {
+        #[cfg(feature = "onednn")]
+        if let LinearKernel::Onednn(kernel) = kernel {
+            let (out_features, in_features) = weight.dims2()?;
+            let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(GateUp::Onednn(onednn::Packed::pack_gated(kernel, &w, out_features, in_features)?));
+        }
+        Ok(GateUp::Fused(Linear::new(weight, None, kernel)?))
+    }
+
+    /// x: (..., in_features) → (..., inter).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            GateUp::Fused(linear) => {
+                let gate_up = linear.forward(x)?;
+                let inter = gate_up.dim(D::Minus1)? / 2;
+                swiglu(&gate_up, inter)
+            }
+            #[cfg(feature = "onednn")]
+            GateUp::Onednn(weights) => {
+                let (in_features, out_features) = weights.features();
+                rows_product(x, in_features, out_features / 2, |x, rows| Ok(weights.matmul_silu_gate(x, rows)?))
+            }
+        }
+    }
+}
+
+/// silu(gate) · up from the fused gate/up output (..., 2 × inter): one vectorised pass on a CPU in f32, candle's
+/// operations elsewhere.
+fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+    if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
+        let gate_up = gate_up.contiguous()?;
+        let mut dims = gate_up.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = inter;
+        }
+        let mut out = vec![0f32; gate_up.elem_count() / 2];
+        with_cpu_f32(&gate_up, |gu| crate::elementwise::silu_mul(gu, &mut out, inter))?;
+        return Ok(Tensor::from_vec(out, dims, gate_up.device())?);
+    }
+    Ok((candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)? * gate_up.narrow(D::Minus1, inter, inter)?)?)
 }

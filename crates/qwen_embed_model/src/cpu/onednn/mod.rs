@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::elementwise::to_bf16;
+use crate::elementwise::{silu_mul_rows, to_bf16};
 use crate::panels::SharedOut;
 
 /// Output features per slice: one task's columns. Four of the brgemm kernels' 64-column blocks.
@@ -154,6 +154,14 @@ impl Packed {
         })
     }
 
+    /// [`Matmul::pack_gated`].
+    pub fn pack_gated(kernel: Kernel, weights: &[f32], out_features: usize, in_features: usize) -> Result<Packed> {
+        Ok(match kernel {
+            Kernel::F32 => Packed::F32(Matmul::pack_gated(weights, out_features, in_features)?),
+            Kernel::Bf16(_) => Packed::Bf16(Matmul::pack_gated(weights, out_features, in_features)?),
+        })
+    }
+
     /// (in_features, out_features).
     pub fn features(&self) -> (usize, usize) {
         match self {
@@ -175,6 +183,14 @@ impl Packed {
         match self {
             Packed::F32(m) => m.matmul_add(x, rows, residual),
             Packed::Bf16(m) => m.matmul_add(x, rows, residual),
+        }
+    }
+
+    /// [`Matmul::matmul_silu_gate`].
+    pub fn matmul_silu_gate(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        match self {
+            Packed::F32(m) => m.matmul_silu_gate(x, rows),
+            Packed::Bf16(m) => m.matmul_silu_gate(x, rows),
         }
     }
 }
@@ -571,11 +587,14 @@ struct Slice {
 #[repr(C, align(64))]
 struct Align64([u8; 64]);
 
-/// `y = x · Wᵀ` on oneDNN, in element type `T`, with W packed at load.
+/// `y = x · Wᵀ` on oneDNN, in element type `T`, with W packed at load; or, packed by [`Matmul::pack_gated`], SwiGLU
+/// of a gate and an up projection.
 pub struct Matmul<T: Element> {
     in_features: usize,
     out_features: usize,
     slices: Vec<Slice>,
+    /// Packed by [`Matmul::pack_gated`]: each slice is a block of gate features beside the same block of up features.
+    gated: bool,
     implementation: String,
     _element: std::marker::PhantomData<T>,
 }
@@ -585,11 +604,40 @@ impl<T: Element> Matmul<T> {
     /// into the layout oneDNN's primitive prefers. Fails when oneDNN has no implementation `T` accepts.
     pub fn pack(weights: &[f32], out_features: usize, in_features: usize) -> Result<Self> {
         assert_eq!(weights.len(), out_features * in_features);
+        let widths = (0..out_features).step_by(SLICE).map(|start| SLICE.min(out_features - start));
+        Self::pack_slices(weights, in_features, widths, false)
+    }
+
+    /// For [`Matmul::matmul_silu_gate`]: `weights` holds the gate projection's (inter × in_features) rows, then the up
+    /// projection's (inter × in_features), row-major f32 (`out_features` = 2 × inter). Each slice holds up to
+    /// `SLICE / 2` gate features and the same up features, so one task's block has both halves of its outputs.
+    pub fn pack_gated(weights: &[f32], out_features: usize, in_features: usize) -> Result<Self> {
+        assert_eq!(weights.len(), out_features * in_features);
+        assert_eq!(out_features % 2, 0, "gate and up projections of equal width");
+        let inter = out_features / 2;
+        let (gate, up) = weights.split_at(inter * in_features);
+        let blocks = || (0..inter).step_by(SLICE / 2).map(|j| (j, (SLICE / 2).min(inter - j)));
+        let mut paired = Vec::with_capacity(weights.len());
+        for (j, w) in blocks() {
+            paired.extend_from_slice(&gate[j * in_features..(j + w) * in_features]);
+            paired.extend_from_slice(&up[j * in_features..(j + w) * in_features]);
+        }
+        Self::pack_slices(&paired, in_features, blocks().map(|(_, w)| 2 * w), true)
+    }
+
+    /// Packs consecutive row ranges of `weights` (out × in_features, row-major) of the given widths, one slice each.
+    fn pack_slices(
+        weights: &[f32],
+        in_features: usize,
+        widths: impl Iterator<Item = usize>,
+        gated: bool,
+    ) -> Result<Self> {
         single_threaded();
+        let out_features = weights.len() / in_features;
         let mut slices = Vec::with_capacity(out_features.div_ceil(SLICE));
         let mut implementation = String::new();
-        for start in (0..out_features).step_by(SLICE) {
-            let n = SLICE.min(out_features - start);
+        let mut start = 0;
+        for n in widths {
             let any = md_by_tag(T::DATA_TYPE, in_features, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
             let pd = matmul_pd(T::DATA_TYPE, ROW_BLOCK, &any)?;
             implementation = pd.implementation();
@@ -600,7 +648,7 @@ impl<T: Element> Matmul<T> {
             let mut data = vec![Align64([0; 64]); md.size().div_ceil(64)];
             // The slice's rows of W, viewed as k × n: element (k, j) at (start + j) × in + k.
             let plain = md_by_strides(ffi::dnnl_data_type_t_dnnl_f32, in_features, n, [1, in_features])?;
-            let src = weights[start * in_features..].as_ptr() as *mut std::ffi::c_void;
+            let src = weights[start * in_features..][..n * in_features].as_ptr() as *mut std::ffi::c_void;
             // SAFETY: `src` holds the slice's n rows of in_features floats (read only, though the API takes a mutable
             // pointer); `data` holds md.size() bytes; both outlive the reorder.
             unsafe {
@@ -608,8 +656,10 @@ impl<T: Element> Matmul<T> {
                 reorder(&plain, &md, &from, &to)?;
             }
             slices.push(Slice { start, n, md, data });
+            start += n;
         }
-        Ok(Matmul { in_features, out_features, slices, implementation, _element: std::marker::PhantomData })
+        assert_eq!(start, out_features, "the slices cover the output features");
+        Ok(Matmul { in_features, out_features, slices, gated, implementation, _element: std::marker::PhantomData })
     }
 
     pub fn in_features(&self) -> usize {
@@ -627,21 +677,30 @@ impl<T: Element> Matmul<T> {
 
     /// `x` is rows × in_features (row-major); returns rows × out_features.
     pub fn matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        self.compute(x, rows, None)
+        self.compute(x, rows, CopyOut::Store)
     }
 
     /// `residual + x · Wᵀ` (residual is rows × out_features), the add done as the result is copied into place.
     pub fn matmul_add(&self, x: &[f32], rows: usize, residual: &[f32]) -> Result<Vec<f32>> {
         assert_eq!(residual.len(), rows * self.out_features);
-        self.compute(x, rows, Some(residual))
+        self.compute(x, rows, CopyOut::Add(residual))
     }
 
-    /// x · Wᵀ (+ residual). The output is not zeroed first (tens of megabytes a layer for a long batch): every element
-    /// is written by exactly one task before its length is set.
-    fn compute(&self, x: &[f32], rows: usize, residual: Option<&[f32]>) -> Result<Vec<f32>> {
+    /// SwiGLU, `silu(x · Gᵀ) · (x · Uᵀ)` (rows × out_features / 2), with the weights packed by [`Matmul::pack_gated`]:
+    /// applied as each block is copied out, so the product of both projections is never written whole.
+    pub fn matmul_silu_gate(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.compute(x, rows, CopyOut::SiluGate)
+    }
+
+    /// x · Wᵀ, and what `copy` says to do with each block. The output is not zeroed first (tens of megabytes a layer
+    /// for a long batch): every element is written by exactly one task before its length is set.
+    fn compute(&self, x: &[f32], rows: usize, copy: CopyOut) -> Result<Vec<f32>> {
         assert_eq!(x.len(), rows * self.in_features);
+        assert_eq!(self.gated, matches!(copy, CopyOut::SiluGate), "SwiGLU needs, and only it takes, gated packing");
         let a = T::activations(x);
-        let (k, ldc) = (self.in_features, self.out_features);
+        let k = self.in_features;
+        // A gated slice of n columns gives n / 2 outputs, after those of the slices before it.
+        let (ldc, half) = if self.gated { (self.out_features / 2, 2) } else { (self.out_features, 1) };
         let mut out: Vec<f32> = Vec::with_capacity(rows * ldc);
         let shared = SharedOut(out.as_mut_ptr());
         // Slice-major: a thread's consecutive tasks mostly share one slice of weights (kept in its cache).
@@ -650,8 +709,8 @@ impl<T: Element> Matmul<T> {
         tasks.into_par_iter().try_for_each(|(s, r0)| {
             let shared = &shared; // the whole Sync wrapper, not its raw pointer field
             let slice = &self.slices[s];
-            let m = ROW_BLOCK.min(rows - r0);
-            BLOCK.with_borrow_mut(|block| {
+            let (m, width) = (ROW_BLOCK.min(rows - r0), slice.n / half);
+            BLOCKS.with_borrow_mut(|(block, gated)| {
                 block.resize(m * slice.n, 0.0);
                 // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
                 // read; the dense m × n block is this thread's own; all outlive the call.
@@ -659,20 +718,28 @@ impl<T: Element> Matmul<T> {
                     let weights = (&slice.md, slice.data.as_ptr().cast());
                     matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, block.as_mut_ptr())?;
                 }
-                for (r, row) in block.chunks_exact(slice.n).enumerate() {
-                    let at = (r0 + r) * ldc + slice.start;
-                    // SAFETY: row r0 + r, columns start..start + n of the output lie inside its capacity and are
+                let block: &[f32] = match copy {
+                    CopyOut::SiluGate => {
+                        gated.resize(m * width, 0.0);
+                        silu_mul_rows(block, gated, width);
+                        gated
+                    }
+                    _ => block,
+                };
+                for (r, row) in block.chunks_exact(width).enumerate() {
+                    let at = (r0 + r) * ldc + slice.start / half;
+                    // SAFETY: row r0 + r, columns start..start + width of the output lie inside its capacity and are
                     // written by this task alone (tasks own disjoint (slice, row block) pairs), through raw pointers:
                     // the memory is not initialised yet, so no reference to it is made.
                     unsafe {
                         let dst = shared.0.add(at);
-                        match residual {
-                            Some(res) => {
-                                row.iter().zip(&res[at..at + slice.n]).enumerate().for_each(|(j, (&v, &r))| {
+                        match copy {
+                            CopyOut::Add(res) => {
+                                row.iter().zip(&res[at..at + width]).enumerate().for_each(|(j, (&v, &r))| {
                                     dst.add(j).write(v + r);
                                 })
                             }
-                            None => ptr::copy_nonoverlapping(row.as_ptr(), dst, slice.n),
+                            CopyOut::Store | CopyOut::SiluGate => ptr::copy_nonoverlapping(row.as_ptr(), dst, width),
                         }
                     }
                 }
@@ -686,9 +753,19 @@ impl<T: Element> Matmul<T> {
     }
 }
 
+/// What a task does with its block of the product on the way into the output.
+#[derive(Clone, Copy)]
+enum CopyOut<'a> {
+    Store,
+    /// Adds the residual (rows × out_features).
+    Add(&'a [f32]),
+    /// Each block row is [gate | up]: stores silu(gate) · up.
+    SiluGate,
+}
+
 thread_local! {
-    /// Each thread's dense output block, reused across tasks and calls.
-    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's dense output block and its SwiGLU, reused across tasks and calls.
+    static BLOCKS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Copies `from` (layout `src`) into `to` (layout `dst`), converting the element type if they differ.

@@ -48,6 +48,41 @@ fn f32_matches_a_plain_matmul_for_uneven_shapes() {
     check::<f32>(|v| v, 1e-5);
 }
 
+/// SwiGLU from gated packing against silu(x · Gᵀ) · (x · Uᵀ) in f64, for intermediate widths that are a whole number
+/// of half slices, less than one, and not a whole number.
+fn check_gated<T: Element>(round: fn(f32) -> f32, tolerance: f64) {
+    for (rows, inter, k) in [(1, 32, 16), (70, SLICE / 2, 64), (130, 300, 40), (5, SLICE, 24)] {
+        let (w, x) = (data(2 * inter * k, 4), data(rows * k, 5));
+        let product = reference(&x, &w, rows, (2 * inter, k), round);
+        let got = Matmul::<T>::pack_gated(&w, 2 * inter, k).unwrap().matmul_silu_gate(&x, rows).unwrap();
+        assert_eq!(got.len(), rows * inter);
+        for r in 0..rows {
+            for j in 0..inter {
+                let (g, u) = (product[r * 2 * inter + j], product[r * 2 * inter + inter + j]);
+                let want = g / (1.0 + (-g).exp()) * u;
+                let got = got[r * inter + j] as f64;
+                assert!(
+                    (got - want).abs() <= tolerance * (1.0 + want.abs()),
+                    "{rows}x{inter}x{k} [{r}, {j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gated_f32_gives_swiglu_of_the_gate_and_up_products() {
+    check_gated::<f32>(|v| v, 1e-5);
+}
+
+#[test]
+fn gated_bf16_gives_swiglu_of_the_rounded_products() {
+    if bf16_kernel().is_none() {
+        return println!("SKIPPED onednn::gated_bf16_gives_swiglu_of_the_rounded_products: no oneDNN bf16 kernel");
+    }
+    check_gated::<Bf16>(|v| bf16_to_f32(f32_to_bf16(v)), 1e-4);
+}
+
 #[test]
 fn bf16_matches_a_plain_matmul_of_the_rounded_values() {
     let Some(kernel) = bf16_kernel() else {
