@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Asynchronous embedding on the real Qwen3-Embedding-0.6B shape (random weights, tools/make_random_model.py), on a
 # throw-away preloaded cluster, everything measured side by side in one run:
-#   1. the write path: COPY of ROWS rows into a table without triggers and into an async table, alternated 3 times
+#   1. the write path: COPY of ROWS rows into a table without triggers and into an async table, alternated 5 times
 #      (ratio pair by pair), and COPY into the sync triggers (SYNC_ROWS rows, scaled to ROWS);
 #   2. drain throughput: DRAIN_ROWS rows queued, time until wait_for_embeddings returns, against
 #      CALL qwen_embed.backfill on the same rows;
@@ -30,8 +30,12 @@ q <<'SQL' >/dev/null
 CREATE EXTENSION qwen_embed CASCADE;
 CREATE TABLE plain (id bigint PRIMARY KEY, body text, embedding vector(1024));
 CREATE TABLE sync (LIKE plain INCLUDING ALL);
+-- The write path's async table has plain's columns: the lag's table below has a volatile default (queued_at), which
+-- alone stops COPY from inserting in batches and would be charged to the triggers.
+CREATE TABLE async_copy (LIKE plain INCLUDING ALL);
 CREATE TABLE async (LIKE plain INCLUDING ALL, queued_at timestamptz DEFAULT clock_timestamp(), embedded_at timestamptz);
 SELECT qwen_embed.create_embedding_triggers('sync', 'body', 'embedding');
+SELECT qwen_embed.create_embedding_triggers('async_copy', 'body', 'embedding', mode => 'async');
 SELECT qwen_embed.create_embedding_triggers('async', 'body', 'embedding', mode => 'async');
 -- When the worker writes a row's vector (for the lag).
 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -66,14 +70,14 @@ echo "1. write path: COPY of $rows rows"
 q -c "ALTER SYSTEM SET qwen_embed.model_path = '/nonexistent'" -c "SELECT pg_reload_conf()" >/dev/null
 sleep 1
 ratios=()
-for run in 1 2 3; do
-    plain=$(copy_ms plain) async=$(copy_ms async)
+for run in 1 2 3 4 5; do
+    plain=$(copy_ms plain) async=$(copy_ms async_copy)
     ratio=$(calc "$async / $plain")
     ratios+=("$ratio")
     echo "   run $run: no triggers ${plain} ms, async ${async} ms: ${ratio}x"
 done
-echo "   async / no triggers, pair by pair: ${ratios[*]} (median $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 2p)x)"
-q -c "TRUNCATE async, plain" -c "ALTER SYSTEM RESET qwen_embed.model_path" >/dev/null
+echo "   async / no triggers, pair by pair: ${ratios[*]} (median $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 3p)x)"
+q -c "TRUNCATE async_copy, plain" -c "ALTER SYSTEM RESET qwen_embed.model_path" >/dev/null
 cluster_stop "$PGHOST" && cluster_start "$PGHOST"
 q -c "SELECT vector_dims(embed('warm up'))" >/dev/null
 sync=$(copy_ms sync "$sync_rows")

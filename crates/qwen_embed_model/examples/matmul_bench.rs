@@ -82,5 +82,43 @@ fn main() -> candle_core::Result<()> {
             println!("{line} GFLOP/s");
         }
     }
+    #[cfg(feature = "onednn")]
+    swiglu_fused_against_separate(&rows)?;
+    Ok(())
+}
+
+/// The MLP's gate/up product and SwiGLU on oneDNN (bf16 where it has it, else f32): the product written whole then
+/// SwiGLU in a pass of its own, against SwiGLU on each block as it is copied out (`Matmul::pack_gated`).
+#[cfg(feature = "onednn")]
+fn swiglu_fused_against_separate(rows: &[usize]) -> candle_core::Result<()> {
+    use qwen_embed_model::elementwise::silu_mul;
+    use qwen_embed_model::onednn::{bf16_kernel, Bf16, Element, Matmul};
+    fn run<T: Element>(rows: &[usize], w: &[f32], (inter, k): (usize, usize), kind: &str) {
+        let (plain, gated) =
+            (Matmul::<T>::pack(w, 2 * inter, k).unwrap(), Matmul::<T>::pack_gated(w, 2 * inter, k).unwrap());
+        for &m in rows {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let separate = time(|| {
+                let gate_up = plain.matmul(&x, m).unwrap();
+                let mut out = vec![0f32; m * inter];
+                silu_mul(&gate_up, &mut out, inter);
+            });
+            let fused = time(|| {
+                gated.matmul_silu_gate(&x, m).unwrap();
+            });
+            println!(
+                "gate_up + SwiGLU {m:>5} rows, oneDNN {kind}: separate {:.2} ms, fused {:.2} ms ({:.2}x)",
+                separate * 1e3,
+                fused * 1e3,
+                separate / fused
+            );
+        }
+    }
+    let (inter, k) = (3072, 1024);
+    let w = Tensor::randn(0f32, 0.02, (2 * inter, k), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    match bf16_kernel() {
+        Some(_) => run::<Bf16>(rows, &w, (inter, k), "bf16"),
+        None => run::<f32>(rows, &w, (inter, k), "f32"),
+    }
     Ok(())
 }

@@ -125,7 +125,9 @@ impl Linear {
 /// product is copied out: the product of both projections (rows × 2 × intermediate floats) is never written whole nor
 /// read back by a pass of its own. Elsewhere one fused linear layer, then [`swiglu`].
 pub enum GateUp {
-    Fused(Linear),
+    /// Both projections as one linear layer, then SwiGLU in a pass of its own.
+    Product(Linear),
+    /// Packed by `pack_gated`: SwiGLU on each block of the product.
     #[cfg(feature = "onednn")]
     Onednn(onednn::Packed),
 }
@@ -139,13 +141,13 @@ impl GateUp {
             let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             return Ok(GateUp::Onednn(onednn::Packed::pack_gated(kernel, &w, out_features, in_features)?));
         }
-        Ok(GateUp::Fused(Linear::new(weight, None, kernel)?))
+        Ok(GateUp::Product(Linear::new(weight, None, kernel)?))
     }
 
     /// x: (..., in_features) → (..., inter).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            GateUp::Fused(linear) => {
+            GateUp::Product(linear) => {
                 let gate_up = linear.forward(x)?;
                 let inter = gate_up.dim(D::Minus1)? / 2;
                 swiglu(&gate_up, inter)
