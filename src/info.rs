@@ -121,6 +121,7 @@ pub(crate) mod qwen_embed {
             add("mean_batch_tokens", per_batch(s.tokens));
             add("max_batch_texts", s.max_batch_texts.to_string());
             add("max_batch_tokens", s.max_batch_tokens.to_string());
+            add("max_text_tokens", s.max_text_tokens.to_string());
             if let Some(bytes) = s.heap_bytes_in_use {
                 add("heap_bytes_in_use", bytes.to_string());
             }

@@ -140,6 +140,8 @@ pub struct Status {
     pub batches_split: u64,
     pub max_batch_texts: u64,
     pub max_batch_tokens: u64,
+    /// The longest text computed: a batch is within `batch_tokens` or is that one text alone.
+    pub max_text_tokens: u64,
     /// The reranker the server runs when asked (loaded on first use), and its state: "not loaded", "ready" or
     /// "failed: …"; empty path when none is configured.
     pub reranker: ModelSpec,

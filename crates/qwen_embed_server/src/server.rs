@@ -569,6 +569,7 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         s.tokens += tokens;
         s.max_batch_texts = s.max_batch_texts.max(seqs.len() as u64);
         s.max_batch_tokens = s.max_batch_tokens.max(tokens);
+        s.max_text_tokens = s.max_text_tokens.max(seqs.iter().map(|s| s.len() as u64).max().unwrap_or(0));
     }
     // A batch of several requests that failed is computed again one request at a time: the failure (an input the
     // encoder rejects, memory for a pass too large) belongs to one of them, and the others must not pay for it.
@@ -747,6 +748,7 @@ mod tests {
         std::thread::spawn(|| run_batches(shared, Lane::Any));
         let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], None, Priority::Interactive).unwrap();
         assert!(matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Reply::Vectors { .. })));
+        assert_eq!(status(shared).max_text_tokens, 3);
         let (answered, trims) = (Instant::now(), status(shared).idle_trims);
         while status(shared).idle_trims == trims {
             assert!(answered.elapsed() < IDLE * 5, "no trim {:?} after the last batch", answered.elapsed());
