@@ -165,3 +165,29 @@ fn cancellation_stops_a_pass() {
     let err = model.embed(&["hello"], None, None, &Limits::default(), &|| true).unwrap_err();
     assert!(matches!(err, Error::Canceled), "{err}");
 }
+
+/// The pass polls before each layer and between its attention and its MLP (the model server pauses bulk batches
+/// there), after the embedder's one poll before the pass, and stops at the first poll that says canceled, mid-layer
+/// too.
+#[test]
+fn a_pass_polls_twice_a_layer_and_stops_mid_layer() {
+    let model = load(&tiny_model());
+    let layers = model.config().num_hidden_layers;
+    let polls = std::cell::Cell::new(0);
+    model
+        .embed_tokens(&[vec![10, 11, 12]], 8192, &|| {
+            polls.set(polls.get() + 1);
+            false
+        })
+        .unwrap();
+    assert_eq!(polls.get(), 1 + 2 * layers);
+    polls.set(0);
+    let err = model
+        .embed_tokens(&[vec![10, 11, 12]], 8192, &|| {
+            polls.set(polls.get() + 1);
+            polls.get() == 3 // the first layer's attention is done, its MLP not started
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Canceled), "{err}");
+    assert_eq!(polls.get(), 3);
+}

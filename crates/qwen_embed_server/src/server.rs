@@ -532,9 +532,10 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         let collecting = lock(&shared.collecting);
         requests.iter().all(|id| !collecting.contains_key(id))
     };
-    // Called between layers: a batch without interactive work waits there while one with it computes, at most
-    // MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work down but never stop it. It waits on
-    // a thread of the pool: that thread meanwhile runs the interactive batch's tasks, so the query has the whole pool.
+    // Called between layers and between each layer's attention and MLP: a batch without interactive work waits there
+    // while one with it computes, at most MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work
+    // down but never stop it. It waits on a thread of the pool: that thread meanwhile runs the interactive batch's
+    // tasks, so the query has the whole pool.
     let canceled = || {
         let paused = Instant::now();
         while !interactive

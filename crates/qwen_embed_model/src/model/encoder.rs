@@ -184,7 +184,9 @@ impl Encoder {
     }
 
     /// Final hidden state of the last token of each sequence, (batch, hidden) in f32, not normalised.
-    /// `canceled` is polled between layers; when it returns true the pass stops with [`Error::Canceled`].
+    /// `canceled` is polled before each layer and between its attention and its MLP (the model server pauses bulk
+    /// batches there while a query computes: the finer, the shorter a query's wait); when it returns true the pass
+    /// stops with [`Error::Canceled`].
     pub fn forward(&self, seqs: &[Vec<u32>], canceled: &dyn Fn() -> bool) -> Result<Tensor> {
         let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         self.forward_pass(seqs, canceled)
@@ -202,7 +204,7 @@ impl Encoder {
                 return Err(Error::Canceled);
             }
             let last_only = i + 1 == self.layers.len();
-            x = layer.forward(&x, &batch, c, last_only)?;
+            x = layer.forward(&x, &batch, c, last_only, canceled)?;
         }
         let pooled = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, c.rms_norm_eps as f32)?;
         Ok(pooled.to_dtype(DType::F32)?)
@@ -301,13 +303,23 @@ fn padding_indices(pads: &[usize], len: usize) -> Option<Padding<Vec<u32>>> {
 
 impl Layer {
     /// Packed rows (tokens, hidden) → (tokens, hidden), or (b, hidden) for each sequence's last token alone when
-    /// `last_only`.
-    fn forward(&self, x: &Tensor, batch: &Batch, c: &Qwen3Config, last_only: bool) -> Result<Tensor> {
+    /// `last_only`; `canceled` is polled between the attention and the MLP.
+    fn forward(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        c: &Qwen3Config,
+        last_only: bool,
+        canceled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         let eps = c.rms_norm_eps as f32;
         let normed = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
         let first_query = if last_only { batch.len - 1 } else { 0 };
         let residual = if last_only { x.index_select(&batch.last_rows, 0)? } else { x.clone() };
         let x = self.attention(&normed, &residual, batch, c, first_query)?.contiguous()?;
+        if canceled() {
+            return Err(Error::Canceled);
+        }
         let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
         let hidden = self.gate_up.forward(&normed)?;
         self.down.forward_add(&hidden, &x)
