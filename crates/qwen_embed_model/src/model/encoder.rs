@@ -106,12 +106,16 @@ impl Encoder {
         let dtype = precision.activations;
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let get_weight = |name: &str, shape: &[usize]| weights.get(name, shape, precision.weights_read_as(), device);
-        let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
+        // The weights of projections that share an input, stacked (out_1 + out_2 + …) × input.
+        let stacked = |names: &[&str], outs: &[usize], input: usize| -> Result<Tensor> {
             let ws = names
                 .iter()
                 .zip(outs)
                 .map(|(n, &o)| get_weight(&format!("{n}.weight"), &[o, input]))
                 .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&ws, 0)?)
+        };
+        let linear = |names: &[&str], outs: &[usize], input: usize, bias: bool| -> Result<Linear> {
             let b = if bias {
                 let bs = names
                     .iter()
@@ -122,7 +126,7 @@ impl Encoder {
             } else {
                 None
             };
-            Linear::new(Tensor::cat(&ws, 0)?, b, precision.linear)
+            Linear::new(stacked(names, outs, input)?, b, precision.linear)
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -146,12 +150,10 @@ impl Encoder {
                 o_proj: linear(&[&format!("{attn}.o_proj")], &[h], q_out, c.attention_bias)?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 gate_up: GateUp::new(
-                    Tensor::cat(
-                        &[
-                            get_weight(&format!("{mlp}.gate_proj.weight"), &[c.intermediate_size, h])?,
-                            get_weight(&format!("{mlp}.up_proj.weight"), &[c.intermediate_size, h])?,
-                        ],
-                        0,
+                    stacked(
+                        &[&format!("{mlp}.gate_proj"), &format!("{mlp}.up_proj")],
+                        &[c.intermediate_size, c.intermediate_size],
+                        h,
                     )?,
                     precision.linear,
                 )?,

@@ -45,6 +45,11 @@ pub(crate) fn with_cpu_f32s<R, const N: usize>(ts: [&Tensor; N], f: impl FnOnce(
     Ok(f(slices.try_into().unwrap_or_else(|_| unreachable!("one slice per tensor"))))
 }
 
+/// A weight matrix's values in f32, row-major, for packing.
+fn values_f32(weight: &Tensor) -> Result<Vec<f32>> {
+    Ok(weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 /// x: (..., in_features) → (..., out_features) by `f`, which gets x's rows in f32 and their count, on the CPU.
 fn rows_product(
     x: &Tensor,
@@ -70,13 +75,13 @@ impl Linear {
         Ok(match kernel {
             LinearKernel::Candle => Linear::Dense(candle_nn::Linear::new(weight, bias.clone())),
             LinearKernel::PackedF32(kernel, format) => {
-                let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let w = values_f32(&weight)?;
                 let weights = PackedF32::pack(&w, out_features, in_features, format);
                 Linear::PackedF32 { kernel, weights, bias: bias_f32()? }
             }
             #[cfg(feature = "onednn")]
             LinearKernel::Onednn(kernel) => {
-                let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let w = values_f32(&weight)?;
                 let weights = onednn::Packed::pack(kernel, &w, out_features, in_features)?;
                 Linear::Onednn { weights, bias: bias_f32()? }
             }
@@ -138,7 +143,7 @@ impl GateUp {
         #[cfg(feature = "onednn")]
         if let LinearKernel::Onednn(kernel) = kernel {
             let (out_features, in_features) = weight.dims2()?;
-            let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let w = values_f32(&weight)?;
             return Ok(GateUp::Onednn(onednn::Packed::pack_gated(kernel, &w, out_features, in_features)?));
         }
         Ok(GateUp::Product(Linear::new(weight, None, kernel)?))
