@@ -18,16 +18,24 @@ CREATE FUNCTION qwen_embed.fingerprint(body text) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT pg_catalog.hashtextextended(body, 0) $$;
 
--- One row per (table, vector column) under the async machinery: its configuration and its counters.
--- mode 'async': the capture triggers are in place; 'sync': switched back, the worker finishes what was queued.
+-- One row per (table, vector column) under create_embedding_triggers, in either mode: its configuration and its
+-- counters. mode 'async': the capture triggers are in place; 'sync': the statement embeds (or switched back: the
+-- worker finishes what was queued). Every use finds the columns by attribute number (_async_columns), so renaming a
+-- column (or the table) changes nothing. The names beside the numbers are what pg_dump saves: a restore numbers a
+-- table's columns anew (dropped ones leave no gap), and each row loaded takes its numbers from its names
+-- (_async_numbers); an event trigger keeps the names current when columns are renamed (_async_follow_renames). A
+-- column the triggers use cannot be dropped or retyped (their WHEN clause depends on it); a key column can, and then
+-- that table's work fails with the reason in async_status, alone.
 CREATE TABLE qwen_embed.async_tables (
     id               serial PRIMARY KEY,
     relation         regclass    NOT NULL,
     text_column      name        NOT NULL,
     vector_column    name        NOT NULL,
+    key_columns      name[]      NOT NULL, -- the primary key's columns, in its order (one or several)
+    text_attnum      smallint    NOT NULL,
+    vector_attnum    smallint    NOT NULL,
+    key_attnums      smallint[]  NOT NULL,
     instruct         text,
-    key_column       name        NOT NULL,
-    key_type         regtype     NOT NULL,
     mode             text        NOT NULL CHECK (mode IN ('async', 'sync')),
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     embedded         bigint      NOT NULL DEFAULT 0,
@@ -35,11 +43,64 @@ CREATE TABLE qwen_embed.async_tables (
     last_embedded_at timestamptz,
     last_error       text,
     last_error_at    timestamptz,
-    UNIQUE (relation, vector_column)
+    UNIQUE (relation, vector_attnum)
 );
 SELECT pg_catalog.pg_extension_config_dump('qwen_embed.async_tables', '');
+-- The triggers name registrations by id: a restored database must not hand out a restored id again.
+SELECT pg_catalog.pg_extension_config_dump('qwen_embed.async_tables_id_seq', '');
 
--- Pending work: one item per row at most. key is the row's primary key as text.
+-- A registration's attribute numbers from its names, as each row is stored (a registration, a restore's COPY).
+CREATE FUNCTION qwen_embed._async_numbers() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    number_of text := 'SELECT c.attnum FROM pg_attribute c WHERE c.attrelid = $1 AND c.attname = $2 AND NOT c.attisdropped';
+BEGIN
+    EXECUTE number_of INTO NEW.text_attnum USING NEW.relation, NEW.text_column;
+    EXECUTE number_of INTO NEW.vector_attnum USING NEW.relation, NEW.vector_column;
+    NEW.key_attnums := ARRAY(SELECT c.attnum FROM unnest(NEW.key_columns) WITH ORDINALITY k(name, i)
+                               JOIN pg_attribute c ON c.attrelid = NEW.relation AND c.attname = k.name AND NOT c.attisdropped
+                              ORDER BY k.i);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER async_numbers BEFORE INSERT ON qwen_embed.async_tables
+    FOR EACH ROW EXECUTE FUNCTION qwen_embed._async_numbers();
+
+-- After an ALTER TABLE: the names of the altered tables' registrations, from their numbers (a rename changed them).
+-- Never fails the DDL that fired it: a column dropped keeps its last name.
+CREATE FUNCTION qwen_embed._async_follow_renames() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name_of text := 'SELECT c.attname FROM pg_attribute c WHERE c.attrelid = $1 AND c.attnum = $2 AND NOT c.attisdropped';
+    a qwen_embed.async_tables;
+    new_text name;
+    new_vector name;
+BEGIN
+    FOR a IN SELECT * FROM qwen_embed.async_tables t
+              WHERE t.relation IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+                                    WHERE d.classid = 'pg_class'::regclass) LOOP
+        EXECUTE name_of INTO new_text USING a.relation, a.text_attnum;
+        EXECUTE name_of INTO new_vector USING a.relation, a.vector_attnum;
+        UPDATE qwen_embed.async_tables t
+           SET text_column = coalesce(new_text, t.text_column), vector_column = coalesce(new_vector, t.vector_column),
+               key_columns = ARRAY(SELECT coalesce(c.attname, t.key_columns[k.i])
+                                     FROM unnest(t.key_attnums) WITH ORDINALITY k(attnum, i)
+                                     LEFT JOIN pg_attribute c ON c.attrelid = t.relation AND c.attnum = k.attnum
+                                                             AND NOT c.attisdropped
+                                    ORDER BY k.i)
+         WHERE t.id = a.id;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'qwen_embed: could not record the new column names of an embedding registration: %', SQLERRM;
+END
+$$;
+CREATE EVENT TRIGGER qwen_embed_follow_renames ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION qwen_embed._async_follow_renames();
+
+-- Pending work: one item per row at most. key is the row's primary key as text (_async_key_text: a one-column key's
+-- text, a text[] literal of a composite key's columns).
 CREATE TABLE qwen_embed.async_queue (
     table_id    integer     NOT NULL,
     key         text        NOT NULL,
@@ -60,9 +121,14 @@ ALTER TABLE qwen_embed.async_queue SET (autovacuum_vacuum_scale_factor = 0.01, a
 -- Rows inserted by a statement, not yet items: one row per INSERT or COPY statement, the keys of its rows. The
 -- worker turns those with a text and no vector into items, with the fingerprints of their texts then.
 CREATE TABLE qwen_embed.async_inserted (
-    table_id  integer     NOT NULL,
-    keys      text[]      NOT NULL,
-    queued_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    table_id   integer     NOT NULL,
+    keys       text[]      NOT NULL,
+    queued_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- When turning them into items failed (the table's fault: a key column dropped, say), as for items.
+    next_try   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    attempts   integer     NOT NULL DEFAULT 0,
+    failed     boolean     NOT NULL DEFAULT false,
+    last_error text
 );
 -- Not compressed: a 100,000-row COPY's keys took 6 % of its time to compress, for a row that lives seconds.
 ALTER TABLE qwen_embed.async_inserted ALTER COLUMN keys SET STORAGE EXTERNAL;
@@ -77,6 +143,75 @@ CREATE TABLE qwen_embed.async_embedded (
 REVOKE ALL ON qwen_embed.async_tables, qwen_embed.async_queue, qwen_embed.async_inserted, qwen_embed.async_embedded
     FROM PUBLIC;
 
+-- A registration's columns under their names now, and the key columns' types: the one place where the attribute
+-- numbers of async_tables become names. An ERROR (42703) names a column that is gone. SECURITY DEFINER: the sync
+-- triggers call it as the writing role, which has no rights on async_tables; it tells only column names.
+CREATE FUNCTION qwen_embed._async_columns(
+    id integer, OUT relation regclass, OUT text_column name, OUT vector_column name, OUT vector_type text,
+    OUT key_columns name[], OUT key_types text[], OUT instruct text, OUT mode text
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a qwen_embed.async_tables;
+BEGIN
+    SELECT * INTO a FROM qwen_embed.async_tables t WHERE t.id = _async_columns.id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qwen_embed: embedding triggers name registration %, which does not exist', id
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Drop the table''s qwen_embed triggers and create them again with '
+                         'qwen_embed.create_embedding_triggers().';
+    END IF;
+    relation := a.relation;
+    instruct := a.instruct;
+    mode := a.mode;
+    SELECT c.attname, format_type(c.atttypid, c.atttypmod) INTO vector_column, vector_type
+      FROM pg_attribute c WHERE c.attrelid = a.relation AND c.attnum = a.vector_attnum AND NOT c.attisdropped;
+    SELECT c.attname INTO text_column
+      FROM pg_attribute c WHERE c.attrelid = a.relation AND c.attnum = a.text_attnum AND NOT c.attisdropped;
+    SELECT array_agg(c.attname ORDER BY k.i), array_agg(format_type(c.atttypid, NULL) ORDER BY k.i)
+      INTO key_columns, key_types
+      FROM unnest(a.key_attnums) WITH ORDINALITY k(attnum, i)
+      JOIN pg_attribute c ON c.attrelid = a.relation AND c.attnum = k.attnum AND NOT c.attisdropped;
+    IF text_column IS NULL OR vector_column IS NULL OR coalesce(cardinality(key_columns), 0) <> cardinality(a.key_attnums) THEN
+        RAISE EXCEPTION 'qwen_embed: a column that embedding of %.% uses was dropped', a.relation,
+            coalesce(quote_ident(vector_column), 'column ' || a.vector_attnum)
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = format('text column %s, vector column %s, key columns %s (attribute numbers %s, %s, %s)',
+                                  coalesce(quote_ident(text_column), 'dropped'),
+                                  coalesce(quote_ident(vector_column), 'dropped'),
+                                  coalesce(array_to_string(key_columns, ', '), 'dropped'),
+                                  a.text_attnum, a.vector_attnum, a.key_attnums),
+                  HINT = 'Give the table a primary key again and create its triggers again with '
+                         'qwen_embed.set_embedding_mode() or qwen_embed.create_embedding_triggers().';
+    END IF;
+    RETURN;
+END
+$$;
+
+-- The text form of the key of row `alias`, as async_queue.key holds it: a one-column key's text (what 0.2.0 has
+-- always stored), or a text[] literal of a composite key's columns, in the key's order.
+CREATE FUNCTION qwen_embed._async_key_text(key_columns name[], alias text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN cardinality(key_columns) = 1 THEN format('%s.%I::text', alias, key_columns[1])
+                ELSE format('ARRAY[%s]::text', (SELECT string_agg(format('%s.%I::text', alias, c), ', ' ORDER BY i)
+                                                 FROM unnest(key_columns) WITH ORDINALITY k(c, i))) END
+$$;
+
+-- The condition that row `alias` has the key whose text form (_async_key_text) is the expression `key_text`: each
+-- key column compared in its own type, so the table's primary key index serves it.
+CREATE FUNCTION qwen_embed._async_key_match(key_columns name[], key_types text[], alias text, key_text text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN cardinality(key_columns) = 1
+                THEN format('%s.%I = (%s)::%s', alias, key_columns[1], key_text, key_types[1])
+                ELSE (SELECT string_agg(format('%s.%I = ((%s)::text[])[%s]::%s', alias, c, key_text, i, key_types[i]),
+                                        ' AND ' ORDER BY i)
+                        FROM unnest(key_columns) WITH ORDINALITY k(c, i)) END
+$$;
+
 -- The capture trigger, for INSERT, UPDATE, DELETE (statement level, with transition tables) and TRUNCATE.
 -- TG_ARGV[0]: the async_tables id. SECURITY DEFINER: writers need no rights on the queue.
 CREATE FUNCTION qwen_embed._async_capture() RETURNS trigger
@@ -84,10 +219,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t qwen_embed.async_tables;
+    registration integer := TG_ARGV[0]::integer;
+    c record;
+    new_key text;
     queue_them text := $q$
         INSERT INTO qwen_embed.async_queue AS q (table_id, key, fingerprint)
-        SELECT $1, n.%1$I::text, qwen_embed.fingerprint(n.%2$I::text) FROM qwen_embed_new n %4$s
+        SELECT $1, %1$s, qwen_embed.fingerprint(n.%2$I::text) FROM qwen_embed_new n %4$s
          WHERE n.%2$I IS NOT NULL AND n.%3$I IS NULL %5$s
         ON CONFLICT (table_id, key) DO UPDATE
            SET fingerprint = excluded.fingerprint, queued_at = excluded.queued_at, next_try = excluded.next_try,
@@ -95,43 +232,38 @@ DECLARE
          WHERE q.fingerprint <> excluded.fingerprint$q$;
     queued bigint;
 BEGIN
-    SELECT * INTO t FROM qwen_embed.async_tables WHERE id = TG_ARGV[0]::integer;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'qwen_embed: trigger % on % names async table % which is not configured',
-            TG_NAME, TG_RELID::regclass, TG_ARGV[0]
-            USING ERRCODE = 'triggered_action_exception',
-                  HINT = 'Recreate the triggers with qwen_embed.set_embedding_mode().';
-    END IF;
+    c := qwen_embed._async_columns(registration);
+    new_key := qwen_embed._async_key_text(c.key_columns, 'n');
     IF TG_OP = 'INSERT' THEN
         -- The new rows' keys. Which of them have a text and no vector (a vector given by the INSERT is kept, as in
         -- sync mode) the worker sees when it makes them items: reading only the key here is cheaper for the writer.
         EXECUTE format('INSERT INTO qwen_embed.async_inserted (table_id, keys) '
-                       'SELECT $1, array_agg(n.%1$I::text) FROM qwen_embed_new n HAVING count(*) > 0',
-                       t.key_column) USING t.id;
+                       'SELECT $1, array_agg(%s) FROM qwen_embed_new n HAVING count(*) > 0', new_key) USING registration;
     ELSIF TG_OP = 'UPDATE' THEN
         -- Only rows whose text changed (their vector was cleared by qwen_embed_clear_on_change). A row whose key
         -- changed counts as new; its old key's item finds no row and is dropped by the worker.
-        EXECUTE format(queue_them, t.key_column, t.text_column, t.vector_column,
-                       format('LEFT JOIN qwen_embed_old o ON o.%1$I = n.%1$I', t.key_column),
-                       format('AND (o.%1$I IS NULL OR o.%2$I IS DISTINCT FROM n.%2$I)', t.key_column, t.text_column))
-            USING t.id;
+        EXECUTE format(queue_them, new_key, c.text_column, c.vector_column,
+                       format('LEFT JOIN qwen_embed_old o ON %s', (
+                              SELECT string_agg(format('o.%1$I = n.%1$I', k), ' AND ') FROM unnest(c.key_columns) k)),
+                       format('AND (o.%1$I IS NULL OR o.%2$I IS DISTINCT FROM n.%2$I)', c.key_columns[1], c.text_column))
+            USING registration;
     ELSIF TG_OP = 'DELETE' THEN
         EXECUTE format('DELETE FROM qwen_embed.async_queue q USING qwen_embed_old o '
-                       'WHERE q.table_id = $1 AND q.key = o.%I::text', t.key_column) USING t.id;
+                       'WHERE q.table_id = $1 AND q.key = %s', qwen_embed._async_key_text(c.key_columns, 'o')) USING registration;
         EXECUTE format('DELETE FROM qwen_embed.async_embedded e USING qwen_embed_old o '
-                       'WHERE e.table_id = $1 AND e.key = o.%I::text', t.key_column) USING t.id;
+                       'WHERE e.table_id = $1 AND e.key = %s', qwen_embed._async_key_text(c.key_columns, 'o')) USING registration;
         -- Inserted rows not yet items (EXCEPT: a hash anti-join, whatever the sizes of the two sets).
-        IF EXISTS (SELECT FROM qwen_embed.async_inserted i WHERE i.table_id = t.id) THEN
+        IF EXISTS (SELECT FROM qwen_embed.async_inserted i WHERE i.table_id = registration) THEN
             EXECUTE format('UPDATE qwen_embed.async_inserted i '
-                           'SET keys = ARRAY(SELECT unnest(i.keys) EXCEPT SELECT o.%I::text FROM qwen_embed_old o) '
-                           'WHERE i.table_id = $1', t.key_column) USING t.id;
-            DELETE FROM qwen_embed.async_inserted i WHERE i.table_id = t.id AND i.keys = '{}';
+                           'SET keys = ARRAY(SELECT unnest(i.keys) EXCEPT SELECT %s FROM qwen_embed_old o) '
+                           'WHERE i.table_id = $1', qwen_embed._async_key_text(c.key_columns, 'o')) USING registration;
+            DELETE FROM qwen_embed.async_inserted i WHERE i.table_id = registration AND i.keys = '{}';
         END IF;
         RETURN NULL;
     ELSE -- TRUNCATE
-        DELETE FROM qwen_embed.async_inserted WHERE table_id = t.id;
-        DELETE FROM qwen_embed.async_queue WHERE table_id = t.id;
-        DELETE FROM qwen_embed.async_embedded WHERE table_id = t.id;
+        DELETE FROM qwen_embed.async_inserted i WHERE i.table_id = registration;
+        DELETE FROM qwen_embed.async_queue q WHERE q.table_id = registration;
+        DELETE FROM qwen_embed.async_embedded e WHERE e.table_id = registration;
         RETURN NULL;
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
@@ -159,39 +291,80 @@ BEGIN
 END
 $$;
 
+-- Worker: gives the leases of items back for a retry after `delay`, uncharged: a write-back that waited its limit
+-- for a row a writer holds. Items changed meanwhile were requeued by their writer and are not touched.
+CREATE FUNCTION qwen_embed._async_requeue(table_id integer, keys text[], claimed bigint[], delay interval)
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE qwen_embed.async_queue q SET leased_at = NULL, next_try = clock_timestamp() + delay
+      FROM unnest(keys, claimed) r(key, fp)
+     WHERE q.table_id = _async_requeue.table_id AND q.key = r.key AND q.fingerprint = r.fp
+$$;
+
 -- Worker: when the next item is due (NULL: nothing left to do but failed items).
 CREATE FUNCTION qwen_embed._async_next_due() RETURNS timestamptz
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT least((SELECT min(next_try) FROM qwen_embed.async_queue WHERE NOT failed AND leased_at IS NULL),
-                 (SELECT min(queued_at) FROM qwen_embed.async_inserted))
+                 (SELECT min(next_try) FROM qwen_embed.async_inserted WHERE NOT failed))
+$$;
+
+-- The retry rule of items and inserted rows that failed: the time of the next try after `attempts` failures
+-- (10 s · 2^(attempts - 1), at most an hour); parked as failed at max_attempts.
+CREATE FUNCTION qwen_embed._async_retry_at(attempts integer) RETURNS timestamptz
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT clock_timestamp() + least(interval '1 hour', interval '10 seconds' * 2 ^ (attempts - 1)) $$;
+
+-- Worker: records an error of a table's own (its rows could not be read or written: a dropped key column, a
+-- constraint, a trigger of the user's that raised) on the table, for async_status and wait_for_embeddings.
+CREATE FUNCTION qwen_embed._async_table_error(table_id integer, error text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE qwen_embed.async_tables a SET last_error = error, last_error_at = clock_timestamp()
+     WHERE a.id = _async_table_error.table_id
 $$;
 
 -- Worker: turns the inserted rows of INSERT and COPY statements into items, oldest statements first, until at least
 -- `max_keys` keys are done: one item per row that still exists with a text and no vector, with its text's
--- fingerprint and the statement's time. A row that already has an item (changed since) keeps it.
-CREATE FUNCTION qwen_embed._async_expand(max_keys integer) RETURNS bigint
+-- fingerprint and the statement's time. A row that already has an item (changed since) keeps it. A statement whose
+-- rows cannot be read (its table's fault) fails alone: it is retried later and parked after max_attempts, as items.
+CREATE FUNCTION qwen_embed._async_expand(max_keys integer, max_attempts integer) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b record;
-    t qwen_embed.async_tables;
+    c record;
     done bigint := 0;
 BEGIN
-    FOR b IN SELECT i.ctid AS row_id, i.table_id, i.keys, i.queued_at FROM qwen_embed.async_inserted i
+    FOR b IN SELECT i.ctid AS row_id, i.table_id, i.keys, i.queued_at, i.attempts FROM qwen_embed.async_inserted i
+              WHERE NOT i.failed AND i.next_try <= now()
               ORDER BY i.queued_at FOR UPDATE SKIP LOCKED LOOP
         EXIT WHEN done >= max_keys;
-        SELECT * INTO t FROM qwen_embed.async_tables a WHERE a.id = b.table_id;
-        IF FOUND THEN
-            EXECUTE format(
-                'INSERT INTO qwen_embed.async_queue (table_id, key, fingerprint, queued_at) '
-                'SELECT $1, s.%1$I::text, qwen_embed.fingerprint(s.%2$I::text), $3 FROM %4$s s '
-                'WHERE s.%1$I = ANY ($2::%5$s[]) AND s.%2$I IS NOT NULL AND s.%3$I IS NULL '
-                'ON CONFLICT (table_id, key) DO NOTHING',
-                t.key_column, t.text_column, t.vector_column, t.relation, t.key_type)
-                USING t.id, b.keys, b.queued_at;
-        END IF;
-        DELETE FROM qwen_embed.async_inserted i WHERE i.ctid = b.row_id;
+        BEGIN
+            IF EXISTS (SELECT FROM qwen_embed.async_tables a WHERE a.id = b.table_id) THEN
+                c := qwen_embed._async_columns(b.table_id);
+                EXECUTE format(
+                    'INSERT INTO qwen_embed.async_queue (table_id, key, fingerprint, queued_at) '
+                    'SELECT $1, r.key, qwen_embed.fingerprint(s.%1$I::text), $3 '
+                    'FROM unnest($2) r(key) JOIN %3$s s ON %4$s WHERE s.%1$I IS NOT NULL AND s.%2$I IS NULL '
+                    'ON CONFLICT (table_id, key) DO NOTHING',
+                    c.text_column, c.vector_column, c.relation,
+                    qwen_embed._async_key_match(c.key_columns, c.key_types, 's', 'r.key'))
+                    USING b.table_id, b.keys, b.queued_at;
+            END IF;
+            DELETE FROM qwen_embed.async_inserted i WHERE i.ctid = b.row_id;
+        EXCEPTION WHEN query_canceled THEN
+            RAISE;
+        WHEN lock_not_available OR deadlock_detected THEN
+            CONTINUE; -- the table is locked: its rows wait for the next claim, the others go on
+        WHEN OTHERS THEN
+            UPDATE qwen_embed.async_inserted i
+               SET attempts = i.attempts + 1, last_error = SQLERRM, failed = i.attempts + 1 >= max_attempts,
+                   next_try = qwen_embed._async_retry_at(i.attempts + 1)
+             WHERE i.ctid = b.row_id;
+            PERFORM qwen_embed._async_table_error(b.table_id, SQLERRM);
+        END;
         done := done + cardinality(b.keys);
     END LOOP;
     RETURN done;
@@ -200,16 +373,19 @@ $$;
 
 -- Worker: claims up to `batch` due items, taken from the tables in turn (each table's oldest first), leases them,
 -- and returns them with their rows' current texts and those texts' fingerprints. Items whose row is gone or has no
--- text any more are finished here. The worker waits at most 200 ms for any lock (a TRUNCATE, a writer holding a
--- queue row): then it claims nothing this time, so that it never holds a lock a writer waits for long, and never
--- takes part in a deadlock (the deadlock detector would otherwise pick a victim, maybe the writer).
-CREATE FUNCTION qwen_embed._async_claim(batch integer)
+-- text any more are finished here. A table whose rows cannot be read (its own fault) has its claimed items charged
+-- (_async_fail) and the others go on. The worker waits at most 200 ms for any lock, so that it never holds a lock a
+-- writer waits for long, and never takes part in a deadlock (the deadlock detector would otherwise pick a victim,
+-- maybe the writer): a table it cannot lock (a TRUNCATE, an ALTER TABLE) keeps its items for the next claim while
+-- the others go on; a queue it cannot lock means nothing is claimed this time.
+CREATE FUNCTION qwen_embed._async_claim(batch integer, max_attempts integer)
 RETURNS TABLE (table_id integer, key text, fingerprint bigint, body_fingerprint bigint, body text, instruct text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    t qwen_embed.async_tables;
+    t_id integer;
+    c record;
     ids integer[];
     keys text[];
     fps bigint[];
@@ -236,7 +412,7 @@ BEGIN
         ), q AS (DELETE FROM qwen_embed.async_queue q USING gone WHERE q.table_id = gone.id)
         , i AS (DELETE FROM qwen_embed.async_inserted i USING gone WHERE i.table_id = gone.id)
         DELETE FROM qwen_embed.async_embedded e USING gone WHERE e.table_id = gone.id;
-        PERFORM qwen_embed._async_expand(greatest(batch * 8, 1024));
+        PERFORM qwen_embed._async_expand(greatest(batch * 8, 1024), max_attempts);
         WITH due AS (
             SELECT d.table_id, d.key, d.fingerprint,
                    row_number() OVER (PARTITION BY d.table_id ORDER BY d.queued_at) AS turn
@@ -254,30 +430,44 @@ BEGIN
             RETURNING q.table_id, q.key, q.fingerprint
         )
         SELECT array_agg(l.table_id), array_agg(l.key), array_agg(l.fingerprint) INTO ids, keys, fps FROM leased l;
-        FOR t IN SELECT a.* FROM qwen_embed.async_tables a WHERE a.id = ANY (ids) LOOP
+        FOR t_id IN SELECT DISTINCT u.i FROM unnest(ids) u(i) ORDER BY 1 LOOP
             SELECT array_agg(u.k), array_agg(u.f) INTO table_keys, table_fps
-              FROM unnest(ids, keys, fps) u(i, k, f) WHERE u.i = t.id;
-            EXECUTE format(
-                'SELECT coalesce(array_agg(r.key), ''{}''), coalesce(array_agg(r.fp), ''{}''), '
-                '       coalesce(array_agg(qwen_embed.fingerprint(s.%2$I::text)), ''{}''), '
-                '       coalesce(array_agg(s.%2$I::text), ''{}'') '
-                'FROM unnest($1, $2) r(key, fp) JOIN %3$s s ON s.%1$I = r.key::%4$s WHERE s.%2$I IS NOT NULL',
-                t.key_column, t.text_column, t.relation, t.key_type)
-                INTO found_keys, found_fps, found_body_fps, found_bodies
-                USING table_keys, table_fps;
+              FROM unnest(ids, keys, fps) u(i, k, f) WHERE u.i = t_id;
+            BEGIN
+                c := qwen_embed._async_columns(t_id);
+                EXECUTE format(
+                    'SELECT coalesce(array_agg(r.key), ''{}''), coalesce(array_agg(r.fp), ''{}''), '
+                    '       coalesce(array_agg(qwen_embed.fingerprint(s.%1$I::text)), ''{}''), '
+                    '       coalesce(array_agg(s.%1$I::text), ''{}'') '
+                    'FROM unnest($1, $2) r(key, fp) JOIN %2$s s ON %3$s WHERE s.%1$I IS NOT NULL',
+                    c.text_column, c.relation, qwen_embed._async_key_match(c.key_columns, c.key_types, 's', 'r.key'))
+                    INTO found_keys, found_fps, found_body_fps, found_bodies
+                    USING table_keys, table_fps;
+                -- Rows deleted (with the triggers bypassed) or left without text: nothing to embed.
+                EXECUTE format(
+                    'DELETE FROM qwen_embed.async_queue q USING unnest($2, $3) r(key, fp) '
+                    'WHERE q.table_id = $1 AND q.key = r.key AND q.fingerprint = r.fp AND NOT EXISTS ('
+                    '  SELECT FROM %2$s s WHERE %3$s AND s.%1$I IS NOT NULL)',
+                    c.text_column, c.relation, qwen_embed._async_key_match(c.key_columns, c.key_types, 's', 'r.key'))
+                    USING t_id, table_keys, table_fps;
+            EXCEPTION WHEN query_canceled THEN
+                RAISE;
+            WHEN lock_not_available OR deadlock_detected THEN
+                -- The table is locked (a TRUNCATE, an ALTER TABLE): its items wait, uncharged; the others go on.
+                UPDATE qwen_embed.async_queue q SET leased_at = NULL
+                 WHERE q.table_id = t_id AND q.key = ANY (table_keys);
+                CONTINUE;
+            WHEN OTHERS THEN
+                -- This table's fault, charged to its items alone; the other tables' items go on.
+                PERFORM qwen_embed._async_fail(t_id, table_keys, table_fps, SQLERRM, max_attempts);
+                CONTINUE;
+            END;
             out_keys := out_keys || found_keys;
             out_fps := out_fps || found_fps;
             out_body_fps := out_body_fps || found_body_fps;
             out_bodies := out_bodies || found_bodies;
-            out_instructs := out_instructs || array_fill(t.instruct, ARRAY[cardinality(found_keys)]);
-            out_ids := out_ids || array_fill(t.id, ARRAY[cardinality(found_keys)]);
-            -- Rows deleted (with the triggers bypassed) or left without text: nothing to embed.
-            EXECUTE format(
-                'DELETE FROM qwen_embed.async_queue q USING unnest($2, $3) r(key, fp) '
-                'WHERE q.table_id = $1 AND q.key = r.key AND q.fingerprint = r.fp AND NOT EXISTS ('
-                '  SELECT FROM %3$s s WHERE s.%1$I = r.key::%4$s AND s.%2$I IS NOT NULL)',
-                t.key_column, t.text_column, t.relation, t.key_type)
-                USING t.id, table_keys, table_fps;
+            out_instructs := out_instructs || array_fill(c.instruct, ARRAY[cardinality(found_keys)]);
+            out_ids := out_ids || array_fill(t_id, ARRAY[cardinality(found_keys)]);
         END LOOP;
         PERFORM set_config('lock_timeout', '0', true);
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
@@ -290,58 +480,64 @@ $$;
 -- Worker: writes the vectors of one table's items. A vector is applied only where the row still exists and its text
 -- still has the fingerprint of the text the worker embedded (`embedded`); an item is finished if it still has the
 -- fingerprint it was claimed with (a newer change has replaced it otherwise, and stays queued). Waits at most
--- `lock_wait` for any lock (a row a writer holds, a TRUNCATE): then nothing is written and -1 is returned, for the
--- worker to give the items back (uncharged) in a transaction of its own. So the worker never holds a lock a writer
--- waits for long and never takes part in a deadlock. `seconds`: the time the batch took (for the rows-per-second
--- moving average of the status view). Returns the number of rows written.
+-- `lock_wait` for any lock (a row a writer holds, a TRUNCATE): then nothing is written and `written` is -1, for the
+-- worker to give the items back (uncharged, _async_requeue) in a transaction of its own. So the worker never holds
+-- a lock a writer waits for long and never takes part in a deadlock. Any other error (the table's: a constraint, a
+-- trigger of the user's that raised, a dropped key column) writes nothing and is returned as `error`, for the
+-- worker to find the rows at fault by halves and charge them alone. `seconds`: the time the batch took (for the
+-- rows-per-second moving average of the status view).
 CREATE FUNCTION qwen_embed._async_apply(
-    table_id integer, keys text[], claimed bigint[], embedded bigint[], vectors text[], lock_wait interval, seconds float8
-) RETURNS integer
+    table_id integer, keys text[], claimed bigint[], embedded bigint[], vectors text[], lock_wait interval, seconds float8,
+    OUT written integer, OUT error text
+)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    t qwen_embed.async_tables;
+    c record;
     written_keys text[];
     written_fps bigint[];
-    written integer;
 BEGIN
-    SELECT * INTO t FROM qwen_embed.async_tables a WHERE a.id = _async_apply.table_id;
     BEGIN
         PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text, true);
+        c := qwen_embed._async_columns(_async_apply.table_id);
         EXECUTE format(
             'WITH r AS (SELECT * FROM unnest($1, $2, $3) r(key, fp, v)), '
-            'w AS (UPDATE %3$s s SET %4$I = r.v::%6$s FROM r '
-            '       WHERE s.%1$I = r.key::%5$s AND qwen_embed.fingerprint(s.%2$I::text) = r.fp '
+            'w AS (UPDATE %2$s s SET %3$I = r.v::%4$s FROM r '
+            '       WHERE %5$s AND qwen_embed.fingerprint(s.%1$I::text) = r.fp '
             '      RETURNING r.key, r.fp) '
             'SELECT array_agg(key), array_agg(fp) FROM w',
-            t.key_column, t.text_column, t.relation, t.vector_column, t.key_type,
-            (SELECT format_type(atttypid, NULL) FROM pg_attribute
-              WHERE attrelid = t.relation AND attname = t.vector_column))
+            c.text_column, c.relation, c.vector_column, c.vector_type,
+            qwen_embed._async_key_match(c.key_columns, c.key_types, 's', 'r.key'))
             INTO written_keys, written_fps USING keys, embedded, vectors;
         INSERT INTO qwen_embed.async_embedded AS e (table_id, key, fingerprint)
-        SELECT t.id, k, f FROM unnest(written_keys, written_fps) w(k, f)
+        SELECT _async_apply.table_id, k, f FROM unnest(written_keys, written_fps) w(k, f)
         ON CONFLICT (table_id, key) DO UPDATE SET fingerprint = excluded.fingerprint;
         DELETE FROM qwen_embed.async_queue q USING unnest(keys, claimed) r(key, fp)
-         WHERE q.table_id = t.id AND q.key = r.key AND q.fingerprint = r.fp;
+         WHERE q.table_id = _async_apply.table_id AND q.key = r.key AND q.fingerprint = r.fp;
         -- The rest (items requeued meanwhile) goes back to the queue.
-        PERFORM qwen_embed._async_release(ARRAY[t.id], NULL);
+        PERFORM qwen_embed._async_release(ARRAY[_async_apply.table_id], NULL);
         written := coalesce(cardinality(written_keys), 0);
         UPDATE qwen_embed.async_tables a
            SET embedded = a.embedded + written, last_embedded_at = clock_timestamp(),
                rows_per_s = 0.7 * coalesce(a.rows_per_s, written / greatest(seconds, 1e-3))
                             + 0.3 * written / greatest(seconds, 1e-3)
-         WHERE a.id = t.id;
+         WHERE a.id = _async_apply.table_id;
         PERFORM set_config('lock_timeout', '0', true);
     EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-        RETURN -1;
+        written := -1;
+    WHEN query_canceled THEN
+        RAISE;
+    WHEN OTHERS THEN
+        written := 0;
+        error := SQLERRM;
     END;
-    RETURN written;
 END
 $$;
 
--- Worker: charges items that failed by themselves (each alone in its request): attempts + 1, the error, a retry
--- after 10 s · 2^(attempts - 1) (at most an hour), parked as failed after max_attempts.
+-- Worker: charges items that failed by themselves (each alone in its request, or alone in a write-back, or all of a
+-- table whose rows could not be read): attempts + 1, the error, a retry at _async_retry_at, parked as failed after
+-- max_attempts.
 CREATE FUNCTION qwen_embed._async_fail(table_id integer, keys text[], claimed bigint[], error text, max_attempts integer)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -350,7 +546,7 @@ AS $$
 BEGIN
     UPDATE qwen_embed.async_queue q
        SET attempts = q.attempts + 1, last_error = error, leased_at = NULL, failed = q.attempts + 1 >= max_attempts,
-           next_try = clock_timestamp() + least(interval '1 hour', interval '10 seconds' * 2 ^ q.attempts)
+           next_try = qwen_embed._async_retry_at(q.attempts + 1)
       FROM unnest(keys, claimed) r(key, fp)
      WHERE q.table_id = _async_fail.table_id AND q.key = r.key AND q.fingerprint = r.fp;
     -- Items changed meanwhile were requeued by their writer: they only go back to the queue. The error is the table's.
@@ -359,30 +555,43 @@ END
 $$;
 
 -- Pending: items waiting, and inserted rows not yet items (until then, a row changed meanwhile may count twice, and
--- one inserted with its vector or without a text counts once).
+-- one inserted with its vector or without a text counts once). Retrying: of those, the ones that failed at least
+-- once and wait for their next try (last_error says why). The columns under their names now.
 CREATE VIEW qwen_embed.async_status AS
-SELECT a.relation, a.text_column, a.vector_column, a.mode,
-       q.pending + coalesce(i.pending, 0) AS pending, q.in_progress, q.failed,
+SELECT a.relation, tc.attname AS text_column, vc.attname AS vector_column, a.mode,
+       q.pending + coalesce(i.pending, 0) AS pending, q.in_progress, q.failed + coalesce(i.failed, 0) AS failed,
+       q.retrying + coalesce(i.retrying, 0) AS retrying,
        now() - least(q.oldest, i.oldest) AS lag,
        round(a.rows_per_s::numeric, 1) AS rows_per_s,
        a.embedded, a.last_embedded_at, a.last_error, a.last_error_at,
        qwen_embed._async_worker_pid() AS worker_pid
   FROM qwen_embed.async_tables a
+  LEFT JOIN pg_catalog.pg_attribute tc ON tc.attrelid = a.relation AND tc.attnum = a.text_attnum
+  LEFT JOIN pg_catalog.pg_attribute vc ON vc.attrelid = a.relation AND vc.attnum = a.vector_attnum
  CROSS JOIN LATERAL (
        SELECT count(*) FILTER (WHERE NOT q.failed AND q.leased_at IS NULL) AS pending,
               count(*) FILTER (WHERE q.leased_at IS NOT NULL) AS in_progress,
               count(*) FILTER (WHERE q.failed) AS failed,
+              count(*) FILTER (WHERE NOT q.failed AND q.attempts > 0) AS retrying,
               min(q.queued_at) FILTER (WHERE NOT q.failed) AS oldest
          FROM qwen_embed.async_queue q WHERE q.table_id = a.id) q
  CROSS JOIN LATERAL (
-       SELECT sum(cardinality(i.keys)) AS pending, min(i.queued_at) AS oldest
+       SELECT sum(cardinality(i.keys)) FILTER (WHERE NOT i.failed) AS pending,
+              sum(cardinality(i.keys)) FILTER (WHERE i.failed) AS failed,
+              sum(cardinality(i.keys)) FILTER (WHERE NOT i.failed AND i.attempts > 0) AS retrying,
+              min(i.queued_at) FILTER (WHERE NOT i.failed) AS oldest
          FROM qwen_embed.async_inserted i WHERE i.table_id = a.id) i;
 GRANT SELECT ON qwen_embed.async_status TO PUBLIC;
 
+-- Parked items, and parked rows of INSERT statements whose rows could not be read (key: each row's key).
 CREATE VIEW qwen_embed.async_failed AS
-SELECT a.relation, a.vector_column, q.key, q.attempts, q.last_error, q.queued_at
-  FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id
- WHERE q.failed;
+SELECT a.relation, vc.attname AS vector_column, f.key, f.attempts, f.last_error, f.queued_at
+  FROM (SELECT q.table_id, q.key, q.attempts, q.last_error, q.queued_at FROM qwen_embed.async_queue q WHERE q.failed
+        UNION ALL
+        SELECT i.table_id, k.key, i.attempts, i.last_error, i.queued_at
+          FROM qwen_embed.async_inserted i CROSS JOIN LATERAL unnest(i.keys) k(key) WHERE i.failed) f
+  JOIN qwen_embed.async_tables a ON a.id = f.table_id
+  LEFT JOIN pg_catalog.pg_attribute vc ON vc.attrelid = a.relation AND vc.attnum = a.vector_attnum;
 
 -- The async_tables row of a table's vector column (the only one, when vector_column is NULL); an ERROR if none.
 CREATE FUNCTION qwen_embed._async_table(tbl regclass, vector_column name) RETURNS qwen_embed.async_tables
@@ -394,7 +603,9 @@ DECLARE
     n integer;
 BEGIN
     SELECT count(*) INTO n FROM qwen_embed.async_tables a
-     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_column = _async_table.vector_column);
+     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_attnum = (
+           SELECT c.attnum FROM pg_attribute c
+            WHERE c.attrelid = tbl AND c.attname = _async_table.vector_column AND NOT c.attisdropped));
     IF n <> 1 THEN
         RAISE EXCEPTION 'qwen_embed: % has % async embedding columns%', tbl, n,
             coalesce(' named ' || quote_literal(_async_table.vector_column), '')
@@ -403,13 +614,16 @@ BEGIN
                               ELSE 'Name the vector column.' END;
     END IF;
     SELECT * INTO found FROM qwen_embed.async_tables a
-     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_column = _async_table.vector_column);
+     WHERE a.relation = tbl AND (_async_table.vector_column IS NULL OR a.vector_attnum = (
+           SELECT c.attnum FROM pg_attribute c
+            WHERE c.attrelid = tbl AND c.attname = _async_table.vector_column AND NOT c.attisdropped));
     RETURN found;
 END
 $$;
 
 -- Returns when the table has nothing pending or in progress (read-your-writes for scripts and tests); an ERROR
--- (57014) at the timeout. Failed items do not count as pending: a WARNING says how many there are.
+-- (57014) at the timeout, and at once (55000, with the error) while rows that failed wait for a retry. Parked items do
+-- not count as pending: a WARNING says how many there are.
 -- SECURITY DEFINER: any role may wait (it learns only counts, as from the async_status view).
 CREATE FUNCTION qwen_embed.wait_for_embeddings(
     tbl regclass, timeout interval DEFAULT '1 minute', vector_column name DEFAULT NULL
@@ -421,6 +635,8 @@ DECLARE
     deadline timestamptz := clock_timestamp() + timeout;
     left_over bigint;
     failed bigint;
+    retrying bigint;
+    error text;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'qwen_embed.wait_for_embeddings cannot see the worker''s writes in a % transaction',
@@ -430,9 +646,18 @@ BEGIN
     PERFORM qwen_embed._async_wake(false);
     LOOP
         -- The status view's counts (one rule for what is pending; a failed item is never leased).
-        SELECT s.pending + s.in_progress, s.failed INTO left_over, failed
-          FROM qwen_embed.async_status s WHERE s.relation = t.relation AND s.vector_column = t.vector_column;
+        SELECT s.pending + s.in_progress, s.failed, s.retrying, s.last_error INTO left_over, failed, retrying, error
+          FROM qwen_embed.async_status s
+         WHERE s.relation = t.relation AND s.vector_column = (
+               SELECT c.attname FROM pg_attribute c WHERE c.attrelid = t.relation AND c.attnum = t.vector_attnum);
         EXIT WHEN left_over = 0;
+        -- Rows that failed and wait for a retry: waiting would not make them succeed; say why at once.
+        IF retrying > 0 THEN
+            RAISE EXCEPTION 'qwen_embed: % rows of % failed to embed and wait for a retry: %', retrying, tbl, error
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'See qwen_embed.async_status and qwen_embed.async_failed; once the cause is fixed, '
+                             'qwen_embed.retry_failed_embeddings() retries them at once.';
+        END IF;
         IF clock_timestamp() >= deadline THEN
             RAISE EXCEPTION 'qwen_embed: % rows of % still wait for their embeddings after %', left_over, tbl, timeout
                 USING ERRCODE = 'query_canceled',
@@ -455,10 +680,19 @@ AS $$
 DECLARE
     t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
     n bigint;
+    key_count bigint;
 BEGIN
+    -- Parked rows, and rows that failed and wait for a retry: due now, with their attempts forgotten.
     UPDATE qwen_embed.async_queue SET failed = false, attempts = 0, next_try = now(), last_error = NULL
-     WHERE table_id = t.id AND failed;
+     WHERE table_id = t.id AND (failed OR attempts > 0);
     GET DIAGNOSTICS n = ROW_COUNT;
+    WITH retried AS (
+        UPDATE qwen_embed.async_inserted SET failed = false, attempts = 0, next_try = now(), last_error = NULL
+         WHERE table_id = t.id AND (failed OR attempts > 0)
+        RETURNING cardinality(keys) AS n
+    )
+    SELECT coalesce(sum(retried.n), 0) INTO key_count FROM retried;
+    n := n + key_count;
     IF n > 0 THEN
         PERFORM qwen_embed._async_wake(true);
     END IF;
@@ -472,10 +706,15 @@ AS $$
 DECLARE
     t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
     n bigint;
+    key_count bigint;
 BEGIN
     DELETE FROM qwen_embed.async_queue WHERE table_id = t.id AND failed;
     GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    WITH dropped AS (
+        DELETE FROM qwen_embed.async_inserted WHERE table_id = t.id AND failed RETURNING cardinality(keys) AS n
+    )
+    SELECT coalesce(sum(dropped.n), 0) INTO key_count FROM dropped;
+    RETURN n + key_count;
 END
 $$;
 
@@ -488,22 +727,25 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t qwen_embed.async_tables := qwen_embed._async_table(tbl, vector_column);
+    c record := qwen_embed._async_columns(t.id);
+    key text := qwen_embed._async_key_text(c.key_columns, 's');
     n bigint;
 BEGIN
     -- Fingerprints of rows that are gone.
     EXECUTE format('DELETE FROM qwen_embed.async_embedded e WHERE e.table_id = $1 AND NOT EXISTS ('
-                   '  SELECT FROM %s s WHERE s.%I::text = e.key)', t.relation, t.key_column) USING t.id;
+                   '  SELECT FROM %s s WHERE %s)',
+                   c.relation, qwen_embed._async_key_match(c.key_columns, c.key_types, 's', 'e.key')) USING t.id;
     EXECUTE format($q$
         INSERT INTO qwen_embed.async_queue AS q (table_id, key, fingerprint)
-        SELECT $1, s.%1$I::text, qwen_embed.fingerprint(s.%2$I::text) FROM %4$s s
-          LEFT JOIN qwen_embed.async_embedded e ON e.table_id = $1 AND e.key = s.%1$I::text
+        SELECT $1, %1$s, qwen_embed.fingerprint(s.%2$I::text) FROM %4$s s
+          LEFT JOIN qwen_embed.async_embedded e ON e.table_id = $1 AND e.key = %1$s
          WHERE s.%2$I IS NOT NULL
            AND (s.%3$I IS NULL OR e.fingerprint <> qwen_embed.fingerprint(s.%2$I::text))
         ON CONFLICT (table_id, key) DO UPDATE
            SET fingerprint = excluded.fingerprint, queued_at = excluded.queued_at, next_try = excluded.next_try,
                attempts = 0, leased_at = NULL, failed = false, last_error = NULL
          WHERE q.fingerprint <> excluded.fingerprint$q$,
-        t.key_column, t.text_column, t.vector_column, t.relation) USING t.id;
+        key, c.text_column, c.vector_column, c.relation) USING t.id;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
         PERFORM qwen_embed._async_wake(true);
@@ -519,58 +761,64 @@ COMMENT ON FUNCTION qwen_embed.repair_embeddings(regclass, name) IS
 COMMENT ON VIEW qwen_embed.async_status IS
     'Per async table: pending, in progress and failed items, lag (age of the oldest pending item), rows/s, last error';
 
--- Called by create_embedding_triggers(..., mode => 'async'): the table's async_tables row (made or switched back to
--- async), its id. SECURITY DEFINER: creating triggers needs only the TRIGGER privilege on the table, checked here.
-CREATE FUNCTION qwen_embed._async_register(tbl regclass, text_column name, vector_column name, instruct text)
+-- Called by create_embedding_triggers: the registration of the table's vector column (made, or updated to this text
+-- column, instruction and mode), its id, which the triggers take as their argument. The columns are recorded by
+-- attribute number, the key as the primary key's columns now (one or several: a partitioned table's key includes
+-- its partition key). SECURITY DEFINER: creating triggers needs only the TRIGGER privilege on the table, checked here.
+CREATE FUNCTION qwen_embed._async_register(tbl regclass, text_column name, vector_column name, instruct text, mode text)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    key_column name;
-    key_type regtype;
+    key_attnums smallint[];
     id integer;
 BEGIN
     IF NOT has_table_privilege(session_user, tbl, 'TRIGGER') THEN
         RAISE EXCEPTION 'permission denied to create triggers on %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
-    SELECT a.attname, a.atttypid INTO key_column, key_type
-      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-     WHERE i.indrelid = tbl AND i.indisprimary AND i.indnkeyatts = 1;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'qwen_embed: table % has no single-column primary key', tbl
+    SELECT i.indkey::smallint[] INTO key_attnums FROM pg_index i WHERE i.indrelid = tbl AND i.indisprimary;
+    IF key_attnums IS NULL THEN
+        RAISE EXCEPTION 'qwen_embed: table % has no primary key', tbl
             USING ERRCODE = 'invalid_table_definition',
-                  HINT = 'The worker writes each row''s vector back by primary key; add one, e.g. id bigint '
+                  HINT = 'The vectors are written back by primary key; add one, e.g. id bigint '
                          'GENERATED ALWAYS AS IDENTITY PRIMARY KEY.';
     END IF;
-    PERFORM FROM pg_attribute WHERE attrelid = tbl AND attname = text_column AND attnum > 0 AND NOT attisdropped;
+    PERFORM FROM pg_attribute c
+     WHERE c.attrelid = tbl AND c.attname = text_column AND c.attnum > 0 AND NOT c.attisdropped;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'qwen_embed: column % of % does not exist', quote_literal(text_column), tbl
             USING ERRCODE = 'undefined_column';
     END IF;
-    INSERT INTO qwen_embed.async_tables AS a (relation, text_column, vector_column, instruct, key_column, key_type, mode)
-    VALUES (tbl, text_column, vector_column, instruct, key_column, key_type, 'async')
-    ON CONFLICT ON CONSTRAINT async_tables_relation_vector_column_key DO UPDATE
-       SET text_column = excluded.text_column, instruct = excluded.instruct, key_column = excluded.key_column,
-           key_type = excluded.key_type, mode = 'async'
+    -- The numbers are taken from the names as the row is stored (_async_numbers).
+    INSERT INTO qwen_embed.async_tables AS a (relation, text_column, vector_column, key_columns, text_attnum,
+                                              vector_attnum, key_attnums, instruct, mode)
+    VALUES (tbl, text_column, vector_column,
+            ARRAY(SELECT c.attname FROM unnest(key_attnums) WITH ORDINALITY k(attnum, i)
+                    JOIN pg_attribute c ON c.attrelid = tbl AND c.attnum = k.attnum ORDER BY k.i),
+            0, 0, '{}', instruct, mode)
+    ON CONFLICT ON CONSTRAINT async_tables_relation_vector_attnum_key DO UPDATE
+       SET text_column = excluded.text_column, text_attnum = excluded.text_attnum, vector_column = excluded.vector_column,
+           key_columns = excluded.key_columns, key_attnums = excluded.key_attnums, instruct = excluded.instruct,
+           mode = excluded.mode
     RETURNING a.id INTO id;
     RETURN id;
 END
 $$;
 
--- Called by set_embedding_mode(..., 'sync'): the capture triggers are gone; the worker finishes what is queued, and
--- the fingerprints of the vectors it wrote are forgotten (the sync triggers now write vectors without them).
-CREATE FUNCTION qwen_embed._async_unregister(tbl regclass, vector_column name) RETURNS void
+-- Called by set_embedding_mode(..., 'sync') on an async table: the capture triggers are gone; the worker finishes
+-- what is queued, and the fingerprints of the vectors it wrote are forgotten (the sync triggers now write vectors
+-- without them).
+CREATE FUNCTION qwen_embed._async_unregister(registration integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
+DECLARE
+    tbl regclass := (SELECT a.relation FROM qwen_embed.async_tables a WHERE a.id = registration);
 BEGIN
     IF NOT has_table_privilege(session_user, tbl, 'TRIGGER') THEN
         RAISE EXCEPTION 'permission denied to drop triggers on %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
-    UPDATE qwen_embed.async_tables a SET mode = 'sync'
-     WHERE a.relation = tbl AND a.vector_column = _async_unregister.vector_column;
-    DELETE FROM qwen_embed.async_embedded e USING qwen_embed.async_tables a
-     WHERE e.table_id = a.id AND a.relation = tbl AND a.vector_column = _async_unregister.vector_column;
+    UPDATE qwen_embed.async_tables a SET mode = 'sync' WHERE a.id = registration;
+    DELETE FROM qwen_embed.async_embedded e WHERE e.table_id = registration;
 END
 $$;

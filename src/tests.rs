@@ -383,11 +383,21 @@ mod tests {
         assert!(max_diff(&stored, &vector_sql("embed('how tall is everest', 'Find answers')")) <= 1e-5);
     }
 
-    #[pg_test(error = "qwen_embed_trigger: table public.nokey has no single-column primary key")]
-    fn trigger_needs_a_primary_key() {
+    #[pg_test(error = "qwen_embed: table public.nokey has no primary key")]
+    fn triggers_need_a_primary_key() {
         Spi::run(
             "CREATE TABLE nokey (body text, emb vector);
-             SELECT qwen_embed.create_embedding_triggers('nokey', 'body', 'emb');
+             SELECT qwen_embed.create_embedding_triggers('nokey', 'body', 'emb');",
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "qwen_embed_trigger: table public.nokey has no primary key")]
+    fn a_trigger_made_by_hand_needs_a_primary_key() {
+        Spi::run(
+            "CREATE TABLE nokey (body text, emb vector);
+             CREATE TRIGGER t AFTER INSERT ON nokey REFERENCING NEW TABLE AS n
+                 FOR EACH STATEMENT EXECUTE FUNCTION qwen_embed_trigger('body', 'emb');
              INSERT INTO nokey VALUES ('x');",
         )
         .unwrap();

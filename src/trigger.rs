@@ -1,11 +1,13 @@
 //! Triggers that keep a vector column equal to the embedding of a text column:
 //! - `qwen_embed_trigger(text_column, vector_column [, instruct])`, AFTER INSERT or UPDATE … FOR EACH STATEMENT: embeds
 //!   the statement's rows that have text and no vector in batched forward passes (not one pass per row) and writes
-//!   the vectors back by primary key;
+//!   the vectors back by primary key (one column or several);
 //! - `qwen_embed_clear_on_change(text_column, vector_column)`, BEFORE UPDATE … FOR EACH ROW: a row whose text changes
 //!   loses its vector, so the statement trigger embeds it again.
 //!
-//! `qwen_embed.create_embedding_triggers(...)` (sql/create_embedding_triggers.sql) creates all three for a table.
+//! `qwen_embed.create_embedding_triggers(...)` (sql/create_embedding_triggers.sql) creates all three for a table,
+//! naming its registration instead of the columns (one argument, the id): the registration holds the columns by
+//! number, so the triggers keep working when a column is renamed. Triggers made by hand name the columns.
 //!
 //! Every name in the SQL it runs is quoted and schema-qualified, and parameters are bound with their type OIDs, so the
 //! caller's search_path cannot redirect it.
@@ -36,7 +38,7 @@ const USAGE: &str = "Use SELECT qwen_embed.create_embedding_triggers('table', 't
 fn qwen_embed_trigger<'a>(
     t: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
-    let (text_col, vector_col, instruct) = trigger_args(t)?;
+    let columns = trigger_args(t)?;
     if !matches!(t.when()?, PgTriggerWhen::After) || !matches!(t.level(), PgTriggerLevel::Statement) {
         misuse("qwen_embed_trigger must be an AFTER … FOR EACH STATEMENT trigger".into(), USAGE);
     }
@@ -56,47 +58,57 @@ fn qwen_embed_trigger<'a>(
         // pgrx does not expose transition tables to SPI by itself.
         // SAFETY: the trigger data is PostgreSQL's for this call of the trigger, valid for the whole SPI connection.
         unsafe { pg_sys::SPI_register_trigger_data(t.trigger_data() as *const _ as *mut _) };
-        let (pk, pk_type) = primary_key(client, relid, &table);
-        check_columns(client, relid, &table, &text_col, &vector_col);
+        let target = columns.resolve(client, relid, &table);
+        check_columns(client, relid, &table, &target.text, &target.vector);
         if is_update {
-            require_clear_on_change(client, relid, &table, &text_col, &vector_col);
+            require_clear_on_change(client, relid, &table, &columns);
         }
-        let (pk_q, text_q, vector_q) =
-            (quote_identifier(&pk), quote_identifier(&text_col), quote_identifier(&vector_col));
+        let key_types = key_types(client, relid, &target.key);
+        let (text_q, vector_q) = (quote_identifier(&target.text), quote_identifier(&target.vector));
+        let key_list: Vec<String> = target.key.iter().map(|k| format!("n.{}", quote_identifier(k))).collect();
         // The rows to embed are those without a vector: new rows, and updated rows whose text changed (the row
         // trigger cleared their vector, having seen OLD and NEW). Pairing old and new rows here, by key, would go
         // wrong for statements that change the key.
         let query = format!(
-            "SELECT n.{pk_q}, n.{text_q} FROM {} n WHERE n.{vector_q} IS NULL AND n.{text_q} IS NOT NULL",
+            "SELECT n.{text_q}, {} FROM {} n WHERE n.{vector_q} IS NULL AND n.{text_q} IS NOT NULL",
+            key_list.join(", "),
             quote_identifier(&new_rows)
         );
-        let mut rows: Vec<(AnyElement, String)> = Vec::new();
+        let mut rows: Vec<(Vec<AnyElement>, String)> = Vec::new();
         for row in client.select(&query, None, &[]).unwrap_or_else(|e| error!("qwen_embed_trigger: {e}")) {
-            let key = row
-                .get::<AnyElement>(1)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| error!("qwen_embed_trigger: NULL primary key"));
-            let text = row.get::<String>(2).ok().flatten().unwrap_or_else(|| error!("qwen_embed_trigger: NULL text"));
+            let text = row.get::<String>(1).ok().flatten().unwrap_or_else(|| error!("qwen_embed_trigger: NULL text"));
+            let key = (0..target.key.len())
+                .map(|i| {
+                    row.get::<AnyElement>(i + 2)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| error!("qwen_embed_trigger: NULL primary key"))
+                })
+                .collect();
             rows.push((key, text));
         }
         if rows.is_empty() {
             return;
         }
         let vector_oid = vector_type_oid();
+        let condition: Vec<String> = target
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} OPERATOR(pg_catalog.=) ${}", quote_identifier(k), i + 2))
+            .collect();
+        let mut types = vec![PgOid::from(vector_oid)];
+        types.extend(key_types.iter().map(|&oid| PgOid::from(oid)));
         let update = client
-            .prepare_mut(
-                &format!("UPDATE {table} SET {vector_q} = $1 WHERE {pk_q} OPERATOR(pg_catalog.=) $2"),
-                &[PgOid::from(vector_oid), PgOid::from(pk_type)],
-            )
+            .prepare_mut(&format!("UPDATE {table} SET {vector_q} = $1 WHERE {}", condition.join(" AND ")), &types)
             .unwrap_or_else(|e| error!("qwen_embed_trigger: {e}"));
         for chunk in rows.chunks(ROWS_PER_CHUNK) {
             let texts: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
-            let vectors = runtime::embed_texts(texts, instruct.clone(), None);
+            let vectors = runtime::embed_texts(texts, target.instruct.clone(), None);
             for ((key, _), vector) in chunk.iter().zip(vectors) {
                 // SAFETY: each datum is paired with the oid of the type it was made from (vector, and the key's own).
-                let args =
-                    unsafe { [DatumWithOid::new(Vector(vector), vector_oid), DatumWithOid::new(*key, key.oid())] };
+                let mut args = vec![unsafe { DatumWithOid::new(Vector(vector), vector_oid) }];
+                args.extend(key.iter().map(|k| unsafe { DatumWithOid::new(*k, k.oid()) }));
                 client.update(&update, None, &args).unwrap_or_else(|e| error!("qwen_embed_trigger: {e}"));
             }
         }
@@ -104,15 +116,15 @@ fn qwen_embed_trigger<'a>(
     Ok(None)
 }
 
-/// `qwen_embed_clear_on_change(text_column, vector_column)`: BEFORE UPDATE … FOR EACH ROW. When a row's text changes,
-/// its vector becomes NULL, for the statement-level trigger to embed the new text. A row trigger sees each row's OLD
-/// and NEW exactly, whatever the statement does to the key. (create_embedding_triggers adds a WHEN clause that also
-/// leaves rows alone whose vector the statement sets itself.)
+/// `qwen_embed_clear_on_change(registration)` or `(text_column, vector_column)`: BEFORE UPDATE … FOR EACH ROW. When a
+/// row's text changes, its vector becomes NULL, for the statement-level trigger to embed the new text. A row trigger
+/// sees each row's OLD and NEW exactly, whatever the statement does to the key. (create_embedding_triggers adds a
+/// WHEN clause that also leaves rows alone whose vector the statement sets itself.)
 #[pg_trigger]
 fn qwen_embed_clear_on_change<'a>(
     t: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, PgTriggerError> {
-    let (text_col, vector_col, _) = trigger_args(t)?;
+    let columns = trigger_args(t)?;
     if !matches!(t.when()?, PgTriggerWhen::Before)
         || !matches!(t.level(), PgTriggerLevel::Row)
         || !matches!(t.op()?, PgTriggerOperation::Update)
@@ -122,6 +134,10 @@ fn qwen_embed_clear_on_change<'a>(
     let old = t.old().unwrap_or_else(|| misuse("qwen_embed_clear_on_change: no OLD row".into(), USAGE));
     let mut new =
         t.new().unwrap_or_else(|| misuse("qwen_embed_clear_on_change: no NEW row".into(), USAGE)).into_owned();
+    let (text_col, vector_col) = match columns {
+        Columns::Named { text, vector, .. } => (text, vector),
+        Columns::Registration(id) => registered_names(id),
+    };
     // Compared as text; a column that cannot be read as text counts as changed (an extra embedding, never a stale one).
     let text_changed = match (text_of(&old, &text_col), text_of(&new, &text_col)) {
         (Ok(a), Ok(b)) => a != b,
@@ -141,67 +157,153 @@ fn text_of<A: WhoAllocated>(row: &PgHeapTuple<'_, A>, column: &str) -> Result<Op
     row.get_by_name::<String>(column)
 }
 
-/// The trigger arguments: text column, vector column and an optional instruction.
-fn trigger_args(t: &PgTrigger<'_>) -> Result<(String, String, Option<String>), PgTriggerError> {
+/// What a trigger's arguments name: a registration of create_embedding_triggers (its one argument, the id of its
+/// `qwen_embed.async_tables` row, which holds the columns by number, so renaming a column changes nothing), or, for a
+/// trigger made by hand, the text column, the vector column and an optional instruction by name.
+enum Columns {
+    Registration(i32),
+    Named { text: String, vector: String, instruct: Option<String> },
+}
+
+/// The columns a statement trigger uses, under their names now.
+struct Target {
+    text: String,
+    vector: String,
+    instruct: Option<String>,
+    key: Vec<String>,
+}
+
+impl Columns {
+    fn resolve(&self, client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str) -> Target {
+        match self {
+            Columns::Named { text, vector, instruct } => Target {
+                text: text.clone(),
+                vector: vector.clone(),
+                instruct: instruct.clone(),
+                key: primary_key(client, relid, table),
+            },
+            Columns::Registration(id) => {
+                let row = client
+                    .select(
+                        "SELECT text_column::text, vector_column::text, instruct, key_columns::text[]
+                           FROM qwen_embed._async_columns($1)",
+                        None,
+                        &[(*id).into()],
+                    )
+                    .unwrap_or_else(|e| error!("qwen_embed_trigger: {e}"));
+                let row = row.first();
+                let name = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
+                Target {
+                    text: name(1),
+                    vector: name(2),
+                    instruct: row.get::<String>(3).ok().flatten(),
+                    key: row.get::<Vec<String>>(4).ok().flatten().unwrap_or_default(),
+                }
+            }
+        }
+    }
+
+    /// The arguments of the row trigger that must go with this statement trigger, as pg_trigger.tgargs holds them.
+    fn clear_on_change_args(&self) -> (i16, Vec<u8>) {
+        match self {
+            Columns::Registration(id) => (1, [id.to_string().as_bytes(), b"\0"].concat()),
+            Columns::Named { text, vector, .. } => (2, [text.as_bytes(), b"\0", vector.as_bytes(), b"\0"].concat()),
+        }
+    }
+}
+
+/// A registration's text and vector columns under their names now (a row trigger: one lookup per changed row).
+fn registered_names(id: i32) -> (String, String) {
+    Spi::get_two_with_args::<String, String>(
+        "SELECT text_column::text, vector_column::text FROM qwen_embed._async_columns($1)",
+        &[id.into()],
+    )
+    .ok()
+    .and_then(|(text, vector)| Some((text?, vector?)))
+    .unwrap_or_else(|| error!("qwen_embed_clear_on_change: registration {id} has no columns"))
+}
+
+fn trigger_args(t: &PgTrigger<'_>) -> Result<Columns, PgTriggerError> {
     let args = t.extra_args()?;
+    let name = t.name()?;
     Ok(match args.as_slice() {
-        [text, vector] => (text.clone(), vector.clone(), None),
-        [text, vector, instruct] => (text.clone(), vector.clone(), Some(instruct.clone())),
-        _ => misuse(format!("{} takes 2 or 3 arguments, got {}", t.name()?, args.len()), USAGE),
+        [id] => Columns::Registration(id.parse().unwrap_or_else(|_| {
+            misuse(
+                format!("{name} takes a registration id or 2 or 3 column arguments, got {}", quote_literal(id)),
+                USAGE,
+            )
+        })),
+        [text, vector] => Columns::Named { text: text.clone(), vector: vector.clone(), instruct: None },
+        [text, vector, instruct] => {
+            Columns::Named { text: text.clone(), vector: vector.clone(), instruct: Some(instruct.clone()) }
+        }
+        _ => misuse(format!("{name} takes 2 or 3 arguments, got {}", args.len()), USAGE),
     })
 }
 
 /// An UPDATE trigger without the row trigger that clears changed rows' vectors would leave stale vectors: refuse.
-fn require_clear_on_change(
-    client: &pgrx::spi::SpiClient<'_>,
-    relid: pg_sys::Oid,
-    table: &str,
-    text_col: &str,
-    vector_col: &str,
-) {
-    let args: Vec<u8> = [text_col.as_bytes(), b"\0", vector_col.as_bytes(), b"\0"].concat();
+fn require_clear_on_change(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str, columns: &Columns) {
+    let (nargs, args) = columns.clear_on_change_args();
     let found = client
         .select(
             "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
               WHERE t.tgrelid = $1 AND p.proname = 'qwen_embed_clear_on_change' AND t.tgenabled <> 'D'
-                AND t.tgnargs = 2 AND t.tgargs = $2",
+                AND t.tgnargs = $2 AND t.tgargs = $3",
             None,
-            &[relid.into(), args.into()],
+            &[relid.into(), nargs.into(), args.into()],
         )
         .ok()
         .and_then(|rows| rows.first().get_one::<i64>().ok().flatten())
         .unwrap_or(0);
     if found == 0 {
+        let named = match columns {
+            Columns::Registration(id) => id.to_string(),
+            Columns::Named { text, vector, .. } => format!("{}, {}", quote_literal(text), quote_literal(vector)),
+        };
         misuse(
-            format!(
-                "qwen_embed_trigger: the UPDATE trigger on {table} needs the row trigger qwen_embed_clear_on_change({}, {})",
-                quote_literal(text_col),
-                quote_literal(vector_col)
-            ),
+            format!("qwen_embed_trigger: the UPDATE trigger on {table} needs the row trigger qwen_embed_clear_on_change({named})"),
             USAGE,
         );
     }
 }
 
-/// The table's single-column primary key and its type.
-fn primary_key(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str) -> (String, pg_sys::Oid) {
+/// The table's primary key columns, in the key's order (one or several).
+fn primary_key(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str) -> Vec<String> {
     let found = client
         .select(
-            "SELECT a.attname::pg_catalog.text, a.atttypid FROM pg_catalog.pg_index i
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-              WHERE i.indrelid = $1 AND i.indisprimary AND i.indnkeyatts = 1",
+            "SELECT array_agg(a.attname::pg_catalog.text ORDER BY k.i) FROM pg_catalog.pg_index x
+               CROSS JOIN LATERAL pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, i)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+              WHERE x.indrelid = $1 AND x.indisprimary",
             None,
             &[relid.into()],
         )
         .ok()
-        .and_then(|rows| rows.first().get_two::<String, pg_sys::Oid>().ok())
-        .and_then(|(name, oid)| Some((name?, oid?)));
+        .and_then(|rows| rows.first().get_one::<Vec<String>>().ok().flatten())
+        .filter(|key| !key.is_empty());
     found.unwrap_or_else(|| {
         misuse(
-            format!("qwen_embed_trigger: table {table} has no single-column primary key"),
+            format!("qwen_embed_trigger: table {table} has no primary key"),
             "The trigger writes each row's vector back by primary key; add one, e.g. id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY.",
         )
     })
+}
+
+/// The types of the key columns, for the write-back's parameters.
+fn key_types(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, key: &[String]) -> Vec<pg_sys::Oid> {
+    key.iter()
+        .map(|column| {
+            client
+                .select(
+                    "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                    None,
+                    &[relid.into(), column.as_str().into()],
+                )
+                .ok()
+                .and_then(|rows| rows.first().get_one::<pg_sys::Oid>().ok().flatten())
+                .unwrap_or_else(|| error!("qwen_embed_trigger: key column {} is gone", quote_literal(column)))
+        })
+        .collect()
 }
 
 fn check_columns(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str, text_col: &str, vector_col: &str) {
@@ -239,5 +341,5 @@ fn check_columns(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &
 // `qwen_embed.create_embedding_triggers(...)`, the friendly way to attach this trigger, is plain SQL.
 extension_sql_file!(
     "../sql/create_embedding_triggers.sql",
-    requires = [qwen_embed_trigger, qwen_embed_clear_on_change, "qwen_embed_schema"]
+    requires = [qwen_embed_trigger, qwen_embed_clear_on_change, "async", "qwen_embed_schema"]
 );

@@ -148,7 +148,20 @@ echo "ok: killed model server $server; the batch went back uncharged and the que
 echo "-- a poison row fails alone"
 q -c "INSERT INTO docs (body) SELECT 'good neighbour ' || g FROM generate_series(1, 20) g
       UNION ALL SELECT repeat('poison ', 5000)"
-q -c "SELECT qwen_embed.wait_for_embeddings('docs', '2 min')" >/dev/null 2>&1 # waits out the retry; WARNING: 1 failed
+# The poison row fails: wait_for_embeddings says so at once, with its error, instead of waiting out its timeout.
+out=$(q -c "SELECT qwen_embed.wait_for_embeddings('docs', '2 min')" 2>&1) &&
+    fail "wait_for_embeddings succeeded while a row failed"
+echo "$out" | grep -q "1 rows of public.docs failed to embed and wait for a retry: .*tokens long" ||
+    fail "wait_for_embeddings did not fail with the poison row's error: $out"
+# Waits for the row's retry (10 s after its failure) to fail too and park it (async_max_attempts = 2).
+wait_parked() {
+    for _ in $(seq 400); do
+        [ "$(q -c "SELECT count(*) FROM qwen_embed.async_failed")" = 1 ] && return
+        sleep 0.1
+    done
+    fail "the poison row was not parked"
+}
+wait_parked
 [ "$(q -c "SELECT count(*) FROM docs WHERE body LIKE 'good neighbour%' AND embedding IS NOT NULL")" = 20 ] ||
     fail "the poison row's neighbours were not written"
 parked=$(q -c "SELECT attempts || '|' || (last_error LIKE '%token%') FROM qwen_embed.async_failed")
@@ -157,7 +170,10 @@ parked=$(q -c "SELECT attempts || '|' || (last_error LIKE '%token%') FROM qwen_e
 retried=$(q -c "BEGIN" -c "SELECT qwen_embed.retry_failed_embeddings('docs')" \
     -c "SELECT count(*) FROM qwen_embed.async_queue WHERE NOT failed AND attempts = 0" -c "COMMIT" | tr '\n' ' ')
 [ "$retried" = "1 1 " ] || fail "retry_failed_embeddings: $retried (retried, then pending), expected 1 1"
-q -c "SELECT qwen_embed.wait_for_embeddings('docs', '2 min')" >/dev/null 2>&1
+wait_parked
+out=$(q -c "SELECT qwen_embed.wait_for_embeddings('docs', '2 min')" 2>&1) &&
+    echo "$out" | grep -q "WARNING:  qwen_embed: 1 rows of public.docs failed to embed and are parked" ||
+    fail "wait_for_embeddings with only a parked row left did not return with its WARNING"
 [ "$(q -c "SELECT qwen_embed.drop_failed_embeddings('docs')")" = 1 ] || fail "drop_failed_embeddings"
 [ "$(queued)" = 0 ] || fail "items left after dropping the failed one"
 q -c "DELETE FROM docs WHERE body LIKE 'poison%'"
@@ -183,6 +199,197 @@ q -c "SELECT qwen_embed.set_embedding_mode('docs', 'embedding', 'async')" | grep
 q -c "INSERT INTO docs (body) VALUES ('written in async mode again')" -c "SELECT qwen_embed.wait_for_embeddings('docs')" >/dev/null
 check_vectors "after switching modes"
 echo "ok: async -> sync embeds in the statement, sync -> async queues again"
+
+echo "-- a write-back that meets a row a writer holds gives its rows back"
+q -c "CREATE TABLE held (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('held', 'body', 'embedding', mode => 'async')" \
+    -c "SET session_replication_role = replica" \
+    -c "INSERT INTO held SELECT g, 'held row ' || g FROM generate_series(1, 40) g" >/dev/null
+# Another session holds every row for 4 s; meanwhile repair queues them, and the worker claims (reading the texts
+# takes no row lock), embeds, and meets the lock at its write-back.
+q -c "BEGIN" -c "SELECT id FROM held FOR UPDATE" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null &
+holder=$!
+for _ in $(seq 100); do
+    [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)' AND state = 'active'")" = 1 ] && break
+    sleep 0.05
+done
+[ "$(q -c "SELECT qwen_embed.repair_embeddings('held')")" = 40 ] || fail "repair did not queue the 40 held rows"
+sleep 2
+written=$(q -c "SELECT count(*) FROM held WHERE embedding IS NOT NULL")
+wait $holder
+[ "$written" = 0 ] || fail "$written vectors were written through another session's row locks"
+q -c "SELECT qwen_embed.wait_for_embeddings('held', '30 s')" >/dev/null ||
+    fail "the rows whose write-back met a lock were not given back (wait_for_embeddings timed out)"
+[ "$(q -c "SELECT count(*) FROM held WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")" = 40 ] ||
+    fail "the held rows' vectors differ from embed(body)"
+[ "$(q -c "SELECT count(*) FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id
+             WHERE a.relation = 'held'::regclass")" = 0 ] || fail "items of the held rows are left"
+q -c "DROP TABLE held" >/dev/null
+echo "ok: 40 rows held FOR UPDATE by another session during the write-back went back uncharged and were written after"
+
+echo "-- renamed columns and tables: the registrations follow them, in both modes"
+q <<'SQL' >/dev/null
+CREATE TABLE ren (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('ren', 'body', 'embedding', mode => 'async');
+CREATE TABLE ren_sync (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('ren_sync', 'body', 'embedding');
+CREATE TABLE bystander (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('bystander', 'body', 'embedding', mode => 'async');
+ALTER TABLE ren RENAME COLUMN body TO content;
+ALTER TABLE ren RENAME COLUMN embedding TO "Emb Vector";
+ALTER TABLE ren_sync RENAME COLUMN body TO content;
+ALTER TABLE ren_sync RENAME COLUMN embedding TO emb;
+INSERT INTO ren VALUES (1, 'written after the renames'), (2, 'also after them');
+INSERT INTO bystander SELECT g, 'bystander ' || g FROM generate_series(1, 100) g;
+INSERT INTO ren_sync VALUES (1, 'sync, after the renames');
+SQL
+q -c "SELECT qwen_embed.wait_for_embeddings('ren', '30 s')" -c "SELECT qwen_embed.wait_for_embeddings('bystander', '30 s')" \
+    >/dev/null || fail "async embedding stopped after its table's columns were renamed"
+q -c "UPDATE ren SET content = 'changed after the renames' WHERE id = 1" \
+    -c "UPDATE ren_sync SET content = 'sync, changed after the renames'" \
+    -c "ALTER TABLE ren RENAME TO ren_renamed" -c "INSERT INTO ren_renamed VALUES (3, 'after the table''s rename too')" \
+    -c "SELECT qwen_embed.wait_for_embeddings('ren_renamed', '30 s')" >/dev/null ||
+    fail "an UPDATE after the renames failed or was not embedded"
+bad=$(q -c "SELECT (SELECT count(*) FROM ren_renamed WHERE \"Emb Vector\" IS NULL OR 1 - cosine_sim(\"Emb Vector\", embed(content)) > 1e-5)
+            + (SELECT count(*) FROM ren_sync WHERE emb IS NULL OR 1 - cosine_sim(emb, embed(content)) > 1e-5)
+            + (SELECT count(*) FROM bystander WHERE embedding IS NULL)")
+[ "$bad" = 0 ] || fail "$bad rows of the renamed tables (or the bystander) have no vector or a stale one"
+status=$(q -c "SELECT relation || ' ' || text_column || ' ' || vector_column FROM qwen_embed.async_status
+               WHERE relation = 'ren_renamed'::regclass")
+[ "$status" = 'ren_renamed content Emb Vector' ] || fail "async_status names the old columns: $status"
+[ "$(q -c "SELECT qwen_embed.set_embedding_mode('ren_renamed', 'Emb Vector', 'sync')")" = async ] ||
+    fail "set_embedding_mode did not find the triggers of a renamed vector column"
+q -c "INSERT INTO ren_renamed VALUES (4, 'sync after the switch')" >/dev/null
+[ "$(q -c "SELECT 1 - cosine_sim(\"Emb Vector\", embed(content)) < 1e-5 FROM ren_renamed WHERE id = 4")" = t ] ||
+    fail "sync mode after the switch on renamed columns"
+q -c "DROP TABLE ren_renamed, ren_sync, bystander" >/dev/null
+echo "ok: text and vector columns and the table renamed: async and sync INSERT and UPDATE embed, async_status shows"
+echo "    the new names, set_embedding_mode finds the triggers"
+
+echo "-- one table's failure stays that table's"
+q <<'SQL' >/dev/null
+CREATE TABLE healthy (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('healthy', 'body', 'embedding', mode => 'async');
+-- A constraint that refuses one row's vector, and a trigger of the user's that refuses another's.
+CREATE TABLE picky (id int PRIMARY KEY, body text, embedding vector(64),
+                    CHECK (embedding IS NULL OR body <> 'refused by a constraint'));
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.body = 'refused by a trigger' THEN RAISE EXCEPTION 'the table''s own trigger refuses this row'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse BEFORE UPDATE ON picky FOR EACH ROW EXECUTE FUNCTION refuse();
+SELECT qwen_embed.create_embedding_triggers('picky', 'body', 'embedding', mode => 'async');
+-- A table whose key column is dropped after rows were queued: none of its rows can be read by key.
+CREATE TABLE keyless (id int PRIMARY KEY, body text, embedding vector(64));
+SELECT qwen_embed.create_embedding_triggers('keyless', 'body', 'embedding', mode => 'async');
+INSERT INTO keyless VALUES (1, 'embedded before');
+SELECT qwen_embed.wait_for_embeddings('keyless', '30 s');
+BEGIN;
+INSERT INTO picky SELECT g, 'fine ' || g FROM generate_series(1, 30) g;
+INSERT INTO picky VALUES (31, 'refused by a constraint'), (32, 'refused by a trigger');
+INSERT INTO keyless VALUES (2, 'inserted'), (3, 'inserted too');
+UPDATE keyless SET body = 'changed' WHERE id = 1;
+ALTER TABLE keyless DROP COLUMN id;
+INSERT INTO healthy SELECT g, 'healthy ' || g FROM generate_series(1, 100) g;
+COMMIT;
+SQL
+q -c "SELECT qwen_embed.wait_for_embeddings('healthy', '30 s')" >/dev/null ||
+    fail "a healthy table did not drain beside tables that fail"
+started=$(date +%s)
+for t in picky keyless; do
+    out=$(q -c "SELECT qwen_embed.wait_for_embeddings('$t', '60 s')" 2>&1) && fail "wait_for_embeddings('$t') succeeded"
+    echo "$out" | grep -q "failed to embed and wait for a retry" || fail "wait_for_embeddings('$t') did not fail fast: $out"
+done
+[ $(($(date +%s) - started)) -lt 30 ] || fail "wait_for_embeddings on the failing tables waited out its timeout"
+status=$(q -c "SELECT relation || ': ' || retrying || ' retrying, ' || pending || ' pending, ' || coalesce(last_error, '-')
+               FROM qwen_embed.async_status WHERE relation IN ('picky'::regclass, 'keyless'::regclass) ORDER BY 1")
+echo "$status" | grep -q "^picky: 2 retrying, 2 pending, " || fail "async_status of picky: $status"
+echo "$status" | grep -q "^keyless: 3 retrying, 3 pending, .*dropped" || fail "async_status of keyless: $status"
+[ "$(q -c "SELECT count(*) FROM picky WHERE embedding IS NOT NULL")" = 30 ] ||
+    fail "the 30 rows of picky that the table accepts were not written beside the 2 it refuses"
+errors=$(q -c "SELECT string_agg(q.last_error, ' / ' ORDER BY q.key) FROM qwen_embed.async_queue q
+               JOIN qwen_embed.async_tables a ON a.id = q.table_id WHERE a.relation = 'picky'::regclass")
+echo "$errors" | grep -q 'check constraint' && echo "$errors" | grep -q "own trigger refuses" ||
+    fail "the refused rows do not carry their own errors: $errors"
+out=$(q -c "INSERT INTO keyless VALUES ('after the drop')" 2>&1) && fail "an INSERT into keyless queued rows that cannot be written back"
+echo "$out" | grep -q "was dropped" || fail "the INSERT into keyless failed for another reason: $out"
+# Fixed: the refusing trigger dropped, the constraint's row changed; retry makes everything due at once.
+q -c "DROP TRIGGER refuse ON picky" -c "UPDATE picky SET body = 'no longer refused' WHERE id = 31" >/dev/null
+[ "$(q -c "SELECT qwen_embed.retry_failed_embeddings('picky')")" -ge 1 ] || fail "retry_failed_embeddings('picky')"
+q -c "SELECT qwen_embed.wait_for_embeddings('picky', '30 s')" >/dev/null || fail "picky did not drain once fixed"
+[ "$(q -c "SELECT count(*) FROM picky WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")" = 32 ] ||
+    fail "picky's vectors after the fix"
+q -c "DROP TABLE healthy, picky, keyless" -c "DROP FUNCTION refuse()" >/dev/null
+echo "ok: a constraint, a trigger of the user's and a dropped key column failed their own rows alone (30 rows of the"
+echo "    same table and 100 of another written meanwhile); wait_for_embeddings failed in $(($(date +%s) - started)) s with"
+echo "    the reason; async_status showed it; retry after the fix drained the table"
+
+echo "-- composite primary keys: a partitioned table (async) and a (tenant_id, id) table (sync)"
+q <<'SQL' >/dev/null
+CREATE TABLE pdocs (id int, region text, body text, embedding vector(64), PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE pdocs_eu PARTITION OF pdocs FOR VALUES IN ('eu');
+CREATE TABLE pdocs_us PARTITION OF pdocs FOR VALUES IN ('us, "west"');
+SELECT qwen_embed.create_embedding_triggers('pdocs', 'body', 'embedding', mode => 'async');
+INSERT INTO pdocs SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us, "west"' END, 'partitioned ' || g
+  FROM generate_series(1, 200) g;
+SELECT qwen_embed.wait_for_embeddings('pdocs', '60 s');
+UPDATE pdocs SET body = 'partitioned, changed ' || id WHERE id <= 20;
+DELETE FROM pdocs WHERE id BETWEEN 21 AND 30;
+SELECT qwen_embed.wait_for_embeddings('pdocs', '60 s');
+CREATE TABLE tenants (tenant_id int, id int, body text, embedding vector(64), PRIMARY KEY (tenant_id, id));
+SELECT qwen_embed.create_embedding_triggers('tenants', 'body', 'embedding');
+INSERT INTO tenants SELECT t, g, 'tenant ' || t || ' row ' || g FROM generate_series(1, 3) t, generate_series(1, 5) g;
+UPDATE tenants SET body = body || ', changed' WHERE id = 1;
+SQL
+bad=$(q -c "SELECT (SELECT count(*) FROM pdocs WHERE embedding IS NULL OR 1 - cosine_sim(embedding, embed(body)) > 1e-5)
+            + (SELECT count(*) FROM tenants WHERE embedding IS NULL OR 1 - cosine_sim(embedding, embed(body)) > 1e-5)")
+[ "$bad" = 0 ] || fail "$bad rows with a composite key have no vector or a stale one"
+[ "$(q -c "SELECT count(*) FROM pdocs")" = 190 ] || fail "pdocs lost or kept rows"
+q -c "SET session_replication_role = replica" -c "UPDATE pdocs SET body = 'behind the triggers' WHERE id = 40" >/dev/null
+[ "$(q -c "SELECT qwen_embed.repair_embeddings('pdocs')")" = 1 ] || fail "repair_embeddings on the partitioned table"
+q -c "SELECT qwen_embed.wait_for_embeddings('pdocs', '30 s')" >/dev/null
+[ "$(q -c "SELECT 1 - cosine_sim(embedding, embed(body)) < 1e-5 FROM pdocs WHERE id = 40")" = t ] || fail "repair on pdocs"
+status=$(q -c "SELECT pending || '|' || in_progress || '|' || failed || '|' || embedded FROM qwen_embed.async_status
+               WHERE relation = 'pdocs'::regclass")
+[ "$status" = "0|0|0|221" ] || fail "async_status of pdocs: $status (expected 200 + 20 + 1 embedded)"
+[ "$(q -c "SET session_replication_role = replica" -c "UPDATE tenants SET embedding = NULL WHERE tenant_id = 2" \
+    -c "CALL qwen_embed.backfill('tenants', 'body', 'embedding')" -c "SELECT count(*) FROM tenants WHERE embedding IS NULL" 2>/dev/null)" = 0 ] ||
+    fail "backfill left rows of a table with a composite key without a vector"
+[ "$(q -c "SELECT count(*) FROM tenants WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")" = 15 ] ||
+    fail "backfill of a table with a composite key"
+q -c "DROP TABLE pdocs, tenants" >/dev/null
+echo "ok: (id, region) partitioned async: insert, update, delete, repair, status; (tenant_id, id) sync: insert,"
+echo "    update, backfill; every vector equals embed(body)"
+
+echo "-- pg_dump and pg_restore: a restore numbers the columns anew, the registrations follow"
+q <<'SQL' >/dev/null
+CREATE TABLE dumped (gone int, id int PRIMARY KEY, body text, embedding vector(64));
+ALTER TABLE dumped DROP COLUMN gone;  -- a restore leaves no gap for it: body and embedding get other numbers
+SELECT qwen_embed.create_embedding_triggers('dumped', 'body', 'embedding', mode => 'async');
+ALTER TABLE dumped RENAME COLUMN body TO content;
+INSERT INTO dumped VALUES (1, 'embedded before the dump');
+SELECT qwen_embed.wait_for_embeddings('dumped', '30 s');
+SQL
+dump=$(scratch_dir)/async.dump
+as_postgres "$PG_BIN/pg_dump" -Fc $db >"$dump"
+pg -q -c "CREATE DATABASE qwen_embed_restored"
+as_postgres "$PG_BIN/pg_restore" -d qwen_embed_restored <"$dump" || fail "pg_restore of a database with async tables"
+r() { pg -q -At -d qwen_embed_restored "$@"; }
+r -c "INSERT INTO dumped VALUES (2, 'written after the restore')" -c "UPDATE dumped SET content = 'changed after the restore' WHERE id = 1" \
+    -c "SELECT qwen_embed.wait_for_embeddings('dumped', '30 s')" >/dev/null || fail "async embedding after a restore"
+[ "$(r -c "SELECT count(*) FROM dumped WHERE 1 - cosine_sim(embedding, embed(content)) < 1e-5")" = 2 ] ||
+    fail "vectors after the restore differ from embed(content)"
+r -c "SELECT qwen_embed.create_embedding_triggers('dumped', 'content', 'embedding', mode => 'async')" >/dev/null 2>&1 &&
+    fail "a second registration of the restored column was accepted"
+r -c "CREATE TABLE fresh (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('fresh', 'body', 'embedding', mode => 'async')" >/dev/null ||
+    fail "a new registration after the restore (its id taken by a restored one?)"
+pg -q -c "DROP DATABASE qwen_embed_restored WITH (FORCE)"
+q -c "DROP TABLE dumped" >/dev/null
+echo "ok: a database dumped with pg_dump and restored with pg_restore (columns renumbered): its async table embeds"
+echo "    inserts and updates, and new registrations get new ids"
 
 echo "-- upgrade from 0.1.0"
 extdir=$("$PG_CONFIG" --sharedir)/extension

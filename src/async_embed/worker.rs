@@ -6,7 +6,10 @@
 //! Failures: an error that is not about any text (the model server down, restarting or overloaded, the model not
 //! loadable) is the batch's: its items go back uncharged and the worker backs off (1 s, doubling to 60 s). Any other
 //! error is some text's: the batch is split in halves until the texts that fail are alone, and only they are charged
-//! (`_async_fail`); the rest is written.
+//! (`_async_fail`); the rest is written. A table's own errors (its rows cannot be read or written: a constraint, a
+//! trigger of the user's, a dropped key column) are charged to that table's rows alone, found by halves the same way
+//! at write-back; every other table goes on. A write-back that waits too long for a row lock gives its rows back
+//! uncharged, due again a second later.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,6 +28,9 @@ const IDLE_EXIT: Duration = Duration::from_secs(10);
 const BACKSTOP: Duration = Duration::from_secs(10);
 /// How long a write-back waits for a row a writer holds before it gives the batch back (uncharged).
 const LOCK_WAIT: &str = "200ms";
+/// When rows given back that way are due again: the writer's lock is likely gone by then, and the batch is not
+/// embedded again at once while it is held.
+const LOCKED_RETRY: &str = "1s";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A claimed item: the row's key, the fingerprint it was queued with, and the row's text now with its fingerprint.
@@ -56,7 +62,9 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
     // frees the slot.
     unsafe { pg_sys::before_shmem_exit(Some(detach_at_exit), arg) };
     let installed = BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('qwen_embed._async_claim(integer)') IS NOT NULL")
+        Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regprocedure('qwen_embed._async_claim(integer, integer)') IS NOT NULL",
+        )
     });
     if installed != Ok(Some(true)) {
         return;
@@ -151,9 +159,9 @@ fn claim(batch: i32) -> Vec<Item> {
         Spi::connect_mut(|client| {
             let rows = client.update(
                 "SELECT table_id, key, fingerprint::text, body_fingerprint::text, body, instruct
-                   FROM qwen_embed._async_claim($1)",
+                   FROM qwen_embed._async_claim($1, $2)",
                 None,
-                &[batch.into()],
+                &[batch.into(), settings::ASYNC_MAX_ATTEMPTS.get().into()],
             )?;
             let mut items = Vec::new();
             for row in rows {
@@ -197,34 +205,18 @@ fn process(items: Vec<Item>) -> Result<(), (std::collections::BTreeSet<i32>, Bat
     }
     for (table, done) in tables {
         let (ok, failed): (Vec<_>, Vec<_>) = done.into_iter().partition(|(_, r)| r.is_ok());
-        if !ok.is_empty() {
-            let column = |f: fn(&Item) -> String| ok.iter().map(|(item, _)| f(item)).collect::<Vec<String>>();
-            let vectors: Vec<String> = ok.iter().map(|(_, r)| vector_text(r.as_ref().expect("ok"))).collect();
-            let (keys, claimed, embedded) =
-                (column(|i| i.key.clone()), column(|i| i.claimed.clone()), column(|i| i.embedded.clone()));
-            run_with(
-                "SELECT qwen_embed._async_apply($1, $2, $3::bigint[], $4::bigint[], $5, $6::interval, $7)",
-                move || {
-                    vec![
-                        table.into(),
-                        keys.into(),
-                        claimed.into(),
-                        embedded.into(),
-                        vectors.into(),
-                        LOCK_WAIT.into(),
-                        seconds.into(),
-                    ]
-                },
-            );
-        }
+        let ok: Vec<(&Item, String)> =
+            ok.into_iter().map(|(item, r)| (item, vector_text(r.as_ref().expect("ok")))).collect();
+        let mut failed: Vec<(&Item, String)> =
+            failed.into_iter().map(|(item, r)| (item, r.expect_err("failed"))).collect();
+        failed.extend(write_back(table, &ok, seconds));
         // Each failing text alone: its own error, in one call per distinct error.
         let mut errors: BTreeMap<String, Vec<&Item>> = BTreeMap::new();
-        for (item, result) in failed {
-            errors.entry(result.expect_err("failed")).or_default().push(item);
+        for (item, error) in failed {
+            errors.entry(error).or_default().push(item);
         }
         for (error, failing) in errors {
-            let keys: Vec<String> = failing.iter().map(|i| i.key.clone()).collect();
-            let claimed: Vec<String> = failing.iter().map(|i| i.claimed.clone()).collect();
+            let (keys, claimed) = key_columns(&failing);
             let attempts = settings::ASYNC_MAX_ATTEMPTS.get();
             run_with("SELECT qwen_embed._async_fail($1, $2, $3::bigint[], $4, $5)", move || {
                 vec![table.into(), keys.into(), claimed.into(), error.into(), attempts.into()]
@@ -232,6 +224,57 @@ fn process(items: Vec<Item>) -> Result<(), (std::collections::BTreeSet<i32>, Bat
         }
     }
     Ok(())
+}
+
+/// The keys and claimed fingerprints of items, as `_async_*` take them.
+fn key_columns(items: &[&Item]) -> (Vec<String>, Vec<String>) {
+    (items.iter().map(|i| i.key.clone()).collect(), items.iter().map(|i| i.claimed.clone()).collect())
+}
+
+/// Writes one table's vectors (`_async_apply`). Rows a writer holds past the lock wait go back uncharged, due again
+/// shortly. A write-back the table refuses (a constraint, a trigger of the user's that raised, a key column dropped)
+/// is tried again by halves until the rows at fault are alone; they are returned with their errors, to be charged,
+/// and the rest is written.
+fn write_back<'a>(table: i32, items: &[(&'a Item, String)], seconds: f64) -> Vec<(&'a Item, String)> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let only_items: Vec<&Item> = items.iter().map(|(item, _)| *item).collect();
+    let (keys, claimed) = key_columns(&only_items);
+    let embedded: Vec<String> = items.iter().map(|(i, _)| i.embedded.clone()).collect();
+    let vectors: Vec<String> = items.iter().map(|(_, v)| v.clone()).collect();
+    let (requeue_keys, requeue_claimed) = (keys.clone(), claimed.clone());
+    let (written, error) = BackgroundWorker::transaction(move || {
+        Spi::get_two_with_args::<i32, String>(
+            "SELECT written, error FROM qwen_embed._async_apply($1, $2, $3::bigint[], $4::bigint[], $5, $6::interval, $7)",
+            &[
+                table.into(),
+                keys.into(),
+                claimed.into(),
+                embedded.into(),
+                vectors.into(),
+                LOCK_WAIT.into(),
+                seconds.into(),
+            ],
+        )
+    })
+    .unwrap_or_else(|e| error!("qwen_embed async worker: writing back: {e}"));
+    match (written, error) {
+        (_, Some(error)) if items.len() == 1 => vec![(items[0].0, error)],
+        (_, Some(_)) => {
+            let (a, b) = items.split_at(items.len() / 2);
+            let mut failed = write_back(table, a, seconds);
+            failed.extend(write_back(table, b, seconds));
+            failed
+        }
+        (Some(-1), None) => {
+            run_with("SELECT qwen_embed._async_requeue($1, $2, $3::bigint[], $4::interval)", move || {
+                vec![table.into(), requeue_keys.into(), requeue_claimed.into(), LOCKED_RETRY.into()]
+            });
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// pgvector's text form; `{}` of an f32 is the shortest text that reads back as the same f32.

@@ -29,7 +29,7 @@ SELECT * FROM stale;
 UPDATE docs SET body = NULL WHERE id = 14;
 SELECT * FROM stale;
 
--- A table without a single-column primary key, and an UPDATE trigger without its row trigger.
+-- A table without a primary key, and an UPDATE trigger without its row trigger.
 CREATE TABLE nokey (body text, emb vector);
 SELECT qwen_embed.create_embedding_triggers('nokey', 'body', 'emb');
 INSERT INTO nokey VALUES ('x');
