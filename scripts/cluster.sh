@@ -25,6 +25,12 @@ pg() {
     as_postgres psql -X -v ON_ERROR_STOP=1 "$@"
 }
 
+# Which run of the cluster's server processes answers: the checkpointer's pid. A crash restart (a postmaster child
+# killed by a signal) starts every server process again, so it changes; pg_postmaster_start_time() does not.
+cluster_incarnation() {
+    pg -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+}
+
 # This script's scratch directory: under /tmp, enterable by the postgres user, removed (with the clusters made here
 # stopped) when the script that sourced this file exits.
 scratch_dir() {

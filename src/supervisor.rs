@@ -33,6 +33,10 @@ pub const SOCKET: &str = "qwen_embed.sock";
 
 const SPEC_BYTES: usize = 1024;
 
+/// The supervisor's name as PostgreSQL shows it (`ps`, `pg_stat_activity.backend_type`), and the server child's title.
+const SUPERVISOR_TITLE: &str = "qwen_embed supervisor";
+const SERVER_TITLE: &CStr = c"qwen_embed model server";
+
 /// A server that ran this long before it died was not dying over and over: its restart does not back off.
 const STEADY: Duration = Duration::from_secs(30);
 
@@ -74,8 +78,11 @@ pub fn init() {
         return;
     }
     pg_shmem_init!(PUBLISHED);
-    BackgroundWorkerBuilder::new("qwen_embed model server")
-        .set_type("qwen_embed model server")
+    // Its title (`ps`: "postgres: qwen_embed supervisor") tells it apart from the server it runs ("postgres: qwen_embed
+    // model server"): killing the supervisor is a crash of a postmaster child (the cluster restarts), killing the
+    // server is harmless (the supervisor starts another).
+    BackgroundWorkerBuilder::new(SUPERVISOR_TITLE)
+        .set_type(SUPERVISOR_TITLE)
         .set_library("qwen_embed")
         .set_function("qwen_embed_supervisor_main")
         .enable_shmem_access(None)
@@ -298,6 +305,9 @@ fn serve_in_child(listener: UnixListener, config: Config) -> ! {
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The one PostgreSQL call after the fork: it only rewrites this process's argv area (the title `ps` shows),
+        // which the child owns; it takes no lock and touches no shared memory.
+        pg_sys::init_ps_display(SERVER_TITLE.as_ptr());
     }
     // If memory runs out, the kernel should pick this process (which the supervisor restarts) over a backend.
     let _ = std::fs::write("/proc/self/oom_score_adj", "500");

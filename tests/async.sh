@@ -3,7 +3,9 @@
 # (nothing on rollback, only changed texts, nothing for deleted rows), that 10,000 rows drain to vectors equal to
 # embed(body), concurrent updates while the worker drains (no older result over a newer one), kill -9 of the worker
 # and of the model server mid-batch (nothing lost), a poison row (fails alone, parked, retried, dropped), switching
-# modes, and the upgrade of a 0.1.0 database. Needs the extension installed (scripts/test.sh).
+# modes, a write-back that meets another session's row lock, renamed columns in both modes, one table's failures
+# beside a healthy table (a constraint, a trigger of the user's, a dropped key column), composite primary keys,
+# pg_dump and pg_restore, and the upgrade of a 0.1.0 database. Needs the extension installed (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -35,13 +37,14 @@ echo "-- the writer's transaction: rollback, unchanged texts, deletes"
 q -c "INSERT INTO docs (body) VALUES ('first'), ('second')" -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
 check_vectors "two rows"
 in_tx=$(q -c "BEGIN" -c "UPDATE docs SET tag = 'other column'" -c "$pending_sql" \
+    -c "SELECT count(*) FROM docs WHERE embedding IS NULL" \
     -c "UPDATE docs SET body = body || ' changed' WHERE body = 'first'" -c "$pending_sql" \
-    -c "ROLLBACK" | tr '\n' ' ')
-[ "$in_tx" = "0 1 " ] || fail "queued after an UPDATE of another column / of one text: $in_tx, expected 0 1"
+    -c "SELECT count(*) FROM docs WHERE embedding IS NULL" -c "ROLLBACK" | tr '\n' ' ')
+[ "$in_tx" = "0 0 1 1 " ] ||
+    fail "queued and vectors cleared after an UPDATE of another column / of one text: $in_tx, expected 0 0 1 1"
 in_tx=$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('short-lived')" \
     -c "DELETE FROM docs WHERE body = 'short-lived'" -c "$pending_sql" -c "ROLLBACK")
 [ "$in_tx" = 0 ] || fail "a DELETE left $in_tx items of its rows"
-[ "$(q -c "SELECT count(*) FROM docs WHERE embedding IS NULL")" = 0 ] || fail "an UPDATE of another column cleared a vector"
 # Rows inserted, then changed or deleted before the worker turned the INSERT's keys into items.
 q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('inserted one'), ('inserted two'), ('inserted three')" \
     -c "UPDATE docs SET body = 'inserted two, changed' WHERE body = 'inserted two'" \
@@ -58,8 +61,9 @@ insert_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b -
 q -c "SELECT qwen_embed.wait_for_embeddings('docs', '10 min')" >/dev/null
 drain_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 check_vectors "10,000 rows"
-status=$(q -c "SELECT pending, in_progress, failed, embedded >= 10002 FROM qwen_embed.async_status WHERE relation = 'docs'::regclass")
-[ "$status" = "0|0|0|t" ] || fail "async_status after the drain: $status"
+# embedded: 2 + 2 rows above and these 10,000, each written once.
+status=$(q -c "SELECT pending, in_progress, failed, embedded FROM qwen_embed.async_status WHERE relation = 'docs'::regclass")
+[ "$status" = "0|0|0|10004" ] || fail "async_status after the drain: $status, expected 0|0|0|10004"
 echo "ok: INSERT of 10,000 rows returned in ${insert_s}s; all embedded ${drain_s}s after it began, equal to embed(body)"
 
 echo "-- concurrent updates while the worker drains (pgbench, 4 clients, 15 s)"
@@ -127,8 +131,11 @@ q -c "$long_rows"
 wait_in_progress
 worker=$(q -c "SELECT qwen_embed._async_worker_pid()")
 [ -n "$worker" ] || fail "no worker pid"
+started=$(cluster_incarnation)
 $SUDO kill -9 "$worker"
 for _ in $(seq 120); do q -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+# A background worker killed by a signal is a crashed postmaster child: the cluster goes through crash recovery.
+[ "$(cluster_incarnation)" != "$started" ] || fail "the cluster did not restart after kill -9 of the worker"
 q -c "SELECT qwen_embed.wait_for_embeddings('docs', '5 min')" >/dev/null || fail "the queue did not drain after the crash"
 check_vectors "after kill -9 of the worker"
 echo "ok: killed worker $worker (the cluster restarted); the queue drained afterwards, every vector equals embed(body)"
@@ -196,10 +203,63 @@ q -c "SELECT qwen_embed.set_embedding_mode('docs', 'embedding', 'sync')" | grep 
 q -c "INSERT INTO docs (body) VALUES ('written in sync mode')"
 [ "$(q -c "SELECT embedding IS NOT NULL FROM docs WHERE body = 'written in sync mode'")" = t ] || fail "sync mode did not embed in the statement"
 q -c "SELECT qwen_embed.set_embedding_mode('docs', 'embedding', 'async')" | grep -qx sync || fail "set_embedding_mode to async"
-q -c "INSERT INTO docs (body) VALUES ('written in async mode again')" -c "SELECT qwen_embed.wait_for_embeddings('docs')" >/dev/null
+in_tx=$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('written in async mode again')" \
+    -c "SELECT embedding IS NULL FROM docs WHERE body = 'written in async mode again'" -c "$pending_sql" -c "COMMIT" |
+    tr '\n' ' ')
+[ "$in_tx" = "t 1 " ] || fail "after the switch back to async, an INSERT did not queue its row (vector NULL, queued): $in_tx"
+q -c "SELECT qwen_embed.wait_for_embeddings('docs')" >/dev/null
 check_vectors "after switching modes"
-echo "ok: async -> sync embeds in the statement, sync -> async queues again"
+# Rows queued in async mode, then the switch to sync in the same transaction: the worker still embeds them.
+q -c "BEGIN" -c "INSERT INTO docs (body) SELECT 'queued, then switched ' || g FROM generate_series(1, 5) g" \
+    -c "SELECT qwen_embed.set_embedding_mode('docs', 'embedding', 'sync')" -c "COMMIT" >/dev/null
+q -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+check_vectors "rows queued before a switch to sync"
+# The worker wrote them: it alone records the fingerprint of the text it embedded.
+[ "$(q -c "SELECT count(*) FROM qwen_embed.async_embedded e JOIN docs d ON e.key = d.id::text
+             WHERE d.body LIKE 'queued, then switched%'")" = 5 ] || fail "the rows queued before the switch were not the worker's"
+q -c "SELECT qwen_embed.set_embedding_mode('docs', 'embedding', 'async')" >/dev/null
+echo "ok: async -> sync embeds in the statement, sync -> async queues again, rows queued before a switch to sync"
+echo "    are embedded by the worker"
 
+echo "-- errors with their SQLSTATEs; a vector the statement sets itself"
+sqlstate() { q -v ON_ERROR_STOP=0 -c "$1" -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' 2>/dev/null | sed -n 's/^sqlstate=//p'; }
+q -c "CREATE TABLE plain (id int PRIMARY KEY, body text, embedding vector(64))" -c "CREATE TABLE unkeyed (body text, embedding vector(64))" \
+    -c "CREATE ROLE stranger" -c "GRANT USAGE ON SCHEMA qwen_embed TO stranger" >/dev/null
+for case in "22023|SELECT qwen_embed.create_embedding_triggers('plain', 'body', 'embedding', mode => 'later')" \
+    "42P16|SELECT qwen_embed.create_embedding_triggers('unkeyed', 'body', 'embedding', mode => 'async')" \
+    "42703|SELECT qwen_embed.create_embedding_triggers('plain', 'text', 'embedding', mode => 'async')" \
+    "42804|SELECT qwen_embed.create_embedding_triggers('plain', 'body', 'body', mode => 'async')" \
+    "42501|SET ROLE stranger; SELECT qwen_embed.create_embedding_triggers('plain', 'body', 'embedding', mode => 'async')" \
+    "42704|SELECT qwen_embed.wait_for_embeddings('plain')" \
+    "42704|SELECT qwen_embed.set_embedding_mode('plain', 'embedding', 'sync')" \
+    "25001|BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT qwen_embed.wait_for_embeddings('docs')"; do
+    got=$(sqlstate "${case#*|}")
+    [ "$got" = "${case%%|*}" ] || fail "${case#*|}: SQLSTATE $got, expected ${case%%|*}"
+done
+q -c "DROP TABLE plain, unkeyed" -c "REVOKE USAGE ON SCHEMA qwen_embed FROM stranger" -c "DROP ROLE stranger" >/dev/null
+given=$(q -c "SELECT embedding FROM docs WHERE embedding IS NOT NULL ORDER BY id LIMIT 1")
+q -c "INSERT INTO docs (body, embedding) VALUES ('with its own vector', '$given')" \
+    -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+[ "$(q -c "SELECT qwen_embed.repair_embeddings('docs')")" = 0 ] || fail "repair queued a row whose vector was given"
+q -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+[ "$(q -c "SELECT embedding = '$given' FROM docs WHERE body = 'with its own vector'")" = t ] ||
+    fail "the worker replaced a vector the INSERT gave"
+q -c "DELETE FROM docs WHERE body = 'with its own vector'" >/dev/null
+echo "ok: bad mode 22023, no primary key 42P16, no such column 42703, not a vector 42804, no TRIGGER privilege 42501,"
+echo "    not an async table 42704 (wait, set_embedding_mode), REPEATABLE READ 25001; a given vector is kept, repair too"
+
+# hold_rows TABLE SECONDS: another session locks every row of TABLE (FOR UPDATE) for SECONDS, in the background
+# (its pid in $holder); returns once the lock is held.
+hold_rows() {
+    q -c "BEGIN" -c "SELECT id FROM $1 FOR UPDATE" -c "SELECT pg_sleep($2)" -c "COMMIT" >/dev/null 2>&1 &
+    holder=$!
+    for _ in $(seq 100); do
+        [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($2)' AND state = 'active'")" = 1 ] &&
+            return
+        sleep 0.05
+    done
+    fail "the session holding $1's rows did not start"
+}
 echo "-- a write-back that meets a row a writer holds gives its rows back"
 q -c "CREATE TABLE held (id int PRIMARY KEY, body text, embedding vector(64))" \
     -c "SELECT qwen_embed.create_embedding_triggers('held', 'body', 'embedding', mode => 'async')" \
@@ -207,14 +267,16 @@ q -c "CREATE TABLE held (id int PRIMARY KEY, body text, embedding vector(64))" \
     -c "INSERT INTO held SELECT g, 'held row ' || g FROM generate_series(1, 40) g" >/dev/null
 # Another session holds every row for 4 s; meanwhile repair queues them, and the worker claims (reading the texts
 # takes no row lock), embeds, and meets the lock at its write-back.
-q -c "BEGIN" -c "SELECT id FROM held FOR UPDATE" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null &
-holder=$!
-for _ in $(seq 100); do
-    [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)' AND state = 'active'")" = 1 ] && break
-    sleep 0.05
-done
+hold_rows held 4
 [ "$(q -c "SELECT qwen_embed.repair_embeddings('held')")" = 40 ] || fail "repair did not queue the 40 held rows"
-sleep 2
+# While the rows are held, waiting times out (57014) after its timeout, with the count and a hint.
+t0=$(date +%s%N)
+out=$(q -v ON_ERROR_STOP=0 -c "SELECT qwen_embed.wait_for_embeddings('held', '1 s')" -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' 2>&1)
+waited_ms=$((($(date +%s%N) - t0) / 1000000))
+echo "$out" | grep -qx "sqlstate=57014" && echo "$out" | grep -q "40 rows of public.held still wait for their embeddings after 00:00:01" &&
+    echo "$out" | grep -q "HINT:  See qwen_embed.async_status" || fail "wait_for_embeddings' timeout: $out"
+[ "$waited_ms" -ge 1000 ] && [ "$waited_ms" -lt 2500 ] || fail "wait_for_embeddings('1 s') returned after $waited_ms ms"
+sleep 1
 written=$(q -c "SELECT count(*) FROM held WHERE embedding IS NOT NULL")
 wait $holder
 [ "$written" = 0 ] || fail "$written vectors were written through another session's row locks"
@@ -226,6 +288,51 @@ q -c "SELECT qwen_embed.wait_for_embeddings('held', '30 s')" >/dev/null ||
              WHERE a.relation = 'held'::regclass")" = 0 ] || fail "items of the held rows are left"
 q -c "DROP TABLE held" >/dev/null
 echo "ok: 40 rows held FOR UPDATE by another session during the write-back went back uncharged and were written after"
+
+echo "-- the write-back applies a vector only where the row still has the text it was computed from"
+# The version check itself, called as the worker calls it: a row whose text changed after the claim gets no vector.
+# apply_from TEXT: the write-back of a vector computed from TEXT, for the item of the row now called 'version two'.
+apply_from() {
+    echo "SELECT written FROM qwen_embed._async_apply(
+        (SELECT id FROM qwen_embed.async_tables WHERE relation = 'docs'::regclass),
+        ARRAY[(SELECT id::text FROM docs WHERE body = 'version two')],
+        ARRAY[qwen_embed.fingerprint('version two')], ARRAY[qwen_embed.fingerprint('$1')],
+        ARRAY[(SELECT embedding::text FROM docs WHERE embedding IS NOT NULL ORDER BY id LIMIT 1)], '200ms', 1)"
+}
+q -c "INSERT INTO docs (body) VALUES ('version one')" -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+versions=$(q -c "BEGIN" -c "UPDATE docs SET body = 'version two' WHERE body = 'version one'" \
+    -c "$(apply_from 'version one')" -c "SELECT embedding IS NULL FROM docs WHERE body = 'version two'" \
+    -c "$(apply_from 'version two')" -c "SELECT embedding IS NULL FROM docs WHERE body = 'version two'" \
+    -c "ROLLBACK" | tr '\n' ' ')
+[ "$versions" = "0 t 1 f " ] ||
+    fail "write-back of a vector computed from an older text / from the current one: $versions, expected 0 t 1 f"
+q -c "DELETE FROM docs WHERE body = 'version one'" >/dev/null
+echo "ok: a vector computed from the text before an UPDATE is not written; one computed from the current text is"
+
+echo "-- after a restart the launcher drains what was queued, with no call to wake a worker"
+q -c "CREATE TABLE restarted (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('restarted', 'body', 'embedding', mode => 'async')" \
+    -c "SET session_replication_role = replica" \
+    -c "INSERT INTO restarted SELECT g, 'queued across a restart ' || g FROM generate_series(1, 50) g" >/dev/null
+# The rows are held, so the worker cannot finish them before the cluster stops (it gives them back uncharged).
+hold_rows restarted 60
+[ "$(q -c "SELECT qwen_embed.repair_embeddings('restarted')")" = 50 ] || fail "repair did not queue the 50 held rows"
+sleep 1
+cluster_stop "$cluster"
+wait $holder || true
+cluster_start "$cluster"
+left=""
+for _ in $(seq 600); do # plain reads: nothing here wakes a worker
+    left=$(q -c "SELECT count(*) FROM qwen_embed.async_queue q JOIN qwen_embed.async_tables a ON a.id = q.table_id
+                  WHERE a.relation = 'restarted'::regclass")
+    [ "$left" = 0 ] && break
+    sleep 0.1
+done
+[ "$left" = 0 ] || fail "$left items queued before the restart were not drained by the launcher's worker"
+[ "$(q -c "SELECT count(*) FROM restarted WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")" = 50 ] ||
+    fail "the rows drained after the restart differ from embed(body)"
+q -c "DROP TABLE restarted" >/dev/null
+echo "ok: 50 rows queued when the cluster stopped were embedded after its start by the worker the launcher started"
 
 echo "-- renamed columns and tables: the registrations follow them, in both modes"
 q <<'SQL' >/dev/null
@@ -424,5 +531,37 @@ objects="SELECT pg_describe_object(d.classid, d.objid, 0)
   ORDER BY 1"
 diff <(u -c "$objects") <(pg -q -At -d qwen_embed_fresh -c "$objects") >&2 ||
     fail "the upgraded extension differs from a fresh install (above: < upgraded, > fresh)"
+# And what those definitions leave out: constraints, defaults, privileges, row-level security, comments, triggers on
+# the extension's tables, event triggers and the tables pg_dump saves (pg_extension_config_dump).
+details="WITH member AS (
+    SELECT d.classid, d.objid FROM pg_depend d
+     WHERE d.deptype = 'e' AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'qwen_embed')
+), rel AS (SELECT objid AS oid FROM member WHERE classid = 'pg_class'::regclass)
+SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE conrelid IN (SELECT oid FROM rel)
+UNION ALL SELECT 'default ' || adrelid::regclass || '.' || attname || ' ' || pg_get_expr(adbin, adrelid)
+  FROM pg_attrdef JOIN pg_attribute ON attrelid = adrelid AND attnum = adnum WHERE adrelid IN (SELECT oid FROM rel)
+UNION ALL SELECT 'relation ' || oid::regclass || ' acl ' || coalesce(relacl::text, '-') || ' rls ' || relrowsecurity
+                 || ' ' || relforcerowsecurity || ' options ' || coalesce(reloptions::text, '-')
+  FROM pg_class WHERE oid IN (SELECT oid FROM rel)
+UNION ALL SELECT 'column ' || attrelid::regclass || '.' || attname || ' acl ' || attacl::text || ' storage ' || attstorage::text
+  FROM pg_attribute WHERE attrelid IN (SELECT oid FROM rel) AND attnum > 0 AND NOT attisdropped
+UNION ALL SELECT 'function ' || oid::regprocedure || ' acl ' || coalesce(proacl::text, '-') || ' owner ' || proowner::regrole
+  FROM pg_proc WHERE oid IN (SELECT objid FROM member WHERE classid = 'pg_proc'::regclass)
+UNION ALL SELECT 'policy ' || polrelid::regclass || ' ' || polname || ' ' || polcmd::text || ' ' || polroles::regrole[]::text
+                 || ' ' || coalesce(pg_get_expr(polqual, polrelid), '-') || ' ' || coalesce(pg_get_expr(polwithcheck, polrelid), '-')
+  FROM pg_policy WHERE polrelid IN (SELECT oid FROM rel)
+UNION ALL SELECT 'comment ' || pg_describe_object(classoid, objoid, objsubid) || ' ' || md5(description)
+  FROM pg_description WHERE (classoid, objoid) IN (SELECT classid, objid FROM member)
+UNION ALL SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM rel)
+UNION ALL SELECT 'event trigger ' || evtname || ' ' || evtevent || ' ' || evtfoid::regproc || ' ' || coalesce(evttags::text, '-')
+  FROM pg_event_trigger
+UNION ALL SELECT 'dumped ' || c::regclass || ' ' || coalesce(w, '-')
+  FROM pg_extension, unnest(extconfig, extcondition) u(c, w) WHERE extname = 'qwen_embed'
+ORDER BY 1"
+diff <(u -c "$details") <(pg -q -At -d qwen_embed_fresh -c "$details") >&2 ||
+    fail "the upgraded extension's constraints, defaults, privileges, policies, comments or dump registrations differ from a fresh install's (above: < upgraded, > fresh)"
+[ "$(u -c "$details" | grep -c "^dumped ")" -ge 2 ] && [ "$(u -c "$details" | grep -c "^constraint ")" -ge 5 ] ||
+    fail "the detailed comparison saw no dump registrations or constraints: $(u -c "$details" | cut -c1-60 | head)"
 echo "ok: a 0.1.0 database with sync triggers updated to this version: its triggers work, async mode works, and its"
 echo "    objects equal a fresh install's ($(u -c "SELECT count(*) FROM pg_depend WHERE deptype = 'e' AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'qwen_embed')") objects)"

@@ -32,10 +32,13 @@ done
 [ -n "$victim" ] || fail "the victim never started"
 sleep 1 # well inside the forward passes
 [ "$(q -c "SELECT state FROM pg_stat_activity WHERE pid = $victim")" = active ] || fail "the victim finished too early"
+before_crash=$(cluster_incarnation)
 $SUDO kill -9 "$victim"
 wait
 for _ in $(seq 120); do q -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
 q -c "SELECT 1" >/dev/null || fail "the server did not come back"
+# A backend killed by a signal makes PostgreSQL restart every server process (what cluster_incarnation tells).
+[ "$(cluster_incarnation)" != "$before_crash" ] || fail "kill -9 of a backend did not restart the server processes"
 rows=$(q -c "SELECT count(*) FROM docs")
 [ "$rows" = 200 ] || fail "$rows rows after the crash, expected the 200 committed"
 worst=$(q -c "SELECT max(1 - cosine_sim(embedding, embed(body))) < 1e-5 FROM docs")
@@ -45,7 +48,7 @@ echo "ok: killed backend $victim mid-embed; server recovered; 200 committed rows
 echo "-- kill -9 of the model server in the middle of a batch"
 # The server runs in a child of its supervisor, not of the postmaster: its death must not restart the cluster. The
 # sessions waiting on it send their requests again, once, to the new server: they get their vectors, not an ERROR.
-started=$(q -c "SELECT pg_postmaster_start_time()")
+started=$(cluster_incarnation)
 server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'"; }
 q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
 server=$(server_pid)
@@ -72,18 +75,25 @@ for w in 1 2 3; do
     grep -qx "1000" "$out" || fail "waiting session $w did not get its 1000 vectors: $(cat "$out")"
     grep -qx "sqlstate=00000" "$out" || fail "waiting session $w got an ERROR: $(cat "$out")"
 done
-[ "$(q -c "SELECT pg_postmaster_start_time()")" = "$started" ] || fail "the cluster restarted"
+[ "$(cluster_incarnation)" = "$started" ] || fail "the cluster restarted"
 [ "$(server_pid)" != "$server" ] || fail "the server pid did not change"
 [ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'restarts'")" -ge 1 ] || fail "restart not counted"
 echo "ok: killed the model server (pid $server) mid-batch; three waiting sessions sent their requests again and got all"
 echo "    their vectors, a plain query ran meanwhile, the cluster did not restart, a new server (pid $(server_pid)) answers"
-q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'" | sed 's/^/    server_info last_exit: /'
+last_exit=$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'")
+echo "$last_exit" | grep -q "signal 9" || fail "server_info's last_exit does not say how the server died: $last_exit"
+echo "    server_info last_exit: $last_exit"
 
 echo "-- calls while no model server runs: they wait up to qwen_embed.server_wait, then ERROR 57P03"
 # The supervisor is stopped (SIGSTOP) so that the killed server stays down for as long as the test needs.
 server=$(server_pid)
 supervisor=$(ps -o ppid= -p "$server" | tr -d ' ') # the server is the supervisor's child
 [ -n "$supervisor" ] || fail "no supervisor"
+# Two processes, two titles: a DBA may kill the server (harmless), not the supervisor (a postmaster child).
+ps -o args= -p "$server" | grep -q "^postgres: qwen_embed model server" ||
+    fail "the server's title: $(ps -o args= -p "$server")"
+ps -o args= -p "$supervisor" | grep -q "^postgres: qwen_embed supervisor" ||
+    fail "the supervisor's title: $(ps -o args= -p "$supervisor")"
 $SUDO kill -STOP "$supervisor"
 $SUDO kill -9 "$server"
 patient=$(scratch_dir)/patient.out

@@ -9,6 +9,14 @@
 #     bash tools/upgrade-0.1.0-0.2.0.sh [pg_config]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# An upgrade script is what was released: once 0.2.0 is out (a tag v0.2.0, or the crate's version moved past it),
+# databases have run this file, and a later schema change is a new script (0.2.0 -> the next), never a rewrite.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+if [ "$version" != 0.2.0 ] || git rev-parse -q --verify refs/tags/v0.2.0 >/dev/null; then
+    echo "tools/upgrade-0.1.0-0.2.0.sh: 0.2.0 is released (version $version); its upgrade script is not written again." >&2
+    echo "Write the next upgrade as sql/qwen_embed--0.2.0--$version.sql." >&2
+    exit 1
+fi
 pg_config=${1:-/usr/lib/postgresql/15/bin/pg_config}
 schema=$(mktemp)
 trap 'rm -f "$schema"' EXIT

@@ -3,7 +3,8 @@
 CREATE EXTENSION qwen_embed CASCADE;
 SELECT vector_dims(embed('load the model first'));
 -- The server's counters are the cluster's running totals: this file checks what it adds to them.
-CREATE TEMP TABLE baseline AS SELECT info_value('server_info', 'canceled')::int AS canceled;
+CREATE TEMP TABLE baseline AS SELECT info_value('server_info', 'canceled')::int AS canceled,
+    info_value('server_info', 'texts')::bigint AS texts;
 
 CREATE TEMP TABLE long_texts AS SELECT repeat('lorem ipsum dolor sit amet ' || g || ' ', 300) AS body
 FROM generate_series(1, 3000) g;
@@ -56,3 +57,8 @@ BEGIN
 END $$;
 SELECT expect(value::int - canceled >= 2, value::int - canceled || ' requests dropped by the server')
 FROM (SELECT info_value('server_info', 'canceled') AS value) kv, baseline;
+-- Dropped, not finished: of the two abandoned 3,000-text requests the server computed what it had begun (a few
+-- seconds' worth at most), nowhere near the 6,000 texts that finishing them would have computed.
+SELECT expect(value::bigint - texts < 3000, format('the server computed %s texts for the two abandoned requests',
+                                                   value::bigint - texts))
+FROM (SELECT info_value('server_info', 'texts') AS value) kv, baseline;

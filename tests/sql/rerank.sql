@@ -8,15 +8,7 @@ CREATE TEMP TABLE old_server AS SELECT info_value('server_info', 'pid') AS pid;
 SELECT format('ALTER SYSTEM SET qwen_embed.server_queue_limit = %s',
               current_setting('qwen_embed.server_queue_limit')::int + 1) \gexec
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-    FOR i IN 1..300 LOOP
-        EXIT WHEN (SELECT value FROM qwen_embed.server_info() WHERE key = 'pid') <> (SELECT pid FROM old_server)
-              AND (SELECT value FROM qwen_embed.server_info() WHERE key = 'state') = 'ready';
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
-SELECT expect(info_value('server_info', 'pid') <> pid, 'the model server was not restarted') FROM old_server;
+SELECT wait_for_new_server(pid) FROM old_server;
 
 SELECT expect(value = 'not loaded', 'reranker before first use: ' || value)
 FROM (SELECT info_value('server_info', 'reranker_state') AS value) kv;

@@ -42,3 +42,18 @@ BEGIN
     PERFORM expect(n = 1, format('qwen_embed.%s() has %s rows for key %s', source, n, k));
     RETURN v;
 END $$;
+
+-- wait_for_new_server(old_pid): waits (30 s at most) until a model server other than old_pid is ready, then fails
+-- unless one is. A file that needs a fresh server (lifetime counters and maxima from zero, no reranker loaded) changes
+-- a server setting with ALTER SYSTEM (which cannot run inside a function) and reloads; the supervisor then starts one.
+CREATE FUNCTION wait_for_new_server(old_pid text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..300 LOOP
+        EXIT WHEN (SELECT value FROM qwen_embed.server_info() WHERE key = 'pid') <> old_pid
+              AND (SELECT value FROM qwen_embed.server_info() WHERE key = 'state') = 'ready';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    PERFORM expect(info_value('server_info', 'pid') <> old_pid, 'the model server was not restarted');
+    PERFORM expect(info_value('server_info', 'state') = 'ready', 'the new model server is not ready');
+END $$;
