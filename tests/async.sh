@@ -148,9 +148,36 @@ server=$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'")
 $SUDO kill -9 "$server"
 q -c "SELECT qwen_embed.wait_for_embeddings('docs', '5 min')" >/dev/null || fail "the queue did not drain after the server died"
 check_vectors "after kill -9 of the model server"
-charged=$(q -c "SELECT count(*) FROM qwen_embed.async_queue WHERE attempts > 0")
-[ "$charged" = 0 ] || fail "$charged items were charged for the server's death"
-echo "ok: killed model server $server; the batch went back uncharged and the queue drained"
+echo "ok: killed model server $server mid-batch; the worker's request went to the next server and the queue drained"
+
+echo "-- no model server for longer than server_wait: the batch goes back uncharged"
+# One wrong charge would park an item (async_max_attempts = 1); the worker waits 300 ms for a server, then backs off.
+# The supervisor is stopped (SIGSTOP) so that the killed server stays down (as tests/faults.sh does).
+pg -q -c "ALTER SYSTEM SET qwen_embed.async_max_attempts = 1" -c "ALTER SYSTEM SET qwen_embed.server_wait = 300" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+server=$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'")
+supervisor=$(ps -o ppid= -p "$server" | tr -d ' ')
+[ -n "$supervisor" ] || fail "no supervisor"
+resume() { $SUDO kill -CONT "$supervisor" 2>/dev/null || true; }
+$SUDO kill -STOP "$supervisor"
+$SUDO kill -9 "$server"
+q -c "INSERT INTO docs (body) SELECT 'written while no server runs ' || g FROM generate_series(1, 20) g"
+error=""
+for _ in $(seq 200); do
+    error=$(q -c "SELECT last_error FROM qwen_embed.async_status WHERE relation = 'docs'::regclass AND last_error_at > now() - interval '20 s'")
+    [[ "$error" == *"model server"* ]] && break
+    sleep 0.1
+done
+down=$(q -c "SELECT coalesce(max(attempts), 0) || '|' || count(*) FILTER (WHERE failed) FROM qwen_embed.async_queue")
+resume
+[[ "$error" == *"model server"* ]] || fail "async_status.last_error does not say the model server is down: '$error'"
+[ "$down" = "0|0" ] || fail "items were charged for the server's absence (max attempts, parked): $down"
+pg -q -c "ALTER SYSTEM RESET qwen_embed.async_max_attempts" -c "ALTER SYSTEM RESET qwen_embed.server_wait" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+q -c "SELECT qwen_embed.wait_for_embeddings('docs', '2 min')" >/dev/null || fail "the queue did not drain once the server was back"
+check_vectors "after the server was away"
+echo "ok: with no model server past server_wait the batch went back uncharged (async_max_attempts = 1, nothing"
+echo "    parked), last_error said so, and the queue drained once the server was back"
 
 echo "-- a poison row fails alone"
 q -c "INSERT INTO docs (body) SELECT 'good neighbour ' || g FROM generate_series(1, 20) g

@@ -195,7 +195,7 @@ echo "$full" | grep -qx "sqlstate=53400" || fail "no ERROR 53400 when the queue 
 echo "$full" | grep -q "HINT:  .*qwen_embed.server_queue_limit" || fail "the hint does not name the setting: $full"
 echo "$full" | grep -qx "64" || fail "a single query was refused: $full"
 echo "ok: $(echo "$full" | grep -m1 'ERROR')"
-echo "    while another session's 3,000 texts were queued; a single query went through"
+echo "    while a 512-text piece of another session's 3,000-text call was queued; a single query went through"
 q -c "ALTER SYSTEM RESET qwen_embed.server_queue_limit" -c "SELECT pg_reload_conf()" >/dev/null
 
 echo "-- a model too big for the memory limit"
