@@ -316,6 +316,27 @@ q -c "SELECT qwen_embed.wait_for_embeddings('held', '30 s')" >/dev/null ||
 q -c "DROP TABLE held" >/dev/null
 echo "ok: 40 rows held FOR UPDATE by another session during the write-back went back uncharged and were written after"
 
+echo "-- qwen_embed.async_batch_size bounds every claim"
+pg -q -c "ALTER SYSTEM SET qwen_embed.async_batch_size = 7" -c "SELECT pg_reload_conf()" >/dev/null
+q -c "CREATE TABLE sized (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('sized', 'body', 'embedding', mode => 'async')" \
+    -c "SET session_replication_role = replica" \
+    -c "INSERT INTO sized SELECT g, 'claimed seven at a time ' || g FROM generate_series(1, 30) g" >/dev/null
+# Held rows keep each claimed batch in progress through its 200 ms lock wait, where it can be counted.
+hold_rows sized 3
+[ "$(q -c "SELECT qwen_embed.repair_embeddings('sized')")" = 30 ] || fail "repair did not queue the 30 rows"
+most=0
+for _ in $(seq 40); do
+    n=$(q -c "SELECT in_progress FROM qwen_embed.async_status WHERE relation = 'sized'::regclass")
+    [ "$n" -gt "$most" ] && most=$n
+    sleep 0.05
+done
+wait $holder
+pg -q -c "ALTER SYSTEM RESET qwen_embed.async_batch_size" -c "SELECT pg_reload_conf()" >/dev/null
+[ "$most" -ge 1 ] && [ "$most" -le 7 ] || fail "with async_batch_size = 7 up to $most rows were in progress at once"
+q -c "SELECT qwen_embed.wait_for_embeddings('sized', '30 s')" -c "DROP TABLE sized" >/dev/null
+echo "ok: with async_batch_size = 7, at most $most of 30 queued rows were claimed at once"
+
 echo "-- the write-back applies a vector only where the row still has the text it was computed from"
 # The version check itself, called as the worker calls it: a row whose text changed after the claim gets no vector.
 # apply_from TEXT: the write-back of a vector computed from TEXT, for the item of the row now called 'version two'.
