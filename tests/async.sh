@@ -287,15 +287,19 @@ hold_rows() {
     done
     fail "the session holding $1's rows did not start"
 }
+# queue_held TABLE ROWS SECONDS: a new async table of ROWS rows written behind its triggers, every row held by another
+# session for SECONDS (hold_rows), then queued by repair_embeddings. The worker claims them (reading the texts takes
+# no row lock), embeds them, and meets the lock at its write-back, until the hold ends.
+queue_held() {
+    q -c "CREATE TABLE $1 (id int PRIMARY KEY, body text, embedding vector(64))" \
+        -c "SELECT qwen_embed.create_embedding_triggers('$1', 'body', 'embedding', mode => 'async')" \
+        -c "SET session_replication_role = replica" \
+        -c "INSERT INTO $1 SELECT g, '$1 row ' || g FROM generate_series(1, $2) g" >/dev/null
+    hold_rows "$1" "$3"
+    [ "$(q -c "SELECT qwen_embed.repair_embeddings('$1')")" = "$2" ] || fail "repair did not queue the $2 rows of $1"
+}
 echo "-- a write-back that meets a row a writer holds gives its rows back"
-q -c "CREATE TABLE held (id int PRIMARY KEY, body text, embedding vector(64))" \
-    -c "SELECT qwen_embed.create_embedding_triggers('held', 'body', 'embedding', mode => 'async')" \
-    -c "SET session_replication_role = replica" \
-    -c "INSERT INTO held SELECT g, 'held row ' || g FROM generate_series(1, 40) g" >/dev/null
-# Another session holds every row for 4 s; meanwhile repair queues them, and the worker claims (reading the texts
-# takes no row lock), embeds, and meets the lock at its write-back.
-hold_rows held 4
-[ "$(q -c "SELECT qwen_embed.repair_embeddings('held')")" = 40 ] || fail "repair did not queue the 40 held rows"
+queue_held held 40 4
 # While the rows are held, waiting times out (57014) after its timeout, with the count and a hint.
 t0=$(date +%s%N)
 out=$(q -v ON_ERROR_STOP=0 -c "SELECT qwen_embed.wait_for_embeddings('held', '1 s')" -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' 2>&1)
@@ -318,13 +322,8 @@ echo "ok: 40 rows held FOR UPDATE by another session during the write-back went 
 
 echo "-- qwen_embed.async_batch_size bounds every claim"
 pg -q -c "ALTER SYSTEM SET qwen_embed.async_batch_size = 7" -c "SELECT pg_reload_conf()" >/dev/null
-q -c "CREATE TABLE sized (id int PRIMARY KEY, body text, embedding vector(64))" \
-    -c "SELECT qwen_embed.create_embedding_triggers('sized', 'body', 'embedding', mode => 'async')" \
-    -c "SET session_replication_role = replica" \
-    -c "INSERT INTO sized SELECT g, 'claimed seven at a time ' || g FROM generate_series(1, 30) g" >/dev/null
 # Held rows keep each claimed batch in progress through its 200 ms lock wait, where it can be counted.
-hold_rows sized 3
-[ "$(q -c "SELECT qwen_embed.repair_embeddings('sized')")" = 30 ] || fail "repair did not queue the 30 rows"
+queue_held sized 30 3
 most=0
 for _ in $(seq 40); do
     n=$(q -c "SELECT in_progress FROM qwen_embed.async_status WHERE relation = 'sized'::regclass")
@@ -358,13 +357,8 @@ q -c "DELETE FROM docs WHERE body = 'version one'" >/dev/null
 echo "ok: a vector computed from the text before an UPDATE is not written; one computed from the current text is"
 
 echo "-- after a restart the launcher drains what was queued, with no call to wake a worker"
-q -c "CREATE TABLE restarted (id int PRIMARY KEY, body text, embedding vector(64))" \
-    -c "SELECT qwen_embed.create_embedding_triggers('restarted', 'body', 'embedding', mode => 'async')" \
-    -c "SET session_replication_role = replica" \
-    -c "INSERT INTO restarted SELECT g, 'queued across a restart ' || g FROM generate_series(1, 50) g" >/dev/null
 # The rows are held, so the worker cannot finish them before the cluster stops (it gives them back uncharged).
-hold_rows restarted 60
-[ "$(q -c "SELECT qwen_embed.repair_embeddings('restarted')")" = 50 ] || fail "repair did not queue the 50 held rows"
+queue_held restarted 50 60
 sleep 1
 cluster_stop "$cluster"
 wait $holder || true
