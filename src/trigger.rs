@@ -293,30 +293,26 @@ fn primary_key(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &st
 fn key_types(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, key: &[String]) -> Vec<pg_sys::Oid> {
     key.iter()
         .map(|column| {
-            client
-                .select(
-                    "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                    None,
-                    &[relid.into(), column.as_str().into()],
-                )
-                .ok()
-                .and_then(|rows| rows.first().get_one::<pg_sys::Oid>().ok().flatten())
+            column_type(client, relid, column)
                 .unwrap_or_else(|| error!("qwen_embed_trigger: key column {} is gone", quote_literal(column)))
         })
         .collect()
 }
 
+/// The type of the table's column `column`; `None` if it has none of that name.
+fn column_type(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
+    client
+        .select(
+            "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            None,
+            &[relid.into(), column.into()],
+        )
+        .ok()
+        .and_then(|rows| rows.first().get_one::<pg_sys::Oid>().ok().flatten())
+}
+
 fn check_columns(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &str, text_col: &str, vector_col: &str) {
-    let type_of = |col: &str| -> Option<pg_sys::Oid> {
-        client
-            .select(
-                "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                None,
-                &[relid.into(), col.into()],
-            )
-            .ok()
-            .and_then(|rows| rows.first().get_one::<pg_sys::Oid>().ok().flatten())
-    };
+    let type_of = |col: &str| column_type(client, relid, col);
     let no_column = |col: &str| -> ! {
         raise_with(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
