@@ -168,7 +168,7 @@ def main():
     reference = anchors["torch-fp32"][1]
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python3 bench/run.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {cpu_description()}; {args.threads} threads, {args.reps} reps, device {args.device}")
-    print(f"ours: dtype {args.dtype} -> {ours_info['dtype']}, kernel {ours_info['kernel']}; "
+    print(f"ours: dtype {args.dtype} -> {ours_info['dtype']}, kernel {ours_info['kernel']} (oneDNN {ours_info.get('onednn') or 'not built in'}); "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"model load ms: ours {ours_info['load_ms']:.0f}, " +
           ", ".join(f"{n} {anchors[n][0]:.0f}" for n in names))

@@ -56,6 +56,7 @@ pub(crate) mod qwen_embed {
                     add("device", device_name(m.device()).into());
                     add("dtype", m.dtype().as_str().into());
                     add("kernel", m.precision().kernel_name().into());
+                    add("onednn", qwen_embed_model::onednn_version().unwrap_or_else(|| "(not built in)".into()));
                     add("load_ms", format!("{:.1}", m.load_time().as_secs_f64() * 1e3));
                     add("weights_mb", (m.weights_bytes() >> 20).to_string());
                     if let Some((free, total)) = qwen_embed_model::memory::gpu_memory(m.device()) {

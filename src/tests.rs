@@ -530,6 +530,11 @@ mod tests {
         assert_eq!(dtype, if bf16 { "bf16" } else { "f16" });
         let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
         assert_eq!(info_value("kernel"), kernel);
+        // The oneDNN the build found (2.x on Debian 12, 3.x on Debian 13), loaded: its version as the library says it.
+        let onednn = info_value("onednn");
+        let numbers: Vec<&str> = onednn.split('.').collect();
+        assert!(numbers.len() == 3 && numbers.iter().all(|n| n.parse::<u32>().is_ok()), "onednn {onednn}");
+        assert!(matches!(numbers[0], "2" | "3"), "onednn {onednn}");
         assert_ne!(kernel, "candle", "every CPU this is tested on has AVX2/FMA at least");
     }
 

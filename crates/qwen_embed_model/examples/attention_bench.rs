@@ -12,9 +12,9 @@ use qwen_embed_model::attention::{causal_attention, Shape};
 type Path = Box<dyn Fn(&[f32], &[f32], &[f32], &[usize], Shape) -> Vec<f32>>;
 
 fn paths() -> Vec<(&'static str, Path)> {
-    #[cfg_attr(not(feature = "onednn"), allow(unused_mut))]
+    #[cfg_attr(not(onednn), allow(unused_mut))]
     let mut paths: Vec<(&str, Path)> = vec![("f32 (default CPU path)", Box::new(causal_attention))];
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     {
         use qwen_embed_model::cpu::attention_onednn;
         paths.push((

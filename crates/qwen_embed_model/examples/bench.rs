@@ -41,7 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({"load_ms": started.elapsed().as_secs_f64() * 1e3,
-                           "kernel": embedder.precision().kernel_name(), "dtype": embedder.dtype().as_str()})
+                           "kernel": embedder.precision().kernel_name(),
+                           "onednn": qwen_embed_model::onednn_version(), "dtype": embedder.dtype().as_str()})
     );
     let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(cases)?)?;
     let limits = Limits::default();

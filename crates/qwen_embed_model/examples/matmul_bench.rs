@@ -29,7 +29,7 @@ fn main() -> candle_core::Result<()> {
     let rows = if rows.is_empty() { vec![1, 26, 128, 704] } else { rows };
     println!("CPU kernel level: {}", cpu::level().name());
     println!("CPU: {}, {} threads", cpu::model_name(), rayon::current_num_threads());
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     {
         use qwen_embed_model::onednn::{bf16_kernel, implementation, Bf16};
         println!("oneDNN f32: {}", implementation::<f32>(26, 1024, 256).unwrap_or_else(|e| e.to_string()));
@@ -45,7 +45,7 @@ fn main() -> candle_core::Result<()> {
         let wt = w.t()?;
         let packed_f32 = PackedF32::pack(&ws, n, k, WeightFormat::F32);
         let packed_f16 = PackedF32::pack(&ws, n, k, WeightFormat::F16);
-        #[cfg(feature = "onednn")]
+        #[cfg(onednn)]
         let onednn = {
             use qwen_embed_model::onednn::{bf16_kernel, Bf16, Matmul};
             let bf16 = bf16_kernel().map(|_| Matmul::<Bf16>::pack(&ws, n, k).unwrap());
@@ -66,7 +66,7 @@ fn main() -> candle_core::Result<()> {
                     line += &format!(", packed {name} weights {:>6.1}", gflops(m, n, k, secs));
                 }
             }
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             {
                 let secs = time(|| {
                     onednn.0.matmul(&xs, m).unwrap();
@@ -82,14 +82,14 @@ fn main() -> candle_core::Result<()> {
             println!("{line} GFLOP/s");
         }
     }
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     swiglu_fused_against_separate(&rows)?;
     Ok(())
 }
 
 /// The MLP's gate/up product and SwiGLU on oneDNN (bf16 where it has it, else f32): the product written whole then
 /// SwiGLU in a pass of its own, against SwiGLU on each block as it is copied out (`Matmul::pack_gated`).
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 fn swiglu_fused_against_separate(rows: &[usize]) -> candle_core::Result<()> {
     use qwen_embed_model::elementwise::silu_mul;
     use qwen_embed_model::onednn::{bf16_kernel, Bf16, Element, Matmul};

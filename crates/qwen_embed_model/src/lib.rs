@@ -30,8 +30,16 @@ pub mod model;
 pub mod text;
 
 pub use cpu::{attention, elementwise, f32_matmul};
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 pub use cpu::{attention_onednn, onednn};
+
+/// The oneDNN library's version ("2.6.3", "3.7.2"); `None` in a build without oneDNN.
+pub fn onednn_version() -> Option<String> {
+    #[cfg(onednn)]
+    return Some(onednn::version());
+    #[cfg(not(onednn))]
+    None
+}
 pub(crate) use cpu::{attention_tiled, micro_kernel, panels};
 #[cfg(feature = "cuda")]
 pub(crate) use gpu::softmax as gpu_softmax;

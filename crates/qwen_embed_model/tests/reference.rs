@@ -142,7 +142,7 @@ fn half_precision_stays_within_the_accuracy_target() {
             assert_eq!(model.dtype(), if packed { DType::BF16 } else { DType::F32 });
             if !packed {
                 // The model fell back to f32: comparing it would say nothing about bf16.
-                let why = if cfg!(feature = "onednn") { "no bf16 kernel on this CPU" } else { "built without oneDNN" };
+                let why = if cfg!(onednn) { "no bf16 kernel on this CPU" } else { "built without oneDNN" };
                 println!("SKIPPED half_precision_stays_within_the_accuracy_target (bf16): {why}");
                 continue;
             }

@@ -14,13 +14,13 @@
 //! would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
 
 pub mod attention;
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 pub mod attention_onednn;
 pub(crate) mod attention_tiled;
 pub mod elementwise;
 pub mod f32_matmul;
 pub(crate) mod micro_kernel;
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 pub mod onednn;
 pub(crate) mod panels;
 

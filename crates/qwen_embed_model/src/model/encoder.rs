@@ -359,7 +359,7 @@ impl Layer {
             let (q, k, v) = attention_layout::split_heads(qkv, pads, s, &norms);
             let out = match batch.cpu_attention {
                 CpuAttention::F32 => attention::causal_attention(&q, &k, &v, pads, s),
-                #[cfg(feature = "onednn")]
+                #[cfg(onednn)]
                 CpuAttention::Onednn(kernel) => {
                     crate::attention_onednn::causal_attention_in(kernel, &q, &k, &v, pads, s)?
                 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Storage, Tensor, D};
 use crate::cpu::F32Kernel;
 use crate::error::Result;
 use crate::f32_matmul::PackedF32;
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 use crate::onednn;
 use crate::precision::LinearKernel;
 
@@ -18,7 +18,7 @@ pub enum Linear {
         weights: PackedF32,
         bias: Option<Tensor>,
     },
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     Onednn {
         weights: onednn::Packed,
         bias: Option<Tensor>,
@@ -79,7 +79,7 @@ impl Linear {
                 let weights = PackedF32::pack(&w, out_features, in_features, format);
                 Linear::PackedF32 { kernel, weights, bias: bias_f32()? }
             }
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             LinearKernel::Onednn(kernel) => {
                 let w = values_f32(&weight)?;
                 let weights = onednn::Packed::pack(kernel, &w, out_features, in_features)?;
@@ -91,7 +91,7 @@ impl Linear {
     /// `residual + x · Wᵀ (+ b)`: on oneDNN (without a bias) the add is made as each block of the product is copied
     /// into place, not in a pass of its own.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "onednn")]
+        #[cfg(onednn)]
         if let Linear::Onednn { weights, bias: None } = self {
             let x = x.to_dtype(DType::F32)?.contiguous()?;
             let residual = residual.to_dtype(DType::F32)?.contiguous()?;
@@ -107,13 +107,13 @@ impl Linear {
         let (in_features, out_features, bias) = match self {
             Linear::Dense(linear) => return Ok(linear.forward(x)?),
             Linear::PackedF32 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             Linear::Onednn { weights, bias } => (weights.features().0, weights.features().1, bias),
         };
         let y = rows_product(x, in_features, out_features, |x, rows| {
             Ok(match self {
                 Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
-                #[cfg(feature = "onednn")]
+                #[cfg(onednn)]
                 Linear::Onednn { weights, .. } => weights.matmul(x, rows)?,
                 Linear::Dense(_) => unreachable!("handled above"),
             })
@@ -133,14 +133,14 @@ pub enum GateUp {
     /// Both projections as one linear layer, then SwiGLU in a pass of its own.
     Product(Linear),
     /// Packed by `pack_gated`: SwiGLU on each block of the product.
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     Onednn(onednn::Packed),
 }
 
 impl GateUp {
     /// `weight` is the gate projection's (inter × in) rows, then the up projection's, without a bias (Qwen3 has none).
     pub fn new(weight: Tensor, kernel: LinearKernel) -> Result<Self> {
-        #[cfg(feature = "onednn")]
+        #[cfg(onednn)]
         if let LinearKernel::Onednn(kernel) = kernel {
             let (out_features, in_features) = weight.dims2()?;
             let w = values_f32(&weight)?;
@@ -157,7 +157,7 @@ impl GateUp {
                 let inter = gate_up.dim(D::Minus1)? / 2;
                 swiglu(&gate_up, inter)
             }
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             GateUp::Onednn(weights) => {
                 let (in_features, out_features) = weights.features();
                 rows_product(x, in_features, out_features / 2, |x, rows| Ok(weights.matmul_silu_gate(x, rows)?))

@@ -25,7 +25,7 @@ use candle_core::{DType, Device};
 
 use crate::cpu::{self, F32Kernel};
 use crate::f32_matmul::WeightFormat;
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 use crate::onednn;
 
 /// What multiplies the linear layers.
@@ -38,7 +38,7 @@ pub enum LinearKernel {
     /// oneDNN's matmul, weights reordered at load into its layout: bf16 on its brgemm (AMX or AVX512-BF16),
     /// activations rounded to bf16 per product, f32 accumulation; or f32 (a check of the glue on any x86-64 CPU, not
     /// picked by `auto`).
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     Onednn(onednn::Kernel),
 }
 
@@ -48,7 +48,7 @@ pub enum CpuAttention {
     /// `attention::causal_attention`: the AVX2/FMA micro-kernel, or `gemm`.
     F32,
     /// `attention_onednn` in the kernel's element type.
-    #[cfg(feature = "onednn")]
+    #[cfg(onednn)]
     Onednn(onednn::Kernel),
 }
 
@@ -99,7 +99,7 @@ impl Precision {
             return vec![chosen];
         }
         let variants = vec![chosen, candle];
-        #[cfg(feature = "onednn")]
+        #[cfg(onednn)]
         let variants =
             [variants, vec![Precision { linear: LinearKernel::Onednn(onednn::Kernel::F32), ..chosen }]].concat();
         variants
@@ -110,7 +110,7 @@ impl Precision {
     /// CPU path attends in f32 on our kernels.
     pub fn cpu_attention(&self) -> CpuAttention {
         match self.linear {
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             LinearKernel::Onednn(kernel) => CpuAttention::Onednn(kernel),
             _ => CpuAttention::F32,
         }
@@ -119,7 +119,7 @@ impl Precision {
     /// The dtype the linear layers' weights are held in.
     pub fn weights(&self) -> DType {
         match self.linear {
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             LinearKernel::Onednn(onednn::Kernel::Bf16(_)) => DType::BF16,
             LinearKernel::PackedF32(_, WeightFormat::F16) => DType::F16,
             _ => self.activations,
@@ -132,7 +132,7 @@ impl Precision {
     pub fn weights_read_as(&self) -> DType {
         match self.linear {
             LinearKernel::PackedF32(..) => DType::F32,
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             LinearKernel::Onednn(_) => DType::F32,
             _ => self.weights(),
         }
@@ -154,7 +154,7 @@ impl Precision {
             LinearKernel::Candle => "candle",
             LinearKernel::PackedF32(_, WeightFormat::F32) => "avx2-fma f32",
             LinearKernel::PackedF32(_, WeightFormat::F16) => "avx2-fma f16-weights",
-            #[cfg(feature = "onednn")]
+            #[cfg(onednn)]
             LinearKernel::Onednn(k) => k.name(),
         }
     }
@@ -162,12 +162,12 @@ impl Precision {
 
 /// The CPU's bf16 kernel: oneDNN's, where the build has oneDNN and oneDNN has a brgemm for this CPU (within the
 /// `cpu` level's cap). `None` elsewhere: bf16 then computes in f32.
-#[cfg(feature = "onednn")]
+#[cfg(onednn)]
 pub fn bf16_kernel() -> Option<LinearKernel> {
     onednn::bf16_kernel().map(|k| LinearKernel::Onednn(onednn::Kernel::Bf16(k)))
 }
 
-#[cfg(not(feature = "onednn"))]
+#[cfg(not(onednn))]
 pub fn bf16_kernel() -> Option<LinearKernel> {
     None
 }

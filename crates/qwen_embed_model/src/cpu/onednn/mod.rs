@@ -1,4 +1,4 @@
-//! Linear layers on oneDNN's matmul (Debian's `libdnnl` 2.6), for CPUs where it has a bf16 brgemm kernel: AMX
+//! Linear layers on oneDNN's matmul (Debian's `libdnnl`: 2.6 on Debian 12, 3.7 on Debian 13), for CPUs where it has a bf16 brgemm kernel: AMX
 //! (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake). oneDNN is what PyTorch runs there; its kernels are
 //! generated at run time for the CPU found and tuned by the CPU's maker, which our own hand-written kernels for
 //! instructions our development machines lack could not be.
@@ -27,8 +27,16 @@
 //!   it into the output. The residual add rides on that copy ([`Matmul::matmul_add`]): a sum post-op would need the
 //!   residual copied into the block first, one more pass than adding it on the way out.
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
-mod ffi;
+// The thin layer over the C API of the oneDNN this build found (build.rs): the calls and types that differ between
+// 2.x and 3.x; everything below is the same for both.
+#[cfg(onednn_api = "2")]
+#[path = "api_v2.rs"]
+mod api;
+#[cfg(onednn_api = "3")]
+#[path = "api_v3.rs"]
+mod api;
+
+use api::{ffi, Md};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -107,9 +115,11 @@ pub struct Bf16(pub u16);
 
 impl Element for Bf16 {
     const DATA_TYPE: ffi::dnnl_data_type_t = ffi::dnnl_data_type_t_dnnl_bf16;
-    /// brgemm only: AMX or AVX512-BF16 (`brg:avx512_core_amx`, `brg:avx512_core_bf16`), never an emulation.
+    /// brgemm on AMX or AVX512-BF16 only, never an emulation: `brg:avx512_core_amx`, `brg:avx512_core_bf16` (2.x),
+    /// `brg_matmul:…` (3.x's name for the same).
     fn accepts(implementation: &str) -> bool {
-        implementation.starts_with("brg:")
+        let isa = implementation.strip_prefix("brg:").or_else(|| implementation.strip_prefix("brg_matmul:"));
+        isa.is_some_and(|isa| isa.contains("amx") || isa.contains("bf16"))
     }
     fn activations(x: &[f32]) -> Cow<'_, [Bf16]> {
         let mut out = vec![Bf16::default(); x.len()];
@@ -195,6 +205,13 @@ impl Packed {
     }
 }
 
+/// The version of the oneDNN library loaded ("3.7.2"), as `info()` and the benchmarks report it beside the kernel.
+pub fn version() -> String {
+    // SAFETY: returns a pointer to a static struct of the library.
+    let v = unsafe { &*ffi::dnnl_version() };
+    format!("{}.{}.{}", v.major, v.minor, v.patch)
+}
+
 /// The bf16 kernel oneDNN runs on this CPU, found once by asking it for a bf16 matmul and reading the implementation's
 /// name; `None` where it has no brgemm for bf16 (or `cpu::level()` is capped below AVX512-BF16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +246,7 @@ pub fn bf16_kernel() -> Option<Bf16Kernel> {
 pub fn implementation<T: Element>(rows: usize, k: usize, n: usize) -> Result<String> {
     single_threaded();
     let weights = md_by_tag(T::DATA_TYPE, k, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
-    Ok(matmul_pd(T::DATA_TYPE, rows, &weights)?.implementation())
+    Ok(matmul_pd(T::DATA_TYPE, (rows, k, n), &weights)?.implementation())
 }
 
 /// Tells OpenMP (oneDNN's threading runtime in Debian's build) that this thread computes alone: oneDNN then runs its
@@ -293,46 +310,12 @@ fn with_stream<R>(f: impl FnOnce(ffi::dnnl_stream_t) -> Result<R>) -> Result<R> 
 
 /// A 2-D memory descriptor (rows × cols) with a format tag.
 fn md_by_tag(dt: ffi::dnnl_data_type_t, rows: usize, cols: usize, tag: ffi::dnnl_format_tag_t) -> Result<Md> {
-    let mut md = Md::zeroed();
-    let dims = [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t];
-    // SAFETY: `md` is a writable descriptor and `dims` holds the 2 dimensions named.
-    check("dnnl_memory_desc_init_by_tag", unsafe {
-        ffi::dnnl_memory_desc_init_by_tag(&mut md.0, 2, dims.as_ptr(), dt, tag)
-    })?;
-    Ok(md)
+    Md::by_tag(dt, [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t], tag)
 }
 
 /// A 2-D memory descriptor with explicit strides (elements).
 fn md_by_strides(dt: ffi::dnnl_data_type_t, rows: usize, cols: usize, strides: [usize; 2]) -> Result<Md> {
-    let mut md = Md::zeroed();
-    let dims = [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t];
-    let strides = strides.map(|s| s as ffi::dnnl_dim_t);
-    // SAFETY: `md` is writable; `dims` and `strides` each hold the 2 values named.
-    check("dnnl_memory_desc_init_by_strides", unsafe {
-        ffi::dnnl_memory_desc_init_by_strides(&mut md.0, 2, dims.as_ptr(), dt, strides.as_ptr())
-    })?;
-    Ok(md)
-}
-
-/// A memory descriptor (a plain C struct: copied freely, nothing to free).
-#[derive(Clone, Copy)]
-struct Md(ffi::dnnl_memory_desc_t);
-
-// SAFETY: plain data (dimensions, strides, a format description), no pointers.
-unsafe impl Send for Md {}
-unsafe impl Sync for Md {}
-
-impl Md {
-    fn zeroed() -> Md {
-        // SAFETY: the descriptor is a C struct of integers and arrays of integers, for which all-zero is valid (it is
-        // the "zero memory descriptor" oneDNN itself uses for an absent argument).
-        Md(unsafe { std::mem::zeroed() })
-    }
-
-    fn size(&self) -> usize {
-        // SAFETY: reads a valid descriptor.
-        unsafe { ffi::dnnl_memory_desc_get_size(&self.0) }
-    }
+    Md::by_strides(dt, [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t], strides.map(|s| s as ffi::dnnl_dim_t))
 }
 
 /// A primitive descriptor (freed on drop).
@@ -364,19 +347,22 @@ impl Pd {
         unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
     }
 
+    /// A memory descriptor of the primitive's (`what`: the weights', the scratchpad's).
+    fn query_md(&self, what: ffi::dnnl_query_t) -> Result<Md> {
+        // SAFETY: the query returns a descriptor owned by this primitive descriptor (alive here), copied at once.
+        unsafe { Md::copy_of(ffi::dnnl_primitive_desc_query_md(self.0, what, 0)) }
+    }
+
     /// The weights' memory descriptor the primitive expects.
-    fn weights_md(&self) -> Md {
-        // SAFETY: returns a pointer into the descriptor (alive here), copied at once.
-        Md(unsafe { *ffi::dnnl_primitive_desc_query_md(self.0, ffi::dnnl_query_t_dnnl_query_weights_md, 0) })
+    fn weights_md(&self) -> Result<Md> {
+        self.query_md(ffi::dnnl_query_t_dnnl_query_weights_md)
     }
 
     fn primitive(&self) -> Result<Primitive> {
+        let scratchpad = self.query_md(ffi::dnnl_query_t_dnnl_query_scratchpad_md)?;
         let mut p = ptr::null_mut();
         // SAFETY: writes the new primitive's handle; the descriptor is valid.
         check("dnnl_primitive_create", unsafe { ffi::dnnl_primitive_create(&mut p, self.0) })?;
-        // SAFETY: returns a pointer into the descriptor (alive here), copied at once.
-        let scratchpad =
-            Md(unsafe { *ffi::dnnl_primitive_desc_query_md(self.0, ffi::dnnl_query_t_dnnl_query_scratchpad_md, 0) });
         Ok(Primitive(p, scratchpad))
     }
 }
@@ -384,22 +370,15 @@ impl Pd {
 /// A matmul's primitive descriptor: `rows` × k (plain, row-major) times `weights` (k × n), a dense f32 output.
 /// (oneDNN 2.6's brgemm takes only a dense output: given a row stride wider than n it falls back to its reference
 /// implementation, so tasks write a dense block and copy it into place.)
-fn matmul_pd(dt: ffi::dnnl_data_type_t, rows: usize, weights: &Md) -> Result<Pd> {
-    let (k, n) = (weights.0.dims[0] as usize, weights.0.dims[1] as usize);
+fn matmul_pd(dt: ffi::dnnl_data_type_t, (rows, k, n): (usize, usize, usize), weights: &Md) -> Result<Pd> {
     let src = md_by_tag(dt, rows, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
     let dst = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, rows, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
-    // SAFETY: an all-zero op descriptor is what dnnl_matmul_desc_init fills in.
-    let mut desc: ffi::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
-    // SAFETY: every descriptor passed is valid; no bias (null).
-    check("dnnl_matmul_desc_init", unsafe {
-        ffi::dnnl_matmul_desc_init(&mut desc, &src.0, &weights.0, ptr::null(), &dst.0)
-    })?;
     let mut pd = ptr::null_mut();
     let attr = Attr::user_scratchpad()?;
-    // SAFETY: the op descriptor and attributes are valid for the call (the primitive descriptor copies them).
-    check("dnnl_primitive_desc_create (matmul)", unsafe {
-        let op = &desc as *const ffi::dnnl_matmul_desc_t as ffi::const_dnnl_op_desc_t;
-        ffi::dnnl_primitive_desc_create(&mut pd, op, attr.0, engine()?, ptr::null())
+    // SAFETY: writes the new descriptor's handle; every descriptor and the attributes are valid for the call (the
+    // primitive descriptor keeps copies).
+    check("matmul primitive descriptor", unsafe {
+        api::matmul_primitive_desc_create(&mut pd, engine()?, (&src, weights, &dst), attr.0)
     })?;
     Ok(Pd(pd))
 }
@@ -454,7 +433,7 @@ impl Memory {
     /// `data` must hold `md.size()` bytes and outlive the memory object's use.
     unsafe fn over(md: &Md, data: *mut std::ffi::c_void) -> Result<Memory> {
         let mut m = ptr::null_mut();
-        check("dnnl_memory_create", ffi::dnnl_memory_create(&mut m, &md.0, engine()?, data))?;
+        check("dnnl_memory_create", ffi::dnnl_memory_create(&mut m, md.as_ref(), engine()?, data))?;
         Ok(Memory(m))
     }
 }
@@ -515,7 +494,7 @@ fn primitive<T: Element>(key: Key, weights: &Md) -> Result<Arc<Primitive>> {
         return Ok(p.clone());
     }
     // Made outside the lock (generating a kernel takes a while); a race makes it twice and keeps one.
-    let pd = matmul_pd(key.dt, key.rows, weights)?;
+    let pd = matmul_pd(key.dt, (key.rows, key.k, key.n), weights)?;
     // The layout is the one the weights were reordered to (checked at load): an implementation we would not accept
     // here would be a oneDNN that changed its mind between row counts.
     if !T::accepts(&pd.implementation()) {
@@ -639,12 +618,12 @@ impl<T: Element> Matmul<T> {
         let mut start = 0;
         for n in widths {
             let any = md_by_tag(T::DATA_TYPE, in_features, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
-            let pd = matmul_pd(T::DATA_TYPE, ROW_BLOCK, &any)?;
+            let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, n), &any)?;
             implementation = pd.implementation();
             if !T::accepts(&implementation) {
                 return Err(Error { call: "matmul", status: "no accepted implementation" });
             }
-            let md = pd.weights_md();
+            let md = pd.weights_md()?;
             let mut data = vec![Align64([0; 64]); md.size().div_ceil(64)];
             // The slice's rows of W, viewed as k × n: element (k, j) at (start + j) × in + k.
             let plain = md_by_strides(ffi::dnnl_data_type_t_dnnl_f32, in_features, n, [1, in_features])?;
@@ -775,7 +754,7 @@ fn reorder(src: &Md, dst: &Md, from: &Memory, to: &Memory) -> Result<()> {
     let attr = Attr::user_scratchpad()?;
     // SAFETY: both descriptors and the attributes are valid.
     check("dnnl_reorder_primitive_desc_create", unsafe {
-        ffi::dnnl_reorder_primitive_desc_create(&mut pd, &src.0, engine, &dst.0, engine, attr.0)
+        ffi::dnnl_reorder_primitive_desc_create(&mut pd, src.as_ref(), engine, dst.as_ref(), engine, attr.0)
     })?;
     let pd = Pd(pd);
     let p = pd.primitive()?;

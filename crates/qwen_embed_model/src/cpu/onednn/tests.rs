@@ -95,6 +95,10 @@ fn bf16_matches_a_plain_matmul_of_the_rounded_values() {
 #[test]
 fn bf16_is_accepted_only_as_brgemm() {
     assert!(Bf16::accepts("brg:avx512_core_amx"));
+    assert!(Bf16::accepts("brg:avx512_core_bf16"));
+    assert!(Bf16::accepts("brg_matmul:avx512_core_amx"), "oneDNN 3.x's name");
+    assert!(Bf16::accepts("brg_matmul:avx512_core_bf16"), "oneDNN 3.x's name");
+    assert!(!Bf16::accepts("brg_matmul:avx512_core"), "bf16 emulated on AVX-512 without BF16 (3.x)");
     assert!(!Bf16::accepts("gemm:jit"), "an emulated bf16 gemm");
     assert!(!Bf16::accepts("ref:any"));
     // Whatever this CPU has: the kernel's name follows the implementation oneDNN picked.
