@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what qwen_embed needs (scripts/install-deps.sh), builds and installs the extension into PostgreSQL 15's
-# directories, starts a throw-away cluster of its own in a temporary directory (Unix socket only, the bundled
-# random-weight test model preloaded) and runs the examples in sql/demo.sql. The cluster is removed at the end; with
+# Installs what qwen_embed needs (scripts/install-deps.sh), builds and installs the extension into the distribution's
+# PostgreSQL (15 on Debian 12, 17 on Debian 13), starts a throw-away cluster of its own in a temporary directory (Unix
+# socket only, the bundled random-weight test model preloaded) and runs the examples in sql/demo.sql. The cluster is removed at the end; with
 # --keep it stays running in /var/tmp/qwen_embed-demo and the command to connect to it is printed. The machine's own
 # PostgreSQL clusters are not touched. The bundled model has random weights: the numbers show the mechanics, not
 # embedding quality (see the README for the real Qwen3-Embedding-0.6B weights).

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Everything qwen_embed needs on a fresh Debian 12 (bookworm) machine, as root or a sudoer. Idempotent: steps already
-# done are skipped. What it installs and changes, and nothing else:
-# - Debian packages: PostgreSQL 15 server and headers, clang/libclang (bindgen), build tools, sudo, python3, curl,
-#   and oneDNN (libdnnl-dev: the linear layers on CPUs with bf16 instructions).
-#   Installing postgresql-15 creates Debian's default cluster 15/main and the `postgres` OS user; nothing here starts,
+# Everything qwen_embed needs on a fresh Debian 12 (bookworm) or Debian 13 (trixie) machine, as root or a sudoer.
+# Idempotent: steps already done are skipped. What it installs and changes, and nothing else:
+# - Debian packages: the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13: scripts/postgres.sh) server and
+#   headers, clang/libclang (bindgen), build tools, sudo, python3, curl, and oneDNN (libdnnl-dev, 2.6 on Debian 12 and
+#   3.7 on Debian 13: the linear layers on CPUs with bf16 instructions).
+#   Installing postgresql-N creates Debian's default cluster N/main and the `postgres` OS user; nothing here starts,
 #   stops or configures that cluster.
-# - pgvector for it, built from its pinned upstream tarball (scripts/pgvector.sh; bookworm has no package of it).
-# - With PG_VERSION other than 15 (13, 14, 16, 17, 18): that PostgreSQL and pgvector built from source into
+# - pgvector for it: Debian 13's package (postgresql-17-pgvector); on Debian 12, which has none, built from its pinned
+#   upstream tarball (scripts/pgvector.sh).
+# - With another PG_VERSION (13–18): that PostgreSQL and pgvector built from source into
 #   /opt/qwen_embed/postgresql-$PG_VERSION (scripts/postgres-from-source.sh), and bison and flex for it.
 # - Rust $RUST_VERSION through rustup (in ~/.cargo and ~/.rustup) when cargo is missing, and cargo-pgrx 0.18.1.
 # - $PGRX_HOME/config.toml (cargo pgrx init, pointed at each PostgreSQL set up here) and an OS user `pgrxtest` for
@@ -19,7 +21,7 @@ RUST_VERSION=1.95.0 # also in rust-toolchain.toml
 export PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
 
 packages=(postgresql-$PG_DEBIAN_VERSION postgresql-server-dev-$PG_DEBIAN_VERSION libclang-dev clang pkg-config
-    sudo dpkg-dev make gcc g++ python3 curl ca-certificates libdnnl-dev)
+    sudo dpkg-dev make gcc g++ python3 curl ca-certificates libdnnl-dev $PGVECTOR_PACKAGE)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -27,8 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
-debian_pg_config=/usr/lib/postgresql/$PG_DEBIAN_VERSION/bin/pg_config
-bash "$(dirname "$0")/pgvector.sh" "$debian_pg_config"
+[ -n "$PGVECTOR_PACKAGE" ] || bash "$(dirname "$0")/pgvector.sh" "/usr/lib/postgresql/$PG_DEBIAN_VERSION/bin/pg_config"
 [ -x "$PG_CONFIG" ] || bash "$(dirname "$0")/postgres-from-source.sh" "$PG_VERSION" >/dev/null
 
 if ! command -v cargo >/dev/null; then

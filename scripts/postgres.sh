@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Where PostgreSQL lives, sourced by every script that needs it. PG_VERSION (default 15) picks the version: 15 is
-# Debian 12's own package (/usr/lib/postgresql/15), the others (13, 14, 16, 17, 18) are the source builds of
-# scripts/postgres-from-source.sh (/opt/qwen_embed/postgresql-VERSION). PG_BIN, where given, overrides both: a
-# PostgreSQL installed some other way.
-PG_VERSION=${PG_VERSION:-15}
-PG_DEBIAN_VERSION=15 # the one Debian 12 packages
+# Where PostgreSQL lives, sourced by every script that needs it. The distribution's own PostgreSQL is the default:
+# 15 on Debian 12 (bookworm), 17 on Debian 13 (trixie), in /usr/lib/postgresql/VERSION. PG_VERSION picks another
+# (13–18), built from source by scripts/postgres-from-source.sh into /opt/qwen_embed/postgresql-VERSION. PG_BIN, where
+# given, overrides both: a PostgreSQL installed some other way.
+#
+# Also set here: DEBIAN_RELEASE (12, 13), PG_DEBIAN_VERSION (the distribution's PostgreSQL) and PGVECTOR_PACKAGE, the
+# distribution's pgvector package for it (Debian 13's postgresql-17-pgvector; empty on Debian 12, which has none, so
+# scripts/pgvector.sh builds it from the pinned source).
+DEBIAN_RELEASE=$(. /etc/os-release 2>/dev/null && echo "${VERSION_ID:-}")
+case $DEBIAN_RELEASE in
+13) PG_DEBIAN_VERSION=17 PGVECTOR_PACKAGE=postgresql-17-pgvector ;;
+*) PG_DEBIAN_VERSION=15 PGVECTOR_PACKAGE= ;;
+esac
+PG_VERSION=${PG_VERSION:-$PG_DEBIAN_VERSION}
 if [ -z "${PG_BIN:-}" ]; then
     if [ "$PG_VERSION" = "$PG_DEBIAN_VERSION" ]; then
         PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin

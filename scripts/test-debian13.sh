@@ -29,6 +29,10 @@ if ! [ -x "$root/usr/bin/apt-get" ] || ! grep -qs '^VERSION_ID="13"' "$root/etc/
     debootstrap --variant=minbase trixie "$root" "$mirror" >/dev/null
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf" # the package registries, for apt and cargo inside
+# No service starts inside the root: installing postgresql-17 there would otherwise start its default cluster (on this
+# machine's network, beside its own PostgreSQL) and leave it running. The tests start only their own clusters.
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
 
 mounted=()
 cleanup() {

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The tests that run inside PostgreSQL, on one version: the pg_tests (cargo pgrx test), the SQL tests in tests/sql and
-# the pg_regress tests in tests/regress, each on a throw-away cluster. scripts/test.sh runs them on 15 and on 18;
-# any of 13–18 works (one that Debian 12 does not package is built from source first, see scripts/postgres.sh).
+# the pg_regress tests in tests/regress, each on a throw-away cluster. scripts/test.sh runs them on the distribution's
+# PostgreSQL and on 18; any of 13–18 works (one the distribution does not package is built from source first, see
+# scripts/postgres.sh). Without a version: the distribution's.
 #
 #     bash scripts/test-postgres.sh 17
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PG_VERSION=${1:-${PG_VERSION:-15}}
+[ -z "${1:-}" ] || export PG_VERSION=$1
+source scripts/postgres.sh
+export PG_VERSION
 bash scripts/install-deps.sh
 export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 source scripts/cluster.sh

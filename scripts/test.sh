@@ -4,15 +4,18 @@
 # statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
 # (scripts/test-postgres.sh), then the fault, model-change, async, hot-standby and load tests (tests/faults.sh,
 # tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh) and the Debian package (tests/package.sh:
-# built, installed with dpkg, smoke-tested), all on PostgreSQL 15 (Debian 12's); then the pg_tests, SQL and pg_regress
-# tests again on PostgreSQL 18, built from source.
+# built, installed with dpkg, smoke-tested), all on the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13);
+# then the pg_tests, SQL and pg_regress tests again on PostgreSQL 18, built from source.
 # Every server is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the
 # machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_tests() {
-    export PG_VERSION=15 # the fault, standby, load and package tests run on Debian 12's own
+    # The fault, standby, load and package tests run on the distribution's own PostgreSQL.
+    unset PG_VERSION PG_BIN
+    source scripts/postgres.sh
+    export PG_VERSION
     bash scripts/install-deps.sh
     export PATH=$HOME/.cargo/bin:$PATH # where rustup puts cargo on a machine that had none
 
@@ -21,7 +24,7 @@ all_tests() {
     cargo test -p qwen_embed_model -p qwen_embed_server --features qwen_embed_model/onednn -- --nocapture # kernels, SKIPPED
     cargo test -p qwen_embed_model --test reference -- --nocapture
 
-    bash scripts/test-postgres.sh 15 # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
+    bash scripts/test-postgres.sh "$PG_VERSION" # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
 
     echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
     bash tests/faults.sh

@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 deb=$(bash scripts/package.sh)
 echo "built $deb ($(du -h "$deb" | cut -f1))"
+# Its dependencies: this PostgreSQL, the distribution's oneDNN runtime (2.x on Debian 12, 3.x on Debian 13) and, where
+# the distribution packages pgvector, that package (dpkg -i below fails if any is not installed).
+depends=$(dpkg-deb -f "$deb" Depends)
+echo "Depends: $depends"
+wants=("postgresql-$PG_VERSION" libdnnl libgomp1)
+[ -z "$PGVECTOR_PACKAGE" ] || [ "$PG_VERSION" != "$PG_DEBIAN_VERSION" ] || wants+=("$PGVECTOR_PACKAGE")
+for want in "${wants[@]}"; do
+    [[ ", $depends" == *", $want"* ]] || { echo "the package does not depend on $want" >&2; exit 1; }
+done
 name=$(dpkg-deb -f "$deb" Package)
 $SUDO rm -f "$("$PG_CONFIG" --pkglibdir)/qwen_embed.so" "$("$PG_CONFIG" --sharedir)"/extension/qwen_embed*
 $SUDO dpkg -i "$deb" >/dev/null
