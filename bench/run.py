@@ -9,6 +9,8 @@ side, in one run, on the same inputs and thread count; accuracy as min cosine ag
                                                         # GPU in the same dtype
     bench/.venv/bin/python bench/run.py --sql           # ours through SQL too: SELECT embed(text[], instruct) on the
                                                         # cluster psql reaches (PGHOST...), result cache off
+    bench/.venv/bin/python bench/run.py --profile       # and where ours spends each case's time (ms per call):
+                                                        # linear layers, attention, norms and RoPE, elementwise, other
 
 Prints the date, command, CPU model and flags, the kernel ours used, the load average before and after (timings on
 a busy machine are not comparable), and per case each engine's median time, its time relative to ours and its min
@@ -52,7 +54,7 @@ def make_cases(tokenizer):
     ]
 
 
-def run_ours(model, cases_file, threads, reps, dtype, device, binary=None):
+def run_ours(model, cases_file, threads, reps, dtype, device, binary=None, profile=False):
     if binary is None:
         # oneDNN on the CPU, as the extension builds (its bf16 kernels where the CPU has them; see precision.rs).
         features = ["--features", "onednn,cuda" if device.startswith("cuda") else "onednn"]
@@ -61,7 +63,8 @@ def run_ours(model, cases_file, threads, reps, dtype, device, binary=None):
         binary = ROOT / "target/release/examples/bench"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([str(binary), "--model", model, "--cases", cases_file,
-                          "--reps", str(reps), "--device", device, "--dtype", dtype, "--vectors"], env=env,
+                          "--reps", str(reps), "--device", device, "--dtype", dtype, "--vectors",
+                          *(["--profile"] if profile else [])], env=env,
                          check=True, capture_output=True, text=True)
     lines = [json.loads(l) for l in out.stdout.splitlines()]
     return lines[0], {l["case"]: l for l in lines[1:]}
@@ -143,6 +146,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--ours-bin", default=None, help="a prebuilt bench example (default: cargo build it)")
     ap.add_argument("--sql", action="store_true", help="also ours through SQL on the cluster psql reaches")
+    ap.add_argument("--profile", action="store_true", help="also where ours spends each case's time")
     ap.add_argument("--anchors", default="",
                     help="comma-separated from torch-fp32, torch-bf16, onnx-fp32, onnx-int8 (default: all four on a "
                          "CPU, torch in --dtype on a GPU); torch-fp32 always runs: it is the accuracy reference")
@@ -160,7 +164,8 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
     load_before = os.getloadavg()
-    ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device, args.ours_bin)
+    ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device, args.ours_bin,
+                               args.profile)
     via_sql = run_ours_sql(cases, args.reps) if args.sql else None
     anchors = {name: run_anchor(name, args.model, cases, args.threads, args.reps, args.device) for name in names}
     load_after = os.getloadavg()
@@ -194,6 +199,14 @@ def main():
             r = anchors[n][1][name]
             line += f" | {r['median_ms']:>10.1f} {r['median_ms'] / o['median_ms']:>5.2f} {min_cosine(r['vectors'], ref):>9.6f}"
         print(line)
+    if args.profile:
+        parts = ["linear", "attention", "norms_rope", "elementwise", "other"]
+        print("ours, where the time goes (ms per call, mean of the reps; % of the sum)")
+        print(f"{'case':<11} " + " ".join(f"{p:>17}" for p in parts))
+        for case in cases:
+            prof = ours[case["name"]]["profile"]
+            whole = sum(prof[p] for p in parts)
+            print(f"{case['name']:<11} " + " ".join(f"{prof[p]:>9.1f} ({100 * prof[p] / whole:>4.1f} %)" for p in parts))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@
 //!   micro-kernel, a portable path on `gemm`) and [`elementwise`] (vectorised exp, SwiGLU, bf16 rounding)
 //! - `gpu` (with `cuda`): the GPU attention's masked softmax as one CUDA kernel (`gpu/kernels/`)
 //!
-//! Beside them: [`device`] (`auto`/`cpu`/`cuda:N` and the dtype names), [`memory`] (will the model fit?) and
-//! [`error`]. Every module is also re-exported at the crate root (`qwen_embed_model::encoder`, …), the paths callers
+//! Beside them: [`device`] (`auto`/`cpu`/`cuda:N` and the dtype names), [`memory`] (will the model fit?),
+//! [`profile`] (where a pass's time goes, for the benchmark) and [`error`]. Every module is also re-exported at the crate root (`qwen_embed_model::encoder`, …), the paths callers
 //! have always used.
 
 pub mod cpu;
@@ -27,19 +27,12 @@ pub mod error;
 mod gpu;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod text;
 
 pub use cpu::{attention, elementwise, f32_matmul};
 #[cfg(onednn)]
 pub use cpu::{attention_onednn, onednn};
-
-/// The oneDNN library's version ("2.6.3", "3.7.2"); `None` in a build without oneDNN.
-pub fn onednn_version() -> Option<String> {
-    #[cfg(onednn)]
-    return Some(onednn::version());
-    #[cfg(not(onednn))]
-    None
-}
 pub(crate) use cpu::{attention_tiled, micro_kernel, panels};
 #[cfg(feature = "cuda")]
 pub(crate) use gpu::softmax as gpu_softmax;
@@ -55,3 +48,11 @@ pub use pooling::Weighting;
 pub use precision::Precision;
 pub use reranker::Reranker;
 pub use tokenizer::{format_input, LengthPolicy};
+
+/// The oneDNN library's version ("2.6.3", "3.7.2"); `None` in a build without oneDNN.
+pub fn onednn_version() -> Option<String> {
+    #[cfg(onednn)]
+    return Some(onednn::version());
+    #[cfg(not(onednn))]
+    None
+}

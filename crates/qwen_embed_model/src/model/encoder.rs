@@ -21,6 +21,7 @@ use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
 use crate::linear::{with_cpu_f32s, GateUp, Linear};
 use crate::precision::{CpuAttention, Precision};
+use crate::profile::{timed, Part};
 use crate::weights::Weights;
 
 /// Upper bound on the attention scores held at once (elements), which sets the query block size.
@@ -315,14 +316,14 @@ impl Layer {
         canceled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
         let eps = c.rms_norm_eps as f32;
-        let normed = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
+        let normed = timed(Part::NormsRope, || candle_nn::ops::rms_norm(x, &self.input_norm, eps))?;
         let first_query = if last_only { batch.len - 1 } else { 0 };
         let residual = if last_only { x.index_select(&batch.last_rows, 0)? } else { x.clone() };
         let x = self.attention(&normed, &residual, batch, c, first_query)?.contiguous()?;
         if canceled() {
             return Err(Error::Canceled);
         }
-        let normed = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
+        let normed = timed(Part::NormsRope, || candle_nn::ops::rms_norm(&x, &self.post_norm, eps))?;
         let hidden = self.gate_up.forward(&normed)?;
         self.down.forward_add(&hidden, &x)
     }
@@ -344,7 +345,9 @@ impl Layer {
         let out = if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
             self.cpu_attention(&qkv.contiguous()?, batch, shape, eps)?
         } else {
-            self.padded_attention(&qkv, batch, shape, eps)?
+            // Norms, RoPE and attention as candle operations (a GPU's are asynchronous: there the profile's parts are
+            // when they were queued, not computed).
+            timed(Part::Attention, || self.padded_attention(&qkv, batch, shape, eps))?
         };
         self.o_proj.forward_add(&out, residual)
     }
@@ -356,15 +359,17 @@ impl Layer {
         let (rope, pads) = (&batch.rope, &batch.pads);
         let out = with_cpu_f32s([qkv, &self.q_norm, &self.k_norm, &rope.cos, &rope.sin], |[qkv, q, k, cos, sin]| {
             let norms = HeadNorms { q, k, eps, cos, sin };
-            let (q, k, v) = attention_layout::split_heads(qkv, pads, s, &norms);
-            let out = match batch.cpu_attention {
-                CpuAttention::F32 => attention::causal_attention(&q, &k, &v, pads, s),
-                #[cfg(onednn)]
-                CpuAttention::Onednn(kernel) => {
-                    crate::attention_onednn::causal_attention_in(kernel, &q, &k, &v, pads, s)?
-                }
-            };
-            Ok::<_, Error>(attention_layout::packed_rows(out, pads, s))
+            let (q, k, v) = timed(Part::NormsRope, || attention_layout::split_heads(qkv, pads, s, &norms));
+            timed(Part::Attention, || {
+                let out = match batch.cpu_attention {
+                    CpuAttention::F32 => attention::causal_attention(&q, &k, &v, pads, s),
+                    #[cfg(onednn)]
+                    CpuAttention::Onednn(kernel) => {
+                        crate::attention_onednn::causal_attention_in(kernel, &q, &k, &v, pads, s)?
+                    }
+                };
+                Ok::<_, Error>(attention_layout::packed_rows(out, pads, s))
+            })
         })??;
         let rows = out.len() / width;
         Ok(Tensor::from_vec(out, (rows, width), qkv.device())?)

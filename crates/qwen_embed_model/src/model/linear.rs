@@ -10,6 +10,7 @@ use crate::f32_matmul::PackedF32;
 #[cfg(onednn)]
 use crate::onednn;
 use crate::precision::LinearKernel;
+use crate::profile::{timed, Part};
 
 pub enum Linear {
     Dense(candle_nn::Linear),
@@ -57,7 +58,7 @@ fn rows_product(
     out_features: usize,
     f: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
 ) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let x = timed(Part::Elementwise, || x.to_dtype(DType::F32)?.contiguous())?;
     let rows = x.elem_count() / in_features;
     let out = with_cpu_f32(&x, |x| f(x, rows))??;
     let mut dims = x.dims().to_vec();
@@ -93,33 +94,38 @@ impl Linear {
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         #[cfg(onednn)]
         if let Linear::Onednn { weights, bias: None } = self {
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            let residual = residual.to_dtype(DType::F32)?.contiguous()?;
+            let (x, residual) = timed(Part::Elementwise, || {
+                Ok::<_, candle_core::Error>((
+                    x.to_dtype(DType::F32)?.contiguous()?,
+                    residual.to_dtype(DType::F32)?.contiguous()?,
+                ))
+            })?;
             let rows = x.elem_count() / weights.features().0;
             let out = with_cpu_f32s([&x, &residual], |[x, r]| weights.matmul_add(x, rows, r))??;
             return Ok(Tensor::from_vec(out, residual.dims(), &Device::Cpu)?);
         }
-        Ok((residual + self.forward(x)?)?)
+        let y = self.forward(x)?;
+        Ok(timed(Part::Elementwise, || residual + y)?)
     }
 
     /// x: (..., in_features) → (..., out_features).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (in_features, out_features, bias) = match self {
-            Linear::Dense(linear) => return Ok(linear.forward(x)?),
+            Linear::Dense(linear) => return Ok(timed(Part::Linear, || linear.forward(x))?),
             Linear::PackedF32 { weights, bias, .. } => (weights.in_features(), weights.out_features(), bias),
             #[cfg(onednn)]
             Linear::Onednn { weights, bias } => (weights.features().0, weights.features().1, bias),
         };
         let y = rows_product(x, in_features, out_features, |x, rows| {
             Ok(match self {
-                Linear::PackedF32 { kernel, weights, .. } => weights.matmul(*kernel, x, rows),
+                Linear::PackedF32 { kernel, weights, .. } => timed(Part::Linear, || weights.matmul(*kernel, x, rows)),
                 #[cfg(onednn)]
                 Linear::Onednn { weights, .. } => weights.matmul(x, rows)?,
                 Linear::Dense(_) => unreachable!("handled above"),
             })
         })?;
         Ok(match bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => timed(Part::Elementwise, || y.broadcast_add(b))?,
             None => y,
         })
     }
@@ -155,7 +161,7 @@ impl GateUp {
             GateUp::Product(linear) => {
                 let gate_up = linear.forward(x)?;
                 let inter = gate_up.dim(D::Minus1)? / 2;
-                swiglu(&gate_up, inter)
+                timed(Part::Elementwise, || swiglu(&gate_up, inter))
             }
             #[cfg(onednn)]
             GateUp::Onednn(weights) => {
