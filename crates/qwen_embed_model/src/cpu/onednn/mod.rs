@@ -22,10 +22,12 @@
 //! - **A scratchpad per thread.** oneDNN's default scratchpad is one buffer shared by all primitives (Debian builds it
 //!   without `DNNL_ENABLE_CONCURRENT_EXEC`), which concurrent tasks would race on: every primitive is made with a user
 //!   scratchpad, and each execution brings its thread's own.
-//! - **Dense blocks, copied into place.** oneDNN 2.6's brgemm writes only a dense output (a wider row stride sends it
-//!   to the reference implementation), so each task computes its m × slice block in a buffer of its thread and copies
-//!   it into the output. The residual add rides on that copy ([`Matmul::matmul_add`]): a sum post-op would need the
-//!   residual copied into the block first, one more pass than adding it on the way out.
+//! - **Blocks written in place where oneDNN can.** oneDNN 3.6 and later write a task's block straight into the output
+//!   (a strided destination). oneDNN 2.6's brgemm writes only a dense output (a wider row stride sends it to the
+//!   reference implementation), so there each task computes its m × slice block in a buffer of its thread and copies
+//!   it into the output. The residual add and SwiGLU ride on that copy on both ([`Matmul::matmul_add`],
+//!   [`Matmul::matmul_silu_gate`]): a sum post-op would need the residual copied into the block first, one more pass
+//!   than adding it on the way out.
 
 // The thin layer over the C API of the oneDNN this build found (build.rs): the calls and types that differ between
 // 2.x and 3.x; everything below is the same for both.
@@ -48,6 +50,7 @@ use rayon::prelude::*;
 
 use crate::elementwise::{silu_mul_rows, to_bf16};
 use crate::panels::SharedOut;
+use crate::profile::{timed, Part};
 
 /// Output features per slice: one task's columns. Four of the brgemm kernels' 64-column blocks.
 pub const SLICE: usize = 256;
@@ -246,7 +249,7 @@ pub fn bf16_kernel() -> Option<Bf16Kernel> {
 pub fn implementation<T: Element>(rows: usize, k: usize, n: usize) -> Result<String> {
     single_threaded();
     let weights = md_by_tag(T::DATA_TYPE, k, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
-    Ok(matmul_pd(T::DATA_TYPE, (rows, k, n), &weights)?.implementation())
+    Ok(matmul_pd(T::DATA_TYPE, (rows, k, n), &weights, n)?.implementation())
 }
 
 /// Tells OpenMP (oneDNN's threading runtime in Debian's build) that this thread computes alone: oneDNN then runs its
@@ -318,6 +321,14 @@ fn md_by_strides(dt: ffi::dnnl_data_type_t, rows: usize, cols: usize, strides: [
     Md::by_strides(dt, [rows as ffi::dnnl_dim_t, cols as ffi::dnnl_dim_t], strides.map(|s| s as ffi::dnnl_dim_t))
 }
 
+/// An f32 output of rows × n whose rows are `ldc` floats apart (n: dense).
+fn dst_md(rows: usize, n: usize, ldc: usize) -> Result<Md> {
+    match ldc == n {
+        true => md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, rows, n, ffi::dnnl_format_tag_t_dnnl_ab),
+        false => md_by_strides(ffi::dnnl_data_type_t_dnnl_f32, rows, n, [ldc, 1]),
+    }
+}
+
 /// A primitive descriptor (freed on drop).
 struct Pd(ffi::dnnl_primitive_desc_t);
 
@@ -367,12 +378,12 @@ impl Pd {
     }
 }
 
-/// A matmul's primitive descriptor: `rows` × k (plain, row-major) times `weights` (k × n), a dense f32 output.
-/// (oneDNN 2.6's brgemm takes only a dense output: given a row stride wider than n it falls back to its reference
-/// implementation, so tasks write a dense block and copy it into place.)
-fn matmul_pd(dt: ffi::dnnl_data_type_t, (rows, k, n): (usize, usize, usize), weights: &Md) -> Result<Pd> {
+/// A matmul's primitive descriptor: `rows` × k (plain, row-major) times `weights` (k × n), an f32 output whose rows
+/// are `ldc` floats apart (n: dense). oneDNN 2.6's brgemm takes only a dense output (given a wider row stride it falls
+/// back to its reference implementation, which [`Element::accepts`] refuses); 3.6 and later take a strided one.
+fn matmul_pd(dt: ffi::dnnl_data_type_t, (rows, k, n): (usize, usize, usize), weights: &Md, ldc: usize) -> Result<Pd> {
     let src = md_by_tag(dt, rows, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
-    let dst = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, rows, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    let dst = dst_md(rows, n, ldc)?;
     let mut pd = ptr::null_mut();
     let attr = Attr::user_scratchpad()?;
     // SAFETY: writes the new descriptor's handle; every descriptor and the attributes are valid for the call (the
@@ -482,6 +493,8 @@ struct Key {
     n: usize,
     /// The weights' layout: packed at load (`None`: the one oneDNN chose for this shape) or plain.
     plain: Option<Rhs>,
+    /// The output's row stride (floats; n: dense).
+    ldc: usize,
 }
 
 type Cache = Mutex<HashMap<Key, Arc<Primitive>>>;
@@ -494,7 +507,7 @@ fn primitive<T: Element>(key: Key, weights: &Md) -> Result<Arc<Primitive>> {
         return Ok(p.clone());
     }
     // Made outside the lock (generating a kernel takes a while); a race makes it twice and keeps one.
-    let pd = matmul_pd(key.dt, (key.rows, key.k, key.n), weights)?;
+    let pd = matmul_pd(key.dt, (key.rows, key.k, key.n), weights, key.ldc)?;
     // The layout is the one the weights were reordered to (checked at load): an implementation we would not accept
     // here would be a oneDNN that changed its mind between row counts.
     if !T::accepts(&pd.implementation()) {
@@ -525,26 +538,29 @@ pub fn product<T: Element>(m: usize, k: usize, n: usize, a: &[T], b: &[T], rhs: 
     let weights = md_by_tag(T::DATA_TYPE, k, n, tag)?;
     // SAFETY: `a` and `b` hold the m × k and k × n elements their descriptors describe (asserted above) and are only
     // read; `dst` holds m × n floats; all outlive the call.
-    unsafe { matmul_on_thread::<T>((m, k, n), Some(rhs), a.as_ptr(), (&weights, b.as_ptr().cast()), dst.as_mut_ptr()) }
+    unsafe {
+        matmul_on_thread::<T>((m, k, n), Some(rhs), a.as_ptr(), (&weights, b.as_ptr().cast()), (dst.as_mut_ptr(), n))
+    }
 }
 
-/// dst (m × n, dense row-major f32) = src (m × k, row-major, in `T`) · the weights (k × n in `weights`' layout: packed
-/// at load when `plain` is `None`), on this thread, with the primitive cached for that shape and layout.
+/// dst (m × n f32, rows `ldc` floats apart) = src (m × k, row-major, in `T`) · the weights (k × n in `weights`'
+/// layout: packed at load when `plain` is `None`), on this thread, with the primitive cached for that shape, layout
+/// and output stride.
 ///
 /// # Safety
-/// `src` must hold m × k elements and the weights `weights.0.size()` bytes, both only read; `dst` m × n floats; all
-/// valid for the call.
+/// `src` must hold m × k elements and the weights `weights.0.size()` bytes, both only read; `dst` (m - 1) × ldc + n
+/// floats, written only where the m × n output lies; all valid for the call.
 unsafe fn matmul_on_thread<T: Element>(
     (m, k, n): (usize, usize, usize),
     plain: Option<Rhs>,
     src: *const T,
     weights: (&Md, *const std::ffi::c_void),
-    dst: *mut f32,
+    (dst, ldc): (*mut f32, usize),
 ) -> Result<()> {
     single_threaded();
-    let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n, plain }, weights.0)?;
+    let p = primitive::<T>(Key { dt: T::DATA_TYPE, rows: m, k, n, plain, ldc }, weights.0)?;
     let src_md = md_by_tag(T::DATA_TYPE, m, k, ffi::dnnl_format_tag_t_dnnl_ab)?;
-    let dst_md = md_by_tag(ffi::dnnl_data_type_t_dnnl_f32, m, n, ffi::dnnl_format_tag_t_dnnl_ab)?;
+    let dst_md = dst_md(m, n, ldc)?;
     // oneDNN takes mutable pointers for every argument; it only reads the source and the weights.
     let src = Memory::over(&src_md, src as *mut std::ffi::c_void)?;
     let wei = Memory::over(weights.0, weights.1 as *mut std::ffi::c_void)?;
@@ -574,6 +590,10 @@ pub struct Matmul<T: Element> {
     slices: Vec<Slice>,
     /// Packed by [`Matmul::pack_gated`]: each slice is a block of gate features beside the same block of up features.
     gated: bool,
+    /// Whether a slice's block of the product is written straight into the output (rows out_features apart): with one
+    /// slice (the block is dense), or where oneDNN's accepted kernel takes a strided output (3.6 and later). Else
+    /// (2.x) a dense block is computed and copied into place.
+    direct_out: bool,
     implementation: String,
     _element: std::marker::PhantomData<T>,
 }
@@ -618,7 +638,7 @@ impl<T: Element> Matmul<T> {
         let mut start = 0;
         for n in widths {
             let any = md_by_tag(T::DATA_TYPE, in_features, n, ffi::dnnl_format_tag_t_dnnl_format_tag_any)?;
-            let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, n), &any)?;
+            let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, n), &any, n)?;
             implementation = pd.implementation();
             if !T::accepts(&implementation) {
                 return Err(Error { call: "matmul", status: "no accepted implementation" });
@@ -638,7 +658,23 @@ impl<T: Element> Matmul<T> {
             start += n;
         }
         assert_eq!(start, out_features, "the slices cover the output features");
-        Ok(Matmul { in_features, out_features, slices, gated, implementation, _element: std::marker::PhantomData })
+        // A strided output, where the kernel oneDNN gives for it is one we accept (3.6+: the same brgemm).
+        let direct_out = match &slices[..] {
+            [] | [_] => true,
+            [first, ..] => {
+                let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, first.n), &first.md, out_features)?;
+                T::accepts(&pd.implementation())
+            }
+        };
+        Ok(Matmul {
+            in_features,
+            out_features,
+            slices,
+            gated,
+            direct_out,
+            implementation,
+            _element: std::marker::PhantomData,
+        })
     }
 
     pub fn in_features(&self) -> usize {
@@ -676,7 +712,7 @@ impl<T: Element> Matmul<T> {
     fn compute(&self, x: &[f32], rows: usize, copy: CopyOut) -> Result<Vec<f32>> {
         assert_eq!(x.len(), rows * self.in_features);
         assert_eq!(self.gated, matches!(copy, CopyOut::SiluGate), "SwiGLU needs, and only it takes, gated packing");
-        let a = T::activations(x);
+        let a = timed(Part::Elementwise, || T::activations(x));
         let k = self.in_features;
         // A gated slice of n columns gives n / 2 outputs, after those of the slices before it.
         let (ldc, half) = if self.gated { (self.out_features / 2, 2) } else { (self.out_features, 1) };
@@ -685,44 +721,58 @@ impl<T: Element> Matmul<T> {
         // Slice-major: a thread's consecutive tasks mostly share one slice of weights (kept in its cache).
         let tasks: Vec<(usize, usize)> =
             (0..self.slices.len()).flat_map(|s| (0..rows).step_by(ROW_BLOCK).map(move |r| (s, r))).collect();
-        tasks.into_par_iter().try_for_each(|(s, r0)| {
-            let shared = &shared; // the whole Sync wrapper, not its raw pointer field
-            let slice = &self.slices[s];
-            let (m, width) = (ROW_BLOCK.min(rows - r0), slice.n / half);
-            BLOCKS.with_borrow_mut(|(block, gated)| {
-                block.resize(m * slice.n, 0.0);
-                // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
-                // read; the dense m × n block is this thread's own; all outlive the call.
-                unsafe {
-                    let weights = (&slice.md, slice.data.as_ptr().cast());
-                    matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, block.as_mut_ptr())?;
+        timed(Part::Linear, || {
+            tasks.into_par_iter().try_for_each(|(s, r0)| {
+                let shared = &shared; // the whole Sync wrapper, not its raw pointer field
+                let slice = &self.slices[s];
+                let (m, width) = (ROW_BLOCK.min(rows - r0), slice.n / half);
+                let weights = (&slice.md, slice.data.as_ptr().cast());
+                if self.direct_out && matches!(copy, CopyOut::Store) {
+                    // SAFETY: the source rows and the packed weights are only read; the product is written to rows
+                    // r0..r0 + m, columns start..start + n of the output (inside its capacity, rows ldc apart), which
+                    // this task alone writes (tasks own disjoint (slice, row block) pairs); all outlive the call.
+                    return unsafe {
+                        let dst = shared.0.add(r0 * ldc + slice.start);
+                        matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, (dst, ldc))
+                    };
                 }
-                let block: &[f32] = match copy {
-                    CopyOut::SiluGate => {
-                        gated.resize(m * width, 0.0);
-                        silu_mul_rows(block, gated, width);
-                        gated
-                    }
-                    _ => block,
-                };
-                for (r, row) in block.chunks_exact(width).enumerate() {
-                    let at = (r0 + r) * ldc + slice.start / half;
-                    // SAFETY: row r0 + r, columns start..start + width of the output lie inside its capacity and are
-                    // written by this task alone (tasks own disjoint (slice, row block) pairs), through raw pointers:
-                    // the memory is not initialised yet, so no reference to it is made.
+                BLOCKS.with_borrow_mut(|(block, gated)| {
+                    block.resize(m * slice.n, 0.0);
+                    // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
+                    // read; the dense m × n block is this thread's own; all outlive the call.
                     unsafe {
-                        let dst = shared.0.add(at);
-                        match copy {
-                            CopyOut::Add(res) => {
-                                row.iter().zip(&res[at..at + width]).enumerate().for_each(|(j, (&v, &r))| {
-                                    dst.add(j).write(v + r);
-                                })
+                        let dst = (block.as_mut_ptr(), slice.n);
+                        matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, dst)?;
+                    }
+                    let block: &[f32] = match copy {
+                        CopyOut::SiluGate => {
+                            gated.resize(m * width, 0.0);
+                            silu_mul_rows(block, gated, width);
+                            gated
+                        }
+                        _ => block,
+                    };
+                    for (r, row) in block.chunks_exact(width).enumerate() {
+                        let at = (r0 + r) * ldc + slice.start / half;
+                        // SAFETY: row r0 + r, columns start..start + width of the output lie inside its capacity and are
+                        // written by this task alone (tasks own disjoint (slice, row block) pairs), through raw pointers:
+                        // the memory is not initialised yet, so no reference to it is made.
+                        unsafe {
+                            let dst = shared.0.add(at);
+                            match copy {
+                                CopyOut::Add(res) => {
+                                    row.iter().zip(&res[at..at + width]).enumerate().for_each(|(j, (&v, &r))| {
+                                        dst.add(j).write(v + r);
+                                    })
+                                }
+                                CopyOut::Store | CopyOut::SiluGate => {
+                                    ptr::copy_nonoverlapping(row.as_ptr(), dst, width)
+                                }
                             }
-                            CopyOut::Store | CopyOut::SiluGate => ptr::copy_nonoverlapping(row.as_ptr(), dst, width),
                         }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             })
         })?;
         // SAFETY: the tasks covered every (row, column) once (slices partition the columns, row blocks the rows) and all

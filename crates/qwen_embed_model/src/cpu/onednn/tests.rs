@@ -159,3 +159,25 @@ fn concurrent_tasks_give_the_single_threaded_result() {
         assert!(run(4, &both) == alone, "a concurrent run differs from the single-threaded one");
     }
 }
+
+/// A slice's block goes straight into the output where oneDNN takes a strided destination (3.6 and later, Debian 13's
+/// 3.7) and, on any version, when the weights are one slice; 2.x copies it (the other tests check both give the
+/// product).
+#[test]
+fn blocks_are_written_in_place_where_onednn_takes_a_strided_output() {
+    let numbers: Vec<u32> = version().split('.').map(|n| n.parse().unwrap()).collect();
+    let strided = (numbers[0], numbers[1]) >= (3, 6);
+    let (rows, k) = (70, 64);
+    let x = data(rows * k, 8);
+    for (n, direct) in [(3 * SLICE + 16, strided), (SLICE, true), (40, true)] {
+        let w = data(n * k, 9);
+        let packed = Matmul::<f32>::pack(&w, n, k).unwrap();
+        assert_eq!(packed.direct_out, direct, "oneDNN {}, {n} features", version());
+        let want = reference(&x, &w, rows, (n, k), |v| v);
+        let got = packed.matmul(&x, rows).unwrap();
+        assert!(got.iter().zip(&want).all(|(&g, &e)| (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs())));
+        if bf16_kernel().is_some() {
+            assert_eq!(Matmul::<Bf16>::pack(&w, n, k).unwrap().direct_out, direct, "bf16, {n} features");
+        }
+    }
+}
