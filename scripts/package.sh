@@ -7,7 +7,8 @@
 # Debian 12, libdnnl3.6 on Debian 13), and the distribution's pgvector package where it has one (Debian 13's
 # postgresql-17-pgvector; Debian 12 has none: scripts/install-deps.sh builds pgvector from Debian's source package).
 # For a version the distribution does not package the build is against the source build of
-# scripts/postgres-from-source.sh, and `postgresql-<v>` is PGDG's package name.
+# scripts/postgres-from-source.sh; its files go to the same paths as the distribution's (PGDG's layout), and
+# `postgresql-<v>` is PGDG's package name.
 #
 #     bash scripts/package.sh            # prints the .deb's path
 #     bash scripts/package.sh 16         # for PostgreSQL 16 (installs it from source first if needed)
@@ -28,9 +29,14 @@ staged=target/release/qwen_embed-pg$PG_VERSION
 root=target/deb/$name
 rm -rf "$root"
 mkdir -p "$root/DEBIAN"
-cp -r "$staged"/. "$root"/
+# The files go where Debian's and PGDG's postgresql-N put an extension's (/usr/lib/postgresql/N/lib,
+# /usr/share/postgresql/N/extension), also when this build's PostgreSQL is a source build under /opt/qwen_embed.
+pkglibdir=$("$PG_CONFIG" --pkglibdir) extdir=$("$PG_CONFIG" --sharedir)/extension
+install -D -m 755 "$staged$pkglibdir/qwen_embed.so" "$root/usr/lib/postgresql/$PG_VERSION/lib/qwen_embed.so"
+mkdir -p "$root/usr/share/postgresql/$PG_VERSION/extension"
+cp "$staged$extdir"/qwen_embed* "$root/usr/share/postgresql/$PG_VERSION/extension/"
 # The shared libraries the extension links (Rust links its own code statically), and their packages.
-library=$root$("$PG_CONFIG" --pkglibdir)/qwen_embed.so
+library=$root/usr/lib/postgresql/$PG_VERSION/lib/qwen_embed.so
 libs=$(ldd "$library" | awk '/=>/ {print $1}' | sort -u | tr '\n' ' ')
 shlibs=$(
     work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT && mkdir "$work/debian" && touch "$work/debian/control"
