@@ -43,8 +43,7 @@ shlibs=$(
     cd "$work" && dpkg-shlibdeps -O -e "$OLDPWD/$library" 2>/dev/null | sed -n 's/^shlibs:Depends=//p'
 )
 [ -n "$shlibs" ] || { echo "dpkg-shlibdeps named no dependencies of $library" >&2; exit 1; }
-depends="postgresql-$PG_VERSION, $shlibs"
-[ -z "$PGVECTOR_PACKAGE" ] || [ "$PG_VERSION" != "$PG_DEBIAN_VERSION" ] || depends+=", $PGVECTOR_PACKAGE"
+depends="postgresql-$PG_VERSION, $shlibs${PG_PGVECTOR_PACKAGE:+, $PG_PGVECTOR_PACKAGE}"
 cat >"$root/DEBIAN/control" <<EOF
 Package: $name
 Version: $version

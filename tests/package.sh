@@ -12,9 +12,7 @@ echo "built $deb ($(du -h "$deb" | cut -f1))"
 # the distribution packages pgvector, that package (dpkg -i below fails if any is not installed).
 depends=$(dpkg-deb -f "$deb" Depends)
 echo "Depends: $depends"
-wants=("postgresql-$PG_VERSION" libdnnl libgomp1)
-[ -z "$PGVECTOR_PACKAGE" ] || [ "$PG_VERSION" != "$PG_DEBIAN_VERSION" ] || wants+=("$PGVECTOR_PACKAGE")
-for want in "${wants[@]}"; do
+for want in "postgresql-$PG_VERSION" libdnnl libgomp1 $PG_PGVECTOR_PACKAGE; do
     [[ ", $depends" == *", $want"* ]] || { echo "the package does not depend on $want" >&2; exit 1; }
 done
 name=$(dpkg-deb -f "$deb" Package)
