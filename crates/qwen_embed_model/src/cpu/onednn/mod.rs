@@ -658,12 +658,16 @@ impl<T: Element> Matmul<T> {
             start += n;
         }
         assert_eq!(start, out_features, "the slices cover the output features");
-        // A strided output, where the kernel oneDNN gives for it is one we accept (3.6+: the same brgemm).
+        // A strided output, where the kernel oneDNN gives for it is one we accept (3.6+: the same brgemm), for both
+        // slice widths there are (every slice but the last is SLICE wide).
         let direct_out = match &slices[..] {
             [] | [_] => true,
-            [first, ..] => {
-                let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, first.n), &first.md, out_features)?;
-                T::accepts(&pd.implementation())
+            [first, .., last] => {
+                let accepted = |slice: &Slice| -> Result<bool> {
+                    let pd = matmul_pd(T::DATA_TYPE, (ROW_BLOCK, in_features, slice.n), &slice.md, out_features)?;
+                    Ok(T::accepts(&pd.implementation()))
+                };
+                accepted(first)? && accepted(last)?
             }
         };
         Ok(Matmul {
