@@ -3,7 +3,10 @@
 # the real Qwen3-Embedding-0.6B shape with random weights (tools/make_random_model.py). pgbench runs instructed single
 # queries (result cache off) with 1, 4, 8 and 16 clients against each path; for each it prints queries/s, p50 and p95
 # latency, and the memory (RSS) of all the cluster's processes and their children. Then, on the server, single queries
-# while a 20,000-row backfill runs, against the same queries idle. A benchmark, not a test: it asserts nothing.
+# idle and under three kinds of bulk work by other sessions: a 20,000-row backfill, 4 sessions looping reranks of 50
+# candidates (~100-token passages; the random model is the reranker too: Qwen3-Reranker-0.6B has its shape), and 2
+# sessions looping embed_document of a 20,000-token document; each query p50 is also given as a ratio to the idle
+# one. A benchmark, not a test: it asserts nothing.
 #
 #     bash bench/concurrency.sh [SECONDS_PER_RUN=20] [CLIENT_COUNTS="1 4 8 16"]
 #
@@ -85,11 +88,41 @@ run_pgbench() {
                 peak, gpu }'
 }
 
+# Bulk work of other sessions, looped by pgbench: a rerank of 50 candidates, and a document of 20,000 tokens.
+rerank_load=$(scratch_dir)/rerank.sql document_load=$(scratch_dir)/document.sql
+cat >"$rerank_load" <<'SQL'
+\set n random(1, 1000000)
+SELECT count(*) FROM rerank('which passage answers question ' || :n || ' about vector search?',
+    ARRAY(SELECT format('Passage %s of %s: ', g, :n) || repeat('indexes, vectors and the pages of a database ', 12)
+          FROM generate_series(1, 50) g));
+SQL
+cat >"$document_load" <<'SQL'
+\set n random(1, 1000000)
+SELECT vector_dims(embed_document(:n || repeat(' The storage engine writes its pages to the heap.', 2000)));
+SQL
+chmod 644 "$rerank_load" "$document_load"
+
+# under_load SCRIPT CLIENTS: single queries (run_pgbench 1) while CLIENTS other sessions loop SCRIPT; prints
+# run_pgbench's line and, after it, how many of SCRIPT's calls completed meanwhile.
+under_load() {
+    local script=$1 clients=$2 logdir line
+    logdir=$(scratch_dir)/load.$RANDOM
+    $SUDO install -d -o postgres -m 755 "$logdir"
+    (cd "$logdir" && as_postgres pgbench -n -c "$clients" -j "$clients" -T $((secs + 10)) -f "$script" \
+        "$PGDATABASE" >"$logdir/out" 2>&1) &
+    local load=$!
+    sleep 5
+    line=$(run_pgbench 1 "$secs")
+    wait $load || { cat "$logdir/out" >&2; return 1; }
+    echo "$line $(sed -n 's/^number of transactions actually processed: *//p' "$logdir/out")"
+}
+
 declare -A result
 for path in backend server; do
     if [ $path = server ]; then
         cluster_new "$(scratch_dir)/$path" "shared_preload_libraries = 'qwen_embed'" "qwen_embed.model_path = '$model'" \
-            "qwen_embed.dtype = '$dtype'" "qwen_embed.device = '$device'" "max_connections = 40"
+            "qwen_embed.reranker_path = '$model'" "qwen_embed.dtype = '$dtype'" "qwen_embed.device = '$device'" \
+            "max_connections = 40"
     else
         cluster_new "$(scratch_dir)/$path" "qwen_embed.model_path = '$model'" "qwen_embed.dtype = '$dtype'" \
             "qwen_embed.device = '$device'" "max_connections = 40"
@@ -124,6 +157,10 @@ for path in backend server; do
         wait || true
         PGDATABASE=qwen_embed_bench pg -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
             WHERE query ~ 'qwen_embed.backfill' AND pid <> pg_backend_pid()" >/dev/null
+        PGDATABASE=qwen_embed_bench pg -q -c "SELECT count(*) FROM rerank('warm up', ARRAY['the reranker loads'])" \
+            >/dev/null
+        reranking=$(PGDATABASE=qwen_embed_bench under_load "$rerank_load" 4)
+        documents=$(PGDATABASE=qwen_embed_bench under_load "$document_load" 2)
     fi
     cluster_stop "$PGHOST"
 done
@@ -145,3 +182,10 @@ read -r _ busy50 busy95 _ _ <<<"$busy"
 echo
 echo "server, single client: idle p50 $idle50 ms (p95 $idle95); during a 20,000-row backfill p50 $busy50 ms (p95 $busy95),"
 echo "$(awk -v a="$busy50" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }')× idle; the backfill had filled $filled rows by the end"
+read -r _ rerank50 rerank95 _ _ reranks <<<"$reranking"
+read -r _ doc50 doc95 _ _ docs <<<"$documents"
+ratio() { awk -v a="$1" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }'; }
+echo "while 4 sessions loop reranks of 50 candidates: p50 $rerank50 ms (p95 $rerank95), $(ratio "$rerank50")× idle;" \
+    "$reranks reranks done meanwhile"
+echo "while 2 sessions loop embed_document of 20,000 tokens: p50 $doc50 ms (p95 $doc95), $(ratio "$doc50")× idle;" \
+    "$docs documents done meanwhile"

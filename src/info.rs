@@ -116,6 +116,8 @@ pub(crate) mod qwen_embed {
             add("tokens", s.tokens.to_string());
             add("batches", s.batches.to_string());
             add("batches_split", s.batches_split.to_string());
+            add("reranker_batches", s.reranker_batches.to_string());
+            add("pauses", s.pauses.to_string());
             let per_batch =
                 |n: u64| if s.batches > 0 { format!("{:.1}", n as f64 / s.batches as f64) } else { "0".into() };
             add("mean_batch_texts", per_batch(s.texts));
@@ -129,6 +131,12 @@ pub(crate) mod qwen_embed {
             add("idle_trims", s.idle_trims.to_string());
             add("restarts", restarts.to_string());
             add("last_exit", last_exit);
+            for c in &s.jobs {
+                add(&format!("{}_requests", c.kind), c.requests.to_string());
+                add(&format!("{}_canceled", c.kind), c.canceled.to_string());
+                add(&format!("{}_texts", c.kind), c.texts.to_string());
+                add(&format!("{}_tokens", c.kind), c.tokens.to_string());
+            }
             for (client, n) in s.per_client {
                 add(&format!("requests_from_pid_{client}"), n.to_string());
             }

@@ -22,6 +22,12 @@ CREATE TEMP TABLE served AS SELECT id, rerank_score(q, d, instruct) AS s FROM pa
 SELECT expect(value LIKE 'ready%', 'reranker after first use: ' || value)
 FROM (SELECT info_value('server_info', 'reranker_state') AS value) kv;
 SELECT expect(bool_and(s > 0 AND s < 1), 'scores in (0, 1)') FROM served;
+-- Each rerank_score is a request of the reranker's in the server's queue (a new server: these are its only ones),
+-- computed in a batch of its own (one session, one call at a time).
+SELECT expect(info_value('server_info', 'rerank_requests') = '5' AND info_value('server_info', 'rerank_texts') = '5'
+              AND info_value('server_info', 'reranker_batches') = '5',
+              format('rerank requests %s, texts %s, reranker batches %s', info_value('server_info', 'rerank_requests'),
+                     info_value('server_info', 'rerank_texts'), info_value('server_info', 'reranker_batches')));
 
 -- The same scores from a copy of the reranker, which this backend loads itself (another path than the server's).
 SELECT set_config('qwen_embed.reranker_path', :'model_dir' || '/tiny-qwen3-reranker-copy', false);

@@ -14,12 +14,20 @@ CREATE TEMP TABLE texts AS SELECT t FROM unnest(ARRAY['The cat sits on the mat.'
     repeat('a longer text with many words ', 60), 'Instruct: x' || E'\n' || 'Query:y']) t;
 CREATE TEMP TABLE served AS SELECT t, embed(t) AS v, embed(t, 'Find answers') AS q, embed(t, dim => 32) AS d FROM texts;
 CREATE TEMP TABLE served_batch AS SELECT embed(array_agg(t ORDER BY t)) AS vs FROM texts;
+CREATE TEMP TABLE jobs_before AS SELECT k, info_value('server_info', k)::bigint AS n
+FROM unnest(ARRAY['document_requests', 'chunks_requests', 'chunks_texts', 'embed_requests']) k;
 CREATE TEMP TABLE served_doc AS SELECT embed_document(repeat('Paragraph about storage. ', 400), 128, 16) AS v;
 -- A document whose chunks differ from each other (numbered sentences), so that a shifted range or text shows.
 CREATE TEMP TABLE chunked AS SELECT string_agg(format('Sentence %s is about storage engine %s. ', g, g % 5), '') AS doc
 FROM generate_series(1, 300) g;
 CREATE TEMP TABLE served_chunks AS SELECT c.* FROM chunked, embed_chunks(doc, 128, 16) c;
 CREATE TEMP TABLE served_count AS SELECT token_count('The capital of China is Beijing.') AS n;
+-- Documents and chunks are requests of their own kind in the server's queue, counted as such (one each here; the
+-- chunks' texts are the rows embed_chunks returned).
+SELECT expect(array_agg(info_value('server_info', k)::bigint - n ORDER BY k)
+              = ARRAY[1, (SELECT count(*) FROM served_chunks), 1, 0],
+              'server_info per kind: ' || string_agg(k || ' +' || (info_value('server_info', k)::bigint - n), ', ' ORDER BY k))
+FROM jobs_before;
 SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3-copy', false);
 SELECT expect(vector_dims(embed('now in this backend')) = 64, 'embed in the backend');
 SELECT expect(value = 'backend', 'route ' || value) FROM (SELECT info_value('info', 'route') AS value) kv;

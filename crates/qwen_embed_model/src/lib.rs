@@ -42,7 +42,7 @@ pub use text::{chunking, tokenizer};
 
 pub use candle_core::{self as candle, DType, Device};
 pub use config::Qwen3Config;
-pub use embedder::{Chunk, Embedder, Limits, Work};
+pub use embedder::{document_vector, Chunk, Embedder, Limits, Work};
 pub use error::{Error, ErrorKind, Result};
 pub use pooling::Weighting;
 pub use precision::Precision;

@@ -41,6 +41,23 @@ pub enum Job {
     Status,
 }
 
+impl Job {
+    /// The kinds of job, as the server's counters name them.
+    pub const KINDS: [&'static str; 5] = ["embed", "chunks", "document", "rerank", "count_tokens"];
+
+    /// This job's kind (one of [`Job::KINDS`]; None for a status request).
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            Job::Embed { .. } => Some("embed"),
+            Job::Chunks { .. } => Some("chunks"),
+            Job::Document { .. } => Some("document"),
+            Job::Rerank { .. } => Some("rerank"),
+            Job::CountTokens { .. } => Some("count_tokens"),
+            Job::Status => None,
+        }
+    }
+}
+
 /// Whose work is served first: a batch takes from the first class that has work waiting, and a bulk batch of a
 /// later class pauses at its next layer while an interactive batch computes.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
@@ -48,7 +65,8 @@ pub enum Priority {
     /// A session waiting for its result (`embed()` in a query, a sync trigger).
     #[default]
     Interactive,
-    /// The async embedding worker.
+    /// The async embedding worker; and, in the server's queue, the chunks of a session's large document (bulk work
+    /// that yields to queries as the worker's does).
     Async,
     /// `CALL qwen_embed.backfill`.
     Backfill,
@@ -136,6 +154,10 @@ pub struct Status {
     pub texts: u64,
     pub tokens: u64,
     pub batches: u64,
+    /// Of those, the reranker's.
+    pub reranker_batches: u64,
+    /// Times a batch waited at a layer boundary while a more urgent batch computed (`queue::Urgency`).
+    pub pauses: u64,
     /// Failed batches of several requests, computed again one request at a time.
     pub batches_split: u64,
     pub max_batch_texts: u64,
@@ -152,6 +174,19 @@ pub struct Status {
     pub idle_trims: u64,
     /// Requests per client pid, for the clients seen most recently.
     pub per_client: Vec<(i32, u64)>,
+    /// Counts per kind of job, in the order of [`Job::KINDS`].
+    pub jobs: Vec<JobCounts>,
+}
+
+/// Requests of one kind of job since the server started; `texts` and `tokens` count the sequences computed for the
+/// answered ones (a text, a document's chunk, a rerank's query-document pair).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub kind: String,
+    pub requests: u64,
+    pub canceled: u64,
+    pub texts: u64,
+    pub tokens: u64,
 }
 
 pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {

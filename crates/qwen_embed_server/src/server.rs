@@ -1,13 +1,15 @@
-//! The model server: one model, every session's requests.
+//! The model server: one model (and its reranker), every session's requests.
 //!
 //! Threads: the caller's thread accepts connections; each connection gets a thread that reads its one request,
-//! tokenises it (off the compute path, as TEI does) and queues it, then waits for its vectors while watching the
-//! socket, so a caller that goes away (cancel, timeout, a dead backend) has its request dropped before it is computed.
-//! Two batch threads take work from the queue ([`crate::queue`]): one from small requests, one from large ones, so an
-//! interactive query is computed next to a running bulk batch instead of behind it, and concurrent queries share
-//! batches. Both run the encoder on one thread pool sized by the settings. A batch of async or backfill work pauses at
-//! its next layer while a batch with interactive work computes, so a query gets the whole pool. A batch of several
-//! requests that fails is computed again one request at a time, so a failure fails only the request it belongs to.
+//! tokenises it (off the compute path, as TEI does: texts, a document's chunks, a rerank's query-document pairs) and
+//! queues it, then waits for its outputs while watching the socket, so a caller that goes away (cancel, timeout, a dead
+//! backend) has its request dropped before it is computed, and shapes the reply (Matryoshka cut, chunk ranges, a
+//! document's mean, scores). Two batch threads take work from the queue ([`crate::queue`]): one from small requests,
+//! one from large ones, so an interactive query is computed next to a running bulk batch instead of behind it, and
+//! concurrent queries share batches. Both run the embedder or the reranker on one thread pool sized by the settings.
+//! A batch pauses at its next layer while a more urgent one computes ([`Urgency`]), so a query gets the whole pool. A
+//! batch of several requests that fails is computed again one request at a time, so a failure fails only the request
+//! it belongs to.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,11 +20,15 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use qwen_embed_model::{format_input, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting};
+use qwen_embed_model::{
+    document_vector, format_input, Chunk, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting,
+};
 
 use crate::heap::{self, IdleTrim, IDLE};
-use crate::protocol::{read_frame, write_frame, Cost, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
-use crate::queue::{Full, Item, Lane, Queue};
+use crate::protocol::{
+    read_frame, write_frame, Cost, Job, JobCounts, Lengths, ModelSpec, Priority, Reply, Request, Status,
+};
+use crate::queue::{Batch, Full, Lane, Model, Queue, Urgency};
 
 /// How the server runs.
 #[derive(Clone, Copy, Debug)]
@@ -62,16 +68,41 @@ enum RerankerState {
     Failed(Box<Reply>),
 }
 
-/// A request being computed: its vectors as they arrive, and where to send them when all are there.
+/// What the model computes for one sequence: an embedding's unit vector, or a rerank pair's score.
+#[derive(Clone, Debug)]
+enum Output {
+    Vector(Vec<f32>),
+    Score(f64),
+}
+
+impl Output {
+    fn vector(self) -> Vec<f32> {
+        match self {
+            Output::Vector(v) => v,
+            Output::Score(_) => unreachable!("an embedder request gets vectors"),
+        }
+    }
+
+    fn score(self) -> f64 {
+        match self {
+            Output::Score(s) => s,
+            Output::Vector(_) => unreachable!("a rerank request gets scores"),
+        }
+    }
+}
+
+/// A request's outputs in its order and what it cost, or the reply that says why there are none.
+type Computed = Result<(Vec<Output>, Cost), Reply>;
+
+/// A request being computed: its outputs as they arrive, and where to send them when all are there.
 struct Collecting {
     /// Set when the request is given up (its caller left, or a batch with its sequences failed): the queue then drops
     /// the rest of its sequences.
     canceled: Arc<AtomicBool>,
-    vectors: Vec<Option<Vec<f32>>>,
+    outputs: Vec<Option<Output>>,
     missing: usize,
-    dim: Option<i64>,
     cost: Cost,
-    done: Sender<Reply>,
+    done: Sender<Computed>,
 }
 
 struct Shared {
@@ -87,10 +118,10 @@ struct Shared {
     status: Mutex<Status>,
     clients: Mutex<HashMap<i32, u64>>,
     next_id: AtomicU64,
-    /// Batches with interactive work computing now: lower-priority batches wait for none.
-    interactive_computing: AtomicUsize,
+    /// Batches computing now, per [`Urgency`]: a batch pauses while one of higher urgency computes.
+    computing: [AtomicUsize; 3],
     pool: rayon::ThreadPool,
-    /// Batches and reranks running, and the trim of free memory once none has run for a while.
+    /// Batches running, and the trim of free memory once none has run for a while.
     idle: IdleTrim,
 }
 
@@ -110,6 +141,7 @@ impl Shared {
             queue_limit: settings.queue_limit,
             reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
             reranker_state: if reranker.is_some() { "not loaded" } else { "" }.into(),
+            jobs: Job::KINDS.iter().map(|&kind| JobCounts { kind: kind.into(), ..JobCounts::default() }).collect(),
             ..Status::default()
         };
         let (reranker_spec, reranker) = match reranker {
@@ -129,7 +161,7 @@ impl Shared {
             status: Mutex::new(status),
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            interactive_computing: AtomicUsize::new(0),
+            computing: Default::default(),
             pool,
             idle: IdleTrim::new(IDLE),
         })
@@ -213,40 +245,29 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
         }
         *clients.entry(request.client).or_default() += 1;
     }
-    let reply = match request.job {
-        Job::Status => Reply::Status(Box::new(status(shared))),
-        Job::Rerank { .. } if shared.reranker_spec.as_ref() != Some(&request.model) => {
-            Reply::OtherModel { serving: shared.reranker_spec.clone().unwrap_or_default() }
-        }
-        Job::Rerank { query, documents, instruct } => {
-            lock(&shared.status).requests += 1;
-            match rerank(shared, query, documents, instruct, request.lengths, &conn) {
-                Some(reply) => reply,
-                None => {
-                    lock(&shared.status).canceled += 1;
-                    return Ok(());
-                }
-            }
-        }
-        _ if request.model != shared.spec => Reply::OtherModel { serving: shared.spec.clone() },
-        job => match wait_for_model(shared, &conn) {
-            None => return Ok(()),
-            Some(Err(reply)) => reply,
-            Some(Ok(model)) => {
-                lock(&shared.status).requests += 1;
-                let reply = run_job(shared, &model, job, request.lengths, request.priority, &conn);
-                match reply {
-                    None => {
-                        lock(&shared.status).canceled += 1;
-                        return Ok(());
-                    }
-                    Some(reply) => reply,
-                }
-            }
-        },
+    let Some(kind) = request.job.kind() else {
+        return write_frame(&mut conn, &Reply::Status(Box::new(status(shared))));
     };
-    if matches!(reply, Reply::Failed { .. }) {
-        lock(&shared.status).errors += 1;
+    lock(&shared.status).requests += 1;
+    count(shared, kind, |c| c.requests += 1);
+    let reply = match answer(shared, request, &conn) {
+        Ok(reply) => reply,
+        Err(Ended::Reply(reply)) => reply,
+        Err(Ended::CallerLeft) => {
+            lock(&shared.status).canceled += 1;
+            count(shared, kind, |c| c.canceled += 1);
+            return Ok(());
+        }
+    };
+    match &reply {
+        Reply::Failed { .. } => lock(&shared.status).errors += 1,
+        Reply::Vectors { cost, .. }
+        | Reply::Chunks { cost, .. }
+        | Reply::Vector { cost, .. }
+        | Reply::Scores { cost, .. } => {
+            count(shared, kind, |c| (c.texts, c.tokens) = (c.texts + cost.texts, c.tokens + cost.tokens))
+        }
+        _ => {}
     }
     match write_frame(&mut conn, &reply) {
         // A reply over the frame limit (the vectors of a huge document's chunks) is the caller's error to see, not a
@@ -262,6 +283,124 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
         }
         written => written,
     }
+}
+
+/// Adds to the counters of one kind of job.
+fn count(shared: &Shared, kind: &str, add: impl FnOnce(&mut JobCounts)) {
+    let mut s = lock(&shared.status);
+    if let Some(c) = s.jobs.iter_mut().find(|c| c.kind == kind) {
+        add(c);
+    }
+}
+
+/// How a request ends without its result.
+enum Ended {
+    /// Its caller left: there is nobody to answer.
+    CallerLeft,
+    /// Another answer: an error, another model, a full queue.
+    Reply(Reply),
+}
+
+impl From<Error> for Ended {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Canceled => Ended::CallerLeft,
+            e => Ended::Reply(failed(&e)),
+        }
+    }
+}
+
+/// Answers one request: tokenised here, computed through the queue (every kind of job but counting tokens), and
+/// shaped into its reply when its sequences are all back.
+fn answer(shared: &Shared, request: Request, conn: &UnixStream) -> Result<Reply, Ended> {
+    let Request { priority, model: spec, lengths, job, .. } = request;
+    let limits = limits(shared, lengths);
+    if let Job::Rerank { query, documents, instruct } = job {
+        if shared.reranker_spec.as_ref() != Some(&spec) {
+            return Err(Ended::Reply(Reply::OtherModel { serving: shared.reranker_spec.clone().unwrap_or_default() }));
+        }
+        let reranker = reranker(shared).map_err(Ended::Reply)?;
+        refuse_if_full(shared, documents.len())?;
+        let seqs = tokenize_all(&documents, conn, |doc| reranker.tokenize(&query, doc, instruct.as_deref(), &limits))?;
+        let (outputs, cost) = queued(shared, (priority, Model::Reranker), seqs, conn)?;
+        return Ok(Reply::Scores { scores: outputs.into_iter().map(Output::score).collect(), cost });
+    }
+    if spec != shared.spec {
+        return Err(Ended::Reply(Reply::OtherModel { serving: shared.spec.clone() }));
+    }
+    let model = wait_for_model(shared, conn)?;
+    match job {
+        Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
+        Job::CountTokens { text, instruct } => {
+            Ok(Reply::Count(model.tokenizer().encode(&format_input(&text, instruct.as_deref()))?.len()))
+        }
+        Job::Embed { texts, instruct, dim } => {
+            model.truncate_to(Vec::new(), dim)?; // a bad dim fails before anything is computed
+            refuse_if_full(shared, texts.len())?;
+            let seqs = tokenize_all(&texts, conn, |text| model.tokenize(text, instruct.as_deref(), &limits))?;
+            let (outputs, cost) = queued(shared, (priority, Model::Embedder), seqs, conn)?;
+            let vectors = model.truncate_to(outputs.into_iter().map(Output::vector).collect(), dim)?;
+            Ok(Reply::Vectors { vectors, cost })
+        }
+        Job::Chunks { doc, chunk_tokens, overlap, dim } => {
+            let (chunks, cost) = chunked(shared, &model, (&doc, chunk_tokens, overlap, dim), priority, &limits, conn)?;
+            let chunks = chunks.into_iter().map(|c| (c.range.start, c.range.end, c.embedding)).collect();
+            Ok(Reply::Chunks { chunks, cost })
+        }
+        Job::Document { doc, chunk_tokens, overlap, weighting, dim } => {
+            let weighting = weighting.parse::<Weighting>()?;
+            let (chunks, cost) = chunked(shared, &model, (&doc, chunk_tokens, overlap, dim), priority, &limits, conn)?;
+            Ok(Reply::Vector { vector: document_vector(&chunks, weighting), cost })
+        }
+    }
+}
+
+/// A document's chunks, their vectors computed through the queue. They are bulk work: a session waiting for a
+/// document larger than the interactive lane takes has it computed in the async class, where it yields to queries
+/// (a small one keeps the caller's priority).
+fn chunked(
+    shared: &Shared,
+    model: &Embedder,
+    (doc, chunk_tokens, overlap, dim): (&str, usize, usize, Option<i64>),
+    priority: Priority,
+    limits: &Limits,
+    conn: &UnixStream,
+) -> Result<(Vec<Chunk>, Cost), Ended> {
+    model.truncate_to(Vec::new(), dim)?;
+    refuse_if_full(shared, estimated_chunks(doc, chunk_tokens, overlap))?;
+    let plan = model.chunk_document(doc, chunk_tokens, overlap, limits)?;
+    let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();
+    let tokens: usize = seqs.iter().map(Vec::len).sum();
+    let priority = if priority == Priority::Interactive && tokens > shared.settings.small_tokens {
+        Priority::Async
+    } else {
+        priority
+    };
+    let (outputs, cost) = queued(shared, (priority, Model::Embedder), seqs, conn)?;
+    Ok((model.chunks(plan, outputs.into_iter().map(Output::vector).collect(), dim)?, cost))
+}
+
+/// Token ids of each input, checking every 256 inputs that the caller is still there (tokenising thousands of long
+/// texts takes seconds).
+fn tokenize_all(
+    inputs: &[String],
+    conn: &UnixStream,
+    tokenize: impl Fn(&str) -> Result<Vec<u32>, Error>,
+) -> Result<Vec<Vec<u32>>, Ended> {
+    let mut seqs = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        seqs.push(tokenize(input)?);
+        if seqs.len() % 256 == 0 && caller_gone(conn) {
+            return Err(Ended::CallerLeft);
+        }
+    }
+    Ok(seqs)
+}
+
+/// Refuses at once, before tokenising, what the queue cannot take now (checked again when queued).
+fn refuse_if_full(shared: &Shared, texts: usize) -> Result<(), Ended> {
+    let full = lock(&shared.queue).full_for(texts);
+    full.map_or(Ok(()), |full| Err(Ended::Reply(overloaded(shared, full))))
 }
 
 /// The reranker, loading it on first use (other rerank requests wait for the load); its load error otherwise.
@@ -291,49 +430,16 @@ fn reranker(shared: &Shared) -> Result<Arc<Reranker>, Reply> {
     }
 }
 
-/// Scores a rerank request on the server's pool (pairs of one request are batched together); None if the caller
-/// left first.
-fn rerank(
-    shared: &Shared,
-    query: String,
-    documents: Vec<String>,
-    instruct: Option<String>,
-    lengths: Lengths,
-    conn: &UnixStream,
-) -> Option<Reply> {
-    let reranker = match reranker(shared) {
-        Ok(r) => r,
-        Err(reply) => return Some(reply),
-    };
-    let _admitted = match Admitted::new(shared, documents.len()) {
-        Ok(a) => a,
-        Err(reply) => return Some(reply),
-    };
-    let limits = limits(shared, lengths);
-    let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
-    let gone = || caller_gone(conn);
-    let _working = shared.idle.working();
-    match shared.pool.install(|| reranker.rerank(&query, &docs, instruct.as_deref(), &limits, &gone)) {
-        Ok((scores, work)) => Some(Reply::Scores { scores, cost: cost(work) }),
-        Err(Error::Canceled) => None,
-        Err(e) => Some(failed(&e)),
-    }
-}
-
-fn cost(w: qwen_embed_model::Work) -> Cost {
-    Cost { texts: w.texts as u64, tokens: w.tokens as u64, forward_passes: w.forward_passes as u64 }
-}
-
-/// The loaded model, or the load's error; None if the caller left while it loaded.
-fn wait_for_model(shared: &Shared, conn: &UnixStream) -> Option<Result<Arc<Embedder>, Reply>> {
+/// The loaded model, or the load's error; the caller left if it went while the model loaded.
+fn wait_for_model(shared: &Shared, conn: &UnixStream) -> Result<Arc<Embedder>, Ended> {
     let mut state = lock(&shared.model);
     loop {
         match &*state {
-            ModelState::Ready(m) => return Some(Ok(m.clone())),
-            ModelState::Failed(reply) => return Some(Err((**reply).clone())),
+            ModelState::Ready(m) => return Ok(m.clone()),
+            ModelState::Failed(reply) => return Err(Ended::Reply((**reply).clone())),
             ModelState::Loading => {
                 if caller_gone(conn) {
-                    return None;
+                    return Err(Ended::CallerLeft);
                 }
                 state = shared.model_ready.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
             }
@@ -349,134 +455,53 @@ fn limits(shared: &Shared, lengths: Lengths) -> Limits {
     }
 }
 
-/// Runs one job; None if the caller left first.
-fn run_job(
+/// Computes a request's sequences through the queue and waits for them, watching the caller: one that leaves has
+/// its sequences dropped from the queue and from the batches that hold them.
+fn queued(
     shared: &Shared,
-    model: &Arc<Embedder>,
-    job: Job,
-    lengths: Lengths,
-    priority: Priority,
+    class: (Priority, Model),
+    seqs: Vec<Vec<u32>>,
     conn: &UnixStream,
-) -> Option<Reply> {
-    let limits = limits(shared, lengths);
-    let gone = || caller_gone(conn);
-    // Chunks and documents run outside the queue, admitted against its limit while they run.
-    let _admitted = match &job {
-        Job::Chunks { doc, chunk_tokens, overlap, .. } | Job::Document { doc, chunk_tokens, overlap, .. } => {
-            match Admitted::new(shared, estimated_chunks(doc, *chunk_tokens, *overlap)) {
-                Ok(admitted) => Some(admitted),
-                Err(reply) => return Some(reply),
-            }
-        }
-        _ => None,
-    };
-    let result = match job {
-        Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
-        Job::Embed { texts, instruct, dim } => {
-            return embed(shared, model, (texts, instruct, dim), priority, &limits, conn)
-        }
-        Job::CountTokens { text, instruct } => {
-            model.tokenizer().encode(&format_input(&text, instruct.as_deref())).map(|ids| Reply::Count(ids.len()))
-        }
-        Job::Chunks { doc, chunk_tokens, overlap, dim } => shared
-            .pool
-            .install(|| model.embed_chunks(&doc, chunk_tokens, overlap, dim, &limits, &gone))
-            .map(|(chunks, work)| Reply::Chunks {
-                chunks: chunks.into_iter().map(|c| (c.range.start, c.range.end, c.embedding)).collect(),
-                cost: cost(work),
-            }),
-        Job::Document { doc, chunk_tokens, overlap, weighting, dim } => weighting.parse::<Weighting>().and_then(|w| {
-            shared
-                .pool
-                .install(|| model.embed_document(&doc, chunk_tokens, overlap, w, dim, &limits, &gone))
-                .map(|(vector, work)| Reply::Vector { vector, cost: cost(work) })
-        }),
-    };
-    match result {
-        Err(Error::Canceled) => None,
-        Err(e) => Some(failed(&e)),
-        Ok(reply) => Some(reply),
-    }
-}
-
-/// Tokenises, queues and waits for an embedding request; None if the caller left first.
-fn embed(
-    shared: &Shared,
-    model: &Embedder,
-    (texts, instruct, dim): (Vec<String>, Option<String>, Option<i64>),
-    priority: Priority,
-    limits: &Limits,
-    conn: &UnixStream,
-) -> Option<Reply> {
-    if let Err(e) = model.truncate_to(Vec::new(), dim) {
-        return Some(failed(&e));
-    }
-    // Refuse at once, before tokenising, what the queue cannot take now (checked again when queued).
-    {
-        let full = lock(&shared.queue).full_for(texts.len());
-        if let Some(full) = full {
-            return Some(overloaded(shared, full));
-        }
-    }
-    let mut seqs = Vec::with_capacity(texts.len());
-    for text in &texts {
-        match model.tokenize(text, instruct.as_deref(), limits) {
-            Ok(ids) => seqs.push(ids),
-            Err(e) => return Some(failed(&e)),
-        }
-        if seqs.len() % 256 == 0 && caller_gone(conn) {
-            return None;
-        }
-    }
+) -> Result<(Vec<Output>, Cost), Ended> {
     if seqs.is_empty() {
-        return Some(Reply::Vectors { vectors: Vec::new(), cost: Cost::default() });
+        return Ok((Vec::new(), Cost::default()));
     }
-    let (id, canceled, results) = match submit(shared, seqs, dim, priority) {
-        Ok(submitted) => submitted,
-        Err(reply) => return Some(reply),
-    };
+    let (id, canceled, results) = submit(shared, seqs, class).map_err(Ended::Reply)?;
     loop {
         match results.recv_timeout(POLL) {
-            Ok(reply) => return Some(reply),
+            Ok(result) => return result.map_err(Ended::Reply),
             Err(RecvTimeoutError::Timeout) if caller_gone(conn) => {
                 canceled.store(true, Ordering::Relaxed);
                 lock(&shared.collecting).remove(&id);
                 shared.work_waiting.notify_all();
-                return None;
+                return Err(Ended::CallerLeft);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Some(failed(&Error::Compute(qwen_embed_model::candle::Error::Msg(
+                return Err(Error::Compute(qwen_embed_model::candle::Error::Msg(
                     "the request was dropped by the server".into(),
-                ))))
+                ))
+                .into())
             }
         }
     }
 }
 
-/// Queues a request's token sequences for the batch threads: its id, its cancel flag and where its reply will come.
+/// Queues a request's token sequences for the batch threads: its id, its cancel flag and where its result will come.
 fn submit(
     shared: &Shared,
     seqs: Vec<Vec<u32>>,
-    dim: Option<i64>,
-    priority: Priority,
-) -> Result<(u64, Arc<AtomicBool>, Receiver<Reply>), Reply> {
+    class: (Priority, Model),
+) -> Result<(u64, Arc<AtomicBool>, Receiver<Computed>), Reply> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let canceled = Arc::new(AtomicBool::new(false));
     let (done, results) = channel();
     let cost = Cost { texts: seqs.len() as u64, tokens: seqs.iter().map(|s| s.len() as u64).sum(), forward_passes: 0 };
     lock(&shared.collecting).insert(
         id,
-        Collecting {
-            canceled: canceled.clone(),
-            vectors: vec![None; seqs.len()],
-            missing: seqs.len(),
-            dim,
-            cost,
-            done,
-        },
+        Collecting { canceled: canceled.clone(), outputs: vec![None; seqs.len()], missing: seqs.len(), cost, done },
     );
-    let pushed = lock(&shared.queue).push(id, priority, seqs, canceled.clone());
+    let pushed = lock(&shared.queue).push(id, class, seqs, canceled.clone());
     if let Err(full) = pushed {
         lock(&shared.collecting).remove(&id);
         return Err(overloaded(shared, full));
@@ -487,14 +512,6 @@ fn submit(
 
 /// A batch thread: takes batches for its lane from the queue and computes them, until the process ends.
 fn run_batches(shared: &Shared, lane: Lane) {
-    let model = loop {
-        let state = lock(&shared.model);
-        match &*state {
-            ModelState::Ready(m) => break m.clone(),
-            ModelState::Failed(_) => return, // every request is answered with the error before it is queued
-            ModelState::Loading => drop(shared.model_ready.wait(state)),
-        }
-    };
     loop {
         let batch = {
             let mut queue = lock(&shared.queue);
@@ -517,42 +534,71 @@ fn run_batches(shared: &Shared, lane: Lane) {
                 }
             }
         };
-        compute(shared, &model, batch);
+        compute(shared, batch);
     }
 }
 
-fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
-    let seqs: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
-    let requests: Vec<u64> = batch.iter().map(|i| i.request).collect();
-    let interactive = batch.iter().any(|i| i.priority == Priority::Interactive);
+/// The model a batch is for. It is loaded: a request is queued only once its model is.
+enum Loaded {
+    Embedder(Arc<Embedder>),
+    Reranker(Arc<Reranker>),
+}
+
+fn loaded(shared: &Shared, model: Model) -> Loaded {
+    match model {
+        Model::Embedder => match &*lock(&shared.model) {
+            ModelState::Ready(m) => Loaded::Embedder(m.clone()),
+            _ => unreachable!("embedder requests are queued once it is loaded"),
+        },
+        Model::Reranker => match &*lock(&shared.reranker) {
+            RerankerState::Ready(r) => Loaded::Reranker(r.clone()),
+            _ => unreachable!("rerank requests are queued once it is loaded"),
+        },
+    }
+}
+
+fn compute(shared: &Shared, batch: Batch) {
+    let seqs: Vec<Vec<u32>> = batch.items.iter().map(|i| i.ids.clone()).collect();
+    let requests: Vec<u64> = batch.items.iter().map(|i| i.request).collect();
+    let urgency = batch.urgency();
     let _working = shared.idle.working();
-    let _computing = interactive.then(|| Computing::start(&shared.interactive_computing));
+    let computing = Computing::start(&shared.computing[urgency as usize]);
     // Stop early only if every request in the batch is gone.
     let gone = || {
         let collecting = lock(&shared.collecting);
         requests.iter().all(|id| !collecting.contains_key(id))
     };
-    // Called between layers and between each layer's attention and MLP: a batch without interactive work waits there
-    // while one with it computes, at most MAX_PAUSE at a time, so that back-to-back queries slow lower-priority work
-    // down but never stop it. It waits on a thread of the pool: that thread meanwhile runs the interactive batch's
-    // tasks, so the query has the whole pool.
+    // Called between layers and between each layer's attention and MLP: a batch waits there while one of higher
+    // urgency computes, at most MAX_PAUSE at a time, so that back-to-back queries slow other work down but never stop
+    // it. It waits on a thread of the pool: that thread meanwhile runs the other batch's tasks, so the query has the
+    // whole pool.
+    let outranked =
+        || Urgency::ALL.iter().any(|&u| u > urgency && shared.computing[u as usize].load(Ordering::Relaxed) > 0);
+    let pauses = AtomicU64::new(0);
     let canceled = || {
         let paused = Instant::now();
-        while !interactive
-            && shared.interactive_computing.load(Ordering::Relaxed) > 0
-            && paused.elapsed() < MAX_PAUSE
-            && !gone()
-        {
+        if outranked() {
+            pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        while outranked() && paused.elapsed() < MAX_PAUSE && !gone() {
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
         gone()
     };
+    let batch_tokens = shared.settings.batch_tokens;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         #[cfg(test)]
         tests::inject_fault(&seqs)?;
-        shared.pool.install(|| model.embed_tokens(&seqs, shared.settings.batch_tokens, &canceled))
+        shared.pool.install(|| match loaded(shared, batch.model) {
+            Loaded::Embedder(m) => m
+                .embed_tokens(&seqs, batch_tokens, &canceled)
+                .map(|(vectors, work)| (vectors.into_iter().map(Output::Vector).collect::<Vec<_>>(), work)),
+            Loaded::Reranker(r) => r
+                .score_tokens(&seqs, batch_tokens, &canceled)
+                .map(|(scores, work)| (scores.into_iter().map(Output::Score).collect(), work)),
+        })
     }))
     .unwrap_or_else(|panic| {
         let what =
@@ -565,6 +611,8 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
     {
         let mut s = lock(&shared.status);
         s.batches += 1;
+        s.reranker_batches += u64::from(batch.model == Model::Reranker);
+        s.pauses += pauses.load(Ordering::Relaxed);
         s.texts += seqs.len() as u64;
         let tokens: u64 = seqs.iter().map(|s| s.len() as u64).sum();
         s.tokens += tokens;
@@ -580,36 +628,32 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
         alone.dedup();
         if alone.len() > 1 {
             lock(&shared.status).batches_split += 1;
-            drop(_computing);
-            let mut batch = batch;
+            drop(computing);
+            let Batch { model, lane, mut items } = batch;
             for request in alone {
-                let (own, rest) = batch.into_iter().partition(|i| i.request == request);
-                batch = rest;
-                compute(shared, model, own);
+                let (own, rest) = items.into_iter().partition(|i| i.request == request);
+                items = rest;
+                compute(shared, Batch { model, lane, items: own });
             }
             return;
         }
     }
     let mut collecting = lock(&shared.collecting);
     match result {
-        Ok((vectors, work)) => {
+        Ok((outputs, work)) => {
             let mut counted: Vec<u64> = Vec::new();
-            for (item, vector) in batch.into_iter().zip(vectors) {
+            for (item, output) in batch.items.into_iter().zip(outputs) {
                 let Some(c) = collecting.get_mut(&item.request) else { continue };
                 if !counted.contains(&item.request) {
                     c.cost.forward_passes += work.forward_passes as u64;
                     counted.push(item.request);
                 }
-                c.vectors[item.index] = Some(vector);
+                c.outputs[item.index] = Some(output);
                 c.missing -= 1;
                 if c.missing == 0 {
                     let c = collecting.remove(&item.request).expect("present");
-                    let vectors: Vec<Vec<f32>> = c.vectors.into_iter().map(|v| v.expect("complete")).collect();
-                    let reply = match model.truncate_to(vectors, c.dim) {
-                        Ok(vectors) => Reply::Vectors { vectors, cost: c.cost },
-                        Err(e) => failed(&e),
-                    };
-                    let _ = c.done.send(reply);
+                    let outputs = c.outputs.into_iter().map(|o| o.expect("complete")).collect();
+                    let _ = c.done.send(Ok((outputs, c.cost)));
                 }
             }
         }
@@ -619,7 +663,7 @@ fn compute(shared: &Shared, model: &Embedder, batch: Vec<Item>) {
             for id in requests {
                 if let Some(c) = collecting.remove(&id) {
                     c.canceled.store(true, Ordering::Relaxed);
-                    let _ = c.done.send(reply.clone());
+                    let _ = c.done.send(Err(reply.clone()));
                 }
             }
         }
@@ -631,32 +675,13 @@ fn overloaded(shared: &Shared, full: Full) -> Reply {
     Reply::Overloaded { queued_texts: full.queued, limit: full.limit }
 }
 
-/// A job that runs outside the queue (rerank, chunks, a document), admitted against the queue's limit for as long
-/// as it runs: `texts` count as queued texts do.
-struct Admitted<'a> {
-    shared: &'a Shared,
-    texts: usize,
-}
-
-impl<'a> Admitted<'a> {
-    fn new(shared: &'a Shared, texts: usize) -> Result<Self, Reply> {
-        let reserved = lock(&shared.queue).reserve(texts);
-        reserved.map(|()| Admitted { shared, texts }).map_err(|full| overloaded(shared, full))
-    }
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.queue).release(self.texts);
-    }
-}
-
-/// The chunks a document will make, estimated before tokenising (about 4 bytes a token), for admission.
+/// The chunks a document will make, estimated before tokenising (about 4 bytes a token), for refusing at once when
+/// the queue is full.
 fn estimated_chunks(doc: &str, chunk_tokens: usize, overlap: usize) -> usize {
     (doc.len() / 4).div_ceil(chunk_tokens.saturating_sub(overlap).max(1)).max(1)
 }
 
-/// Counts a batch with interactive work while it computes (to the end, even if it panics).
+/// Counts a batch of one urgency while it computes (to the end, even if it panics).
 struct Computing<'a>(&'a AtomicUsize);
 
 impl<'a> Computing<'a> {
@@ -711,30 +736,52 @@ mod tests {
         Embedder::load(&dir, &Device::Cpu, DType::F32).unwrap()
     }
 
-    #[test]
-    fn a_failing_request_fails_alone_and_the_others_in_its_batch_get_their_vectors() {
+    /// A server's shared state with the tiny embedder (and reranker) loaded, and no thread running.
+    fn loaded_shared() -> Shared {
         let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512 };
         let shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
+        *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
+        *lock(&shared.reranker) = RerankerState::Ready(Arc::new(tiny_reranker()));
+        shared
+    }
+
+    fn tiny_reranker() -> Reranker {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3-reranker");
+        Reranker::load(&dir, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// A lane that takes every request.
+    const ANY: Lane = Lane::Interactive { small_tokens: usize::MAX };
+
+    const QUERY: (Priority, Model) = (Priority::Interactive, Model::Embedder);
+
+    fn vectors(result: Result<Computed, std::sync::mpsc::TryRecvError>) -> Vec<Vec<f32>> {
+        match result {
+            Ok(Ok((outputs, _))) => outputs.into_iter().map(Output::vector).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failing_request_fails_alone_and_the_others_in_its_batch_get_their_vectors() {
+        let shared = loaded_shared();
         let model = tiny_model();
         let good_seqs = vec![vec![10, 11, 12], vec![13, 14]];
-        let (good, _, good_reply) = submit(&shared, good_seqs.clone(), None, Priority::Interactive).unwrap();
-        let (bad, _, bad_reply) = submit(&shared, vec![vec![15, POISON]], None, Priority::Interactive).unwrap();
-        let (later, _, later_reply) = submit(&shared, vec![vec![16]], None, Priority::Interactive).unwrap();
+        let (good, _, good_reply) = submit(&shared, good_seqs.clone(), QUERY).unwrap();
+        let (bad, _, bad_reply) = submit(&shared, vec![vec![15, POISON]], QUERY).unwrap();
+        let (later, _, later_reply) = submit(&shared, vec![vec![16]], QUERY).unwrap();
 
-        let batch = lock(&shared.queue).next_batch(1024, Lane::Any);
+        let batch = lock(&shared.queue).next_batch(1024, ANY);
         for id in [good, bad, later] {
-            assert!(batch.iter().any(|i| i.request == id), "the three requests share one batch");
+            assert!(batch.items.iter().any(|i| i.request == id), "the three requests share one batch");
         }
-        compute(&shared, &model, batch);
+        compute(&shared, batch);
 
         let alone = model.embed_tokens(&good_seqs, 1024, &|| false).unwrap().0;
-        match good_reply.try_recv() {
-            Ok(Reply::Vectors { vectors, .. }) => assert_eq!(vectors, alone),
-            other => panic!("the good request got {other:?}"),
-        }
-        assert!(matches!(later_reply.try_recv(), Ok(Reply::Vectors { vectors, .. }) if vectors.len() == 1));
+        assert_eq!(vectors(good_reply.try_recv()), alone);
+        assert_eq!(vectors(later_reply.try_recv()).len(), 1);
         match bad_reply.try_recv() {
-            Ok(Reply::Failed { message, .. }) => assert!(message.contains("injected fault"), "{message}"),
+            Ok(Err(Reply::Failed { message, .. })) => assert!(message.contains("injected fault"), "{message}"),
             other => panic!("the bad request got {other:?}"),
         }
         assert_eq!(lock(&shared.status).batches_split, 1);
@@ -742,13 +789,69 @@ mod tests {
     }
 
     #[test]
+    fn rerank_pairs_of_several_requests_share_a_reranker_batch_and_score_as_alone() {
+        let shared = loaded_shared();
+        let reranker = tiny_reranker();
+        let limits = Limits::default();
+        let pairs = |query: &str, docs: &[&str]| -> Vec<Vec<u32>> {
+            docs.iter().map(|d| reranker.tokenize(query, d, None, &limits).unwrap()).collect()
+        };
+        let first = pairs("capital of China?", &["Beijing is the capital of China.", "Gravity pulls."]);
+        let second = pairs("what pulls?", &["Gravity pulls.", "", "Paris"]);
+        let (_, _, first_reply) = submit(&shared, first.clone(), (Priority::Interactive, Model::Reranker)).unwrap();
+        let (_, _, second_reply) = submit(&shared, second.clone(), (Priority::Async, Model::Reranker)).unwrap();
+        let (_, _, query_reply) = submit(&shared, vec![vec![10, 11]], QUERY).unwrap();
+        // The embedder's query first (the reranker's turn comes next), then both rerank requests in one batch.
+        let batch = lock(&shared.queue).next_batch(1024, ANY);
+        assert_eq!((batch.model, batch.items.len()), (Model::Embedder, 1));
+        compute(&shared, batch);
+        let batch = lock(&shared.queue).next_batch(1024, ANY);
+        assert_eq!((batch.model, batch.items.len()), (Model::Reranker, 5));
+        compute(&shared, batch);
+        assert_eq!(vectors(query_reply.try_recv()).len(), 1);
+        for (reply, seqs) in [(first_reply, first), (second_reply, second)] {
+            let Ok(Ok((outputs, cost))) = reply.try_recv() else { panic!("no scores") };
+            let scores: Vec<f64> = outputs.into_iter().map(Output::score).collect();
+            assert_eq!(scores, reranker.score_tokens(&seqs, 1024, &|| false).unwrap().0);
+            assert_eq!((cost.texts, cost.forward_passes), (seqs.len() as u64, 1));
+        }
+        let s = lock(&shared.status).clone();
+        assert_eq!((s.batches, s.reranker_batches), (2, 1));
+    }
+
+    #[test]
+    fn a_batch_pauses_at_its_layers_only_while_a_more_urgent_one_computes() {
+        let shared = loaded_shared();
+        let large = Lane::Bulk { small_tokens: 1 };
+        let run = |class: (Priority, Model), lane: Lane, busy: Option<Urgency>| {
+            let _busy = busy.map(|u| Computing::start(&shared.computing[u as usize]));
+            let (_, _, reply) = submit(&shared, vec![vec![10, 11, 12]], class).unwrap();
+            let before = lock(&shared.status).pauses;
+            let started = Instant::now();
+            compute(&shared, lock(&shared.queue).next_batch(1024, lane));
+            assert!(reply.try_recv().unwrap().is_ok());
+            (lock(&shared.status).pauses - before, started.elapsed())
+        };
+        // A large interactive request (a 50-candidate rerank) while a query computes: it waits at every boundary
+        // (at most MAX_PAUSE each), and still finishes.
+        let (pauses, took) = run(QUERY, large, Some(Urgency::Query));
+        assert_eq!(pauses, 7, "before the pass, before each of the 3 layers, between each one's attention and MLP");
+        assert!(took >= MAX_PAUSE * 7, "{took:?}");
+        // Async work waits for a large interactive batch; a query waits for nothing; nothing waits for less urgent
+        // work.
+        assert_eq!(run((Priority::Async, Model::Embedder), ANY, Some(Urgency::LargeInteractive)).0, 7);
+        assert_eq!(run(QUERY, ANY, Some(Urgency::LargeInteractive)).0, 0);
+        assert_eq!(run(QUERY, ANY, Some(Urgency::Query)).0, 0);
+        assert_eq!(run(QUERY, large, Some(Urgency::Background)).0, 0);
+        assert_eq!(run(QUERY, large, None).0, 0);
+    }
+
+    #[test]
     fn a_batch_thread_returns_the_free_memory_once_the_server_is_idle() {
-        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512 };
-        let shared: &'static Shared = Box::leak(Box::new(Shared::new(ModelSpec::default(), settings, None).unwrap()));
-        *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
-        std::thread::spawn(|| run_batches(shared, Lane::Any));
-        let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], None, Priority::Interactive).unwrap();
-        assert!(matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Reply::Vectors { .. })));
+        let shared: &'static Shared = Box::leak(Box::new(loaded_shared()));
+        std::thread::spawn(|| run_batches(shared, ANY));
+        let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], QUERY).unwrap();
+        assert!(matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Ok(_))));
         assert_eq!(status(shared).max_text_tokens, 3);
         let (answered, trims) = (Instant::now(), status(shared).idle_trims);
         while status(shared).idle_trims == trims {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
 use qwen_embed_server::client::{call, CallError};
-use qwen_embed_server::protocol::{write_frame, Job, Lengths, ModelSpec, Priority, Reply, Request, Status};
+use qwen_embed_server::protocol::{write_frame, Job, JobCounts, Lengths, ModelSpec, Priority, Reply, Request, Status};
 use qwen_embed_server::server::{serve, RerankerSource, Settings};
 
 fn tiny_model() -> PathBuf {
@@ -97,7 +97,8 @@ fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
     assert!(batches < 16, "16 concurrent single queries took {batches} batches");
     let s = status(&socket);
     assert_eq!((s.state.as_str(), s.canceled, s.errors), ("ready", 0, 0));
-    assert!(s.per_client.iter().any(|&(pid, n)| pid == 7 && n >= 17));
+    // The warm-up, 16 queries and 3 status requests (this one included).
+    assert_eq!(s.per_client, vec![(7, 20)]);
 }
 
 #[test]
@@ -123,6 +124,69 @@ fn the_reranker_is_loaded_on_first_use_and_scores_as_the_direct_one() {
         Reply::OtherModel { serving } => assert_eq!(serving, reranker_spec()),
         reply => panic!("{reply:?}"),
     }
+}
+
+fn counts<'a>(s: &'a Status, kind: &str) -> &'a JobCounts {
+    s.jobs.iter().find(|c| c.kind == kind).unwrap()
+}
+
+#[test]
+fn documents_chunks_and_reranks_are_queued_work_counted_per_kind() {
+    let (_dir, socket) = start(SETTINGS);
+    let direct = Embedder::load(&tiny_model(), &Device::Cpu, DType::F32).unwrap();
+    let doc = "Paragraph one is about databases.\n\nParagraph two is about vectors. ".repeat(20);
+    let limits = Limits { batch_tokens: SETTINGS.batch_tokens, ..Limits::default() };
+    let Reply::Chunks { chunks, cost } =
+        call(&socket, &request(Job::Chunks { doc: doc.clone(), chunk_tokens: 32, overlap: 4, dim: Some(48) }), || {})
+            .unwrap()
+    else {
+        panic!()
+    };
+    let (want, _) = direct.embed_chunks(&doc, 32, 4, Some(48), &limits, &|| false).unwrap();
+    assert_eq!(chunks.len(), want.len());
+    assert!(want.len() >= 10, "{} chunks", want.len());
+    for ((start, end, v), w) in chunks.iter().zip(&want) {
+        assert_eq!((*start, *end), (w.range.start, w.range.end));
+        assert!(v.len() == 48 && max_diff(v, &w.embedding) < 1e-5);
+    }
+    let chunk_tokens: u64 = want.iter().map(|c| c.ids.len() as u64).sum();
+    assert_eq!((cost.texts, cost.tokens), (want.len() as u64, chunk_tokens));
+    let weighting = "tokens".to_string();
+    let job = Job::Document { doc: doc.clone(), chunk_tokens: 32, overlap: 4, weighting, dim: None };
+    let Reply::Vector { vector, .. } = call(&socket, &request(job), || {}).unwrap() else { panic!() };
+    let w = "tokens".parse().unwrap();
+    let (want_vector, _) = direct.embed_document(&doc, 32, 4, w, None, &limits, &|| false).unwrap();
+    assert!(max_diff(&vector, &want_vector) < 1e-5);
+    let rerank = Request {
+        model: reranker_spec(),
+        job: Job::Rerank { query: "q".into(), documents: vec!["a".into(), "b".into()], instruct: None },
+        ..request(Job::Status)
+    };
+    assert!(matches!(call(&socket, &rerank, || {}).unwrap(), Reply::Scores { scores, .. } if scores.len() == 2));
+    // A document whose caller leaves: its chunks leave the queue, and it counts as canceled.
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    let long = Job::Chunks { doc: "word ".repeat(80_000), chunk_tokens: 16, overlap: 0, dim: None };
+    write_frame(&mut conn, &request(long)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&socket).queued_texts < 1_000 {
+        assert!(Instant::now() < deadline, "the long document was never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(conn);
+    while counts(&status(&socket), "chunks").canceled == 0 {
+        assert!(Instant::now() < deadline + Duration::from_secs(10), "the abandoned document was not dropped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = status(&socket);
+    assert_eq!(s.queued_texts, 0);
+    let chunks =
+        JobCounts { kind: "chunks".into(), requests: 2, canceled: 1, texts: want.len() as u64, tokens: chunk_tokens };
+    assert_eq!(counts(&s, "chunks"), &chunks);
+    let document = JobCounts { kind: "document".into(), requests: 1, canceled: 0, ..chunks.clone() };
+    assert_eq!(counts(&s, "document"), &document);
+    assert_eq!((counts(&s, "rerank").requests, counts(&s, "rerank").texts), (1, 2));
+    assert_eq!(counts(&s, "embed").requests, 0);
+    assert!(s.reranker_batches >= 1 && s.batches > s.reranker_batches, "{s:?}");
 }
 
 #[test]

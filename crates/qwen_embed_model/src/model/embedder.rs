@@ -138,7 +138,7 @@ impl Embedder {
         limits: &Limits,
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<Vec<f32>>, Work)> {
-        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
+        let dim = check_dim_option(dim, self.config.hidden_size)?;
         let mut seqs = Vec::with_capacity(texts.len());
         for text in texts {
             // Tokenising thousands of long texts takes seconds: stay cancelable.
@@ -153,7 +153,7 @@ impl Embedder {
 
     /// Matryoshka for vectors from [`embed_tokens`](Self::embed_tokens): the first `dim` dimensions, renormalised.
     pub fn truncate_to(&self, vectors: Vec<Vec<f32>>, dim: Option<i64>) -> Result<Vec<Vec<f32>>> {
-        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
+        let dim = check_dim_option(dim, self.config.hidden_size)?;
         Ok(self.keep_dims(vectors, dim))
     }
 
@@ -169,8 +169,23 @@ impl Embedder {
         limits: &Limits,
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<Chunk>, Work)> {
+        check_dim_option(dim, self.config.hidden_size)?;
+        let plan = self.chunk_document(doc, chunk_tokens, overlap, limits)?;
+        let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();
+        let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
+        Ok((self.chunks(plan, vectors, dim)?, work))
+    }
+
+    /// The first half of [`embed_chunks`](Self::embed_chunks): each chunk's byte range and token ids, for a caller
+    /// that computes the vectors elsewhere (the model server batches them with other sessions' work).
+    pub fn chunk_document(
+        &self,
+        doc: &str,
+        chunk_tokens: usize,
+        overlap: usize,
+        limits: &Limits,
+    ) -> Result<Vec<(std::ops::Range<usize>, Vec<u32>)>> {
         check_chunking(chunk_tokens, overlap, self.max_length(limits))?;
-        let dim = dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()?;
         let offsets = self.tokenizer.token_offsets(doc)?;
         // A chunk's text tokenised on its own can differ from its slice of the document by a token at the edges;
         // if one comes out over budget, plan again with a smaller window.
@@ -187,15 +202,19 @@ impl Embedder {
         if let Some(too_long) = seqs.iter().find(|s| s.len() > chunk_tokens) {
             return Err(Error::TooLong { tokens: too_long.len(), limit: chunk_tokens });
         }
-        let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
-        let vectors = self.keep_dims(vectors, dim);
-        let chunks = ranges
-            .into_iter()
-            .zip(seqs)
-            .zip(vectors)
-            .map(|((range, ids), embedding)| Chunk { range, ids, embedding })
-            .collect();
-        Ok((chunks, work))
+        Ok(ranges.into_iter().zip(seqs).collect())
+    }
+
+    /// The second half of [`embed_chunks`](Self::embed_chunks): the chunks of `plan` with their unit vectors from
+    /// [`embed_tokens`](Self::embed_tokens), cut to `dim` dimensions.
+    pub fn chunks(
+        &self,
+        plan: Vec<(std::ops::Range<usize>, Vec<u32>)>,
+        vectors: Vec<Vec<f32>>,
+        dim: Option<i64>,
+    ) -> Result<Vec<Chunk>> {
+        let vectors = self.truncate_to(vectors, dim)?;
+        Ok(plan.into_iter().zip(vectors).map(|((range, ids), embedding)| Chunk { range, ids, embedding }).collect())
     }
 
     /// One vector for a long document: the weighted mean of its chunk vectors ([`embed_chunks`](Self::embed_chunks)),
@@ -212,9 +231,7 @@ impl Embedder {
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<f32>, Work)> {
         let (chunks, work) = self.embed_chunks(doc, chunk_tokens, overlap, dim, limits, canceled)?;
-        let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
-        let vectors: Vec<Vec<f32>> = chunks.into_iter().map(|c| c.embedding).collect();
-        Ok((weighted_mean(&vectors, &weights), work))
+        Ok((document_vector(&chunks, weighting), work))
     }
 
     /// Keeps the first `dim` dimensions of each unit vector, renormalised (Matryoshka); `None` or the model's full
@@ -278,6 +295,17 @@ impl Backbone {
         let encoder = Encoder::load(&config, &weights, precision, device)?;
         Ok(Backbone { config, weights, encoder, weights_bytes })
     }
+}
+
+/// A document's one vector from its chunks: their weighted mean, renormalised.
+pub fn document_vector(chunks: &[Chunk], weighting: Weighting) -> Vec<f32> {
+    let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
+    let vectors: Vec<Vec<f32>> = chunks.iter().map(|c| c.embedding.clone()).collect();
+    weighted_mean(&vectors, &weights)
+}
+
+fn check_dim_option(dim: Option<i64>, hidden: usize) -> Result<Option<usize>> {
+    dim.map(|d| check_dim(d, hidden)).transpose()
 }
 
 /// Groups sequence indices into batches, longest first, so that each batch's padded size (count × longest) stays within
