@@ -102,19 +102,25 @@ SELECT vector_dims(embed_document(:n || repeat(' The storage engine writes its p
 SQL
 chmod 644 "$rerank_load" "$document_load"
 
-# under_load SCRIPT CLIENTS: single queries (run_pgbench 1) while CLIENTS other sessions loop SCRIPT; prints
-# run_pgbench's line and, after it, how many of SCRIPT's calls completed meanwhile.
+# under_load SCRIPT CLIENTS: single queries (run_pgbench 1) idle, then while CLIENTS other sessions loop SCRIPT; prints
+# the loaded run's line, the sequences the server computed meanwhile (server_info's `texts`: the queries' texts, the
+# load's pairs or chunks), and the idle p50 just before (a noisy machine's idle latency drifts: each ratio is to the
+# idle run next to it). The load is canceled after the queries (its calls would otherwise run to their end).
 under_load() {
-    local script=$1 clients=$2 logdir line
-    logdir=$(scratch_dir)/load.$RANDOM
-    $SUDO install -d -o postgres -m 755 "$logdir"
-    (cd "$logdir" && as_postgres pgbench -n -c "$clients" -j "$clients" -T $((secs + 10)) -f "$script" \
-        "$PGDATABASE" >"$logdir/out" 2>&1) &
+    local script=$1 clients=$2 line before idle50
+    read -r _ idle50 _ <<<"$(run_pgbench 1 "$secs")"
+    (as_postgres pgbench -n -c "$clients" -j "$clients" -T 3600 -f "$script" "$PGDATABASE" >/dev/null 2>&1) &
     local load=$!
     sleep 5
+    before=$(server_value texts)
     line=$(run_pgbench 1 "$secs")
-    wait $load || { cat "$logdir/out" >&2; return 1; }
-    echo "$line $(sed -n 's/^number of transactions actually processed: *//p' "$logdir/out")"
+    echo "$line $(($(server_value texts) - before)) $idle50"
+    pg -q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgbench'" >/dev/null
+    wait $load || true
+}
+
+server_value() {
+    pg -At -c "SELECT value FROM qwen_embed.server_info() WHERE key = '$1'"
 }
 
 declare -A result
@@ -159,6 +165,8 @@ for path in backend server; do
             WHERE query ~ 'qwen_embed.backfill' AND pid <> pg_backend_pid()" >/dev/null
         PGDATABASE=qwen_embed_bench pg -q -c "SELECT count(*) FROM rerank('warm up', ARRAY['the reranker loads'])" \
             >/dev/null
+        kernel=$(PGDATABASE=qwen_embed_bench pg -At -c "SELECT string_agg(key || ' ' || value, ', ' ORDER BY key) FROM qwen_embed.server_info()
+            WHERE key IN ('dtype', 'kernel', 'threads', 'batch_tokens')")
         reranking=$(PGDATABASE=qwen_embed_bench under_load "$rerank_load" 4)
         documents=$(PGDATABASE=qwen_embed_bench under_load "$document_load" 2)
     fi
@@ -166,6 +174,7 @@ for path in backend server; do
 done
 
 echo
+echo "model server: $kernel"
 gpu_head="" gpu_rule=""
 [ -z "$gpu" ] || gpu_head=" GPU MiB |" gpu_rule=" ---: |"
 echo "| clients | in-backend q/s | p50 ms | p95 ms | RSS MiB |$gpu_head server q/s | p50 ms | p95 ms | RSS MiB |$gpu_head"
@@ -182,10 +191,10 @@ read -r _ busy50 busy95 _ _ <<<"$busy"
 echo
 echo "server, single client: idle p50 $idle50 ms (p95 $idle95); during a 20,000-row backfill p50 $busy50 ms (p95 $busy95),"
 echo "$(awk -v a="$busy50" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }')× idle; the backfill had filled $filled rows by the end"
-read -r _ rerank50 rerank95 _ _ reranks <<<"$reranking"
-read -r _ doc50 doc95 _ _ docs <<<"$documents"
-ratio() { awk -v a="$1" -v b="$idle50" 'BEGIN { printf "%.2f", a / b }'; }
-echo "while 4 sessions loop reranks of 50 candidates: p50 $rerank50 ms (p95 $rerank95), $(ratio "$rerank50")× idle;" \
-    "$reranks reranks done meanwhile"
-echo "while 2 sessions loop embed_document of 20,000 tokens: p50 $doc50 ms (p95 $doc95), $(ratio "$doc50")× idle;" \
-    "$docs documents done meanwhile"
+read -r _ rerank50 rerank95 _ _ reranks rerank_idle <<<"$reranking"
+read -r _ doc50 doc95 _ _ docs doc_idle <<<"$documents"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "while 4 sessions loop reranks of 50 candidates: p50 $rerank50 ms (p95 $rerank95), $(ratio "$rerank50" "$rerank_idle")×" \
+    "the idle p50 just before ($rerank_idle ms); the server computed $reranks texts meanwhile (queries' and pairs)"
+echo "while 2 sessions loop embed_document of 20,000 tokens: p50 $doc50 ms (p95 $doc95), $(ratio "$doc50" "$doc_idle")×" \
+    "the idle p50 just before ($doc_idle ms); the server computed $docs texts meanwhile (queries' and chunks)"

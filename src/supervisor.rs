@@ -24,7 +24,7 @@ use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
 use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::{DType, Device, Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
-use qwen_embed_server::server::{serve, RerankerSource, Settings};
+use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
 
 use crate::{backend, settings};
 
@@ -317,6 +317,7 @@ fn serve_in_child(listener: UnixListener, config: Config) -> ! {
         batch_tokens: config.batch_tokens,
         queue_limit: config.queue_limit,
         small_tokens: 512,
+        pause: Pause::DEFAULT,
     };
     // Both models load in the server: a bad device or dtype setting is the load's error.
     fn placed(spec: &ModelSpec) -> Result<(&Path, Device, DType), qwen_embed_model::Error> {

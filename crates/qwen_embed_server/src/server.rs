@@ -41,12 +41,28 @@ pub struct Settings {
     pub queue_limit: usize,
     /// Requests of at most this many tokens may use the interactive lane.
     pub small_tokens: usize,
+    pub pause: Pause,
+}
+
+/// How long a batch waits at one pause point (between layers, and between a layer's attention and MLP) while more
+/// urgent batches compute ([`Urgency`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Pause {
+    /// At most this long at one point: under a continuous stream of queries, other work still advances a layer at a
+    /// time.
+    pub max: Duration,
+    /// Once no more urgent batch computes, this long for the next one to start before going on: a session sending
+    /// queries back to back has its next one computing within milliseconds, and a layer of bulk work started in
+    /// between would share the cores with it.
+    pub grace: Duration,
+}
+
+impl Pause {
+    pub const DEFAULT: Pause = Pause { max: Duration::from_secs(1), grace: Duration::from_millis(20) };
 }
 
 /// How often waiting threads look at their caller's socket and at canceled requests.
 const POLL: Duration = Duration::from_millis(20);
-/// The longest a lower-priority batch waits at one layer boundary for interactive batches.
-const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// Per-client request counts kept for the status.
 const CLIENTS_KEPT: usize = 1024;
 
@@ -120,6 +136,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Batches computing now, per [`Urgency`]: a batch pauses while one of higher urgency computes.
     computing: [AtomicUsize; 3],
+    /// Batches waiting at a pause point now.
+    pausing: AtomicUsize,
     pool: rayon::ThreadPool,
     /// Batches running, and the trim of free memory once none has run for a while.
     idle: IdleTrim,
@@ -162,6 +180,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             computing: Default::default(),
+            pausing: AtomicUsize::new(0),
             pool,
             idle: IdleTrim::new(IDLE),
         })
@@ -569,18 +588,26 @@ fn compute(shared: &Shared, batch: Batch) {
         requests.iter().all(|id| !collecting.contains_key(id))
     };
     // Called between layers and between each layer's attention and MLP: a batch waits there while one of higher
-    // urgency computes, at most MAX_PAUSE at a time, so that back-to-back queries slow other work down but never stop
-    // it. It waits on a thread of the pool: that thread meanwhile runs the other batch's tasks, so the query has the
-    // whole pool.
+    // urgency computes (see `Pause`), so that queries slow other work down but never stop it. It waits on a thread of
+    // the pool: that thread meanwhile runs the other batch's tasks, so the query has the whole pool.
     let outranked =
         || Urgency::ALL.iter().any(|&u| u > urgency && shared.computing[u as usize].load(Ordering::Relaxed) > 0);
     let pauses = AtomicU64::new(0);
+    let Pause { max, grace } = shared.settings.pause;
     let canceled = || {
-        let paused = Instant::now();
-        if outranked() {
-            pauses.fetch_add(1, Ordering::Relaxed);
+        if !outranked() {
+            return gone();
         }
-        while outranked() && paused.elapsed() < MAX_PAUSE && !gone() {
+        pauses.fetch_add(1, Ordering::Relaxed);
+        let _pausing = Computing::start(&shared.pausing);
+        let paused = Instant::now();
+        let mut clear_since: Option<Instant> = None;
+        while paused.elapsed() < max && !gone() {
+            if outranked() {
+                clear_since = None;
+            } else if clear_since.get_or_insert_with(Instant::now).elapsed() >= grace {
+                break;
+            }
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -738,7 +765,8 @@ mod tests {
 
     /// A server's shared state with the tiny embedder (and reranker) loaded, and no thread running.
     fn loaded_shared() -> Shared {
-        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512 };
+        let pause = Pause { max: Duration::from_millis(100), grace: Duration::from_millis(20) };
+        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512, pause };
         let shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
         *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
         *lock(&shared.reranker) = RerankerState::Ready(Arc::new(tiny_reranker()));
@@ -821,44 +849,72 @@ mod tests {
 
     #[test]
     fn a_batch_pauses_at_its_layers_only_while_a_more_urgent_one_computes() {
-        let shared = loaded_shared();
+        let shared = &loaded_shared();
+        let Pause { max, grace } = shared.settings.pause;
         let large = Lane::Bulk { small_tokens: 1 };
-        let run = |class: (Priority, Model), lane: Lane, busy: Option<Urgency>| {
-            let _busy = busy.map(|u| Computing::start(&shared.computing[u as usize]));
-            let (_, _, reply) = submit(&shared, vec![vec![10, 11, 12]], class).unwrap();
+        // Computes one request of `class` in `lane` while a batch of `busy` urgency computes, from the request's
+        // first pause on for `hold` or until it finishes: the pauses it made and how long it took.
+        let run = |class: (Priority, Model), lane: Lane, busy: Option<Urgency>, hold: Duration| {
+            let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], class).unwrap();
             let before = lock(&shared.status).pauses;
             let started = Instant::now();
-            compute(&shared, lock(&shared.queue).next_batch(1024, lane));
+            let (finished, done) = channel::<()>();
+            std::thread::scope(|scope| {
+                let busy = busy.map(|u| Computing::start(&shared.computing[u as usize]));
+                scope.spawn(move || {
+                    while shared.pausing.load(Ordering::Relaxed) == 0
+                        && done.try_recv() != Err(std::sync::mpsc::TryRecvError::Disconnected)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let _ = done.recv_timeout(hold);
+                    drop(busy);
+                });
+                compute(shared, lock(&shared.queue).next_batch(1024, lane));
+                drop(finished);
+            });
             assert!(reply.try_recv().unwrap().is_ok());
             (lock(&shared.status).pauses - before, started.elapsed())
         };
-        // A large interactive request (a 50-candidate rerank) while a query computes: it waits at every boundary
-        // (at most MAX_PAUSE each), and still finishes.
-        let (pauses, took) = run(QUERY, large, Some(Urgency::Query));
-        assert_eq!(pauses, 7, "before the pass, before each of the 3 layers, between each one's attention and MLP");
-        assert!(took >= MAX_PAUSE * 7, "{took:?}");
+        // A large interactive request (a 50-candidate rerank) while a query computes for longer than the longest
+        // pause: it waits at every point (before the pass, before each of the 3 layers, between each one's attention
+        // and MLP), at most `max` at each, and still finishes.
+        let (pauses, took) = run(QUERY, large, Some(Urgency::Query), max * 20);
+        assert_eq!(pauses, 7);
+        assert!(took >= max * 7, "{took:?}");
+        // While a query computes for a while: one pause, until it ends and the grace after it has passed.
+        let (pauses, took) = run(QUERY, large, Some(Urgency::Query), max / 2);
+        assert_eq!(pauses, 1);
+        assert!(took >= max / 2 + grace, "{took:?}");
+        assert_eq!(shared.pausing.load(Ordering::Relaxed), 0);
         // Async work waits for a large interactive batch; a query waits for nothing; nothing waits for less urgent
         // work.
-        assert_eq!(run((Priority::Async, Model::Embedder), ANY, Some(Urgency::LargeInteractive)).0, 7);
-        assert_eq!(run(QUERY, ANY, Some(Urgency::LargeInteractive)).0, 0);
-        assert_eq!(run(QUERY, ANY, Some(Urgency::Query)).0, 0);
-        assert_eq!(run(QUERY, large, Some(Urgency::Background)).0, 0);
-        assert_eq!(run(QUERY, large, None).0, 0);
+        assert_eq!(run((Priority::Async, Model::Embedder), ANY, Some(Urgency::LargeInteractive), max * 20).0, 7);
+        for (class, lane, busy) in [
+            (QUERY, ANY, Some(Urgency::LargeInteractive)),
+            (QUERY, ANY, Some(Urgency::Query)),
+            (QUERY, large, Some(Urgency::Background)),
+            (QUERY, large, None),
+        ] {
+            assert_eq!(run(class, lane, busy, max * 20).0, 0, "{class:?} {lane:?} {busy:?}");
+        }
     }
 
     #[test]
     fn a_batch_thread_returns_the_free_memory_once_the_server_is_idle() {
         let shared: &'static Shared = Box::leak(Box::new(loaded_shared()));
-        std::thread::spawn(|| run_batches(shared, ANY));
+        // Queued before the batch thread starts, so that it finds work at once and cannot trim before it.
+        let submitted = Instant::now();
         let (_, _, reply) = submit(shared, vec![vec![10, 11, 12]], QUERY).unwrap();
+        std::thread::spawn(|| run_batches(shared, ANY));
         assert!(matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Ok(_))));
         assert_eq!(status(shared).max_text_tokens, 3);
-        let (answered, trims) = (Instant::now(), status(shared).idle_trims);
-        while status(shared).idle_trims == trims {
-            assert!(answered.elapsed() < IDLE * 5, "no trim {:?} after the last batch", answered.elapsed());
+        while status(shared).idle_trims == 0 {
+            assert!(submitted.elapsed() < Duration::from_secs(30), "no trim after the batch");
             std::thread::sleep(POLL);
         }
-        // The batch's end starts the idle time (its reply goes out just before).
-        assert!(answered.elapsed() >= IDLE - POLL, "trimmed {:?} after the last batch", answered.elapsed());
+        // The batch's end (after its submission) starts the idle time.
+        assert!(submitted.elapsed() >= IDLE, "trimmed {:?} after the submission", submitted.elapsed());
+        assert_eq!(status(shared).idle_trims, 1, "one trim per idle period");
     }
 }

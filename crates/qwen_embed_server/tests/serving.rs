@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
 use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{write_frame, Job, JobCounts, Lengths, ModelSpec, Priority, Reply, Request, Status};
-use qwen_embed_server::server::{serve, RerankerSource, Settings};
+use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
 
 fn tiny_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
@@ -43,7 +43,8 @@ fn start(settings: Settings) -> (tempfile::TempDir, PathBuf) {
     (dir, socket)
 }
 
-const SETTINGS: Settings = Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512 };
+const SETTINGS: Settings =
+    Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512, pause: Pause::DEFAULT };
 
 fn request(job: Job) -> Request {
     Request { client: 7, priority: Priority::Interactive, model: spec(), lengths: LENGTHS, job }
@@ -229,7 +230,8 @@ fn errors_carry_the_model_errors_kind_and_hint() {
 
 #[test]
 fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once() {
-    let (_dir, socket) = start(Settings { threads: 1, batch_tokens: 512, queue_limit: 25_000, small_tokens: 64 });
+    let (_dir, socket) =
+        start(Settings { threads: 1, batch_tokens: 512, queue_limit: 25_000, small_tokens: 64, ..SETTINGS });
     assert!(matches!(embed(&socket, &["warm"], None), Reply::Vectors { .. }));
     // A bulk request (20,000 texts, seconds of work even for the tiny model) that a client abandons after sending it.
     let bulk: Vec<String> = (0..20_000).map(|i| format!("document {i} ") + &"with many words ".repeat(15)).collect();
@@ -240,9 +242,12 @@ fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once
         assert!(Instant::now() < deadline, "the bulk request was never queued");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Meanwhile another large request is refused at once (it would be accepted only after 3,000 of the bulk's texts
-    // were computed, seconds for this model).
-    let more: Vec<&str> = bulk.iter().take(8_000).map(String::as_str).collect();
+    // Meanwhile every kind of work larger than the room left is refused at once: texts, a rerank's pairs, a
+    // document's chunks (estimated before tokenising: ~31,000 for 400,000 words in chunks of 16 tokens), in chunks or
+    // as one vector. Each is larger than the limit itself, so each is refused whatever the bulk request has computed
+    // meanwhile, as long as a text of it is still queued: it is abandoned below with most of its texts not computed,
+    // seconds of work at this model's speed against the milliseconds these refusals take.
+    let more: Vec<&str> = bulk.iter().cycle().take(25_001).map(String::as_str).collect();
     let started = Instant::now();
     match embed(&socket, &more, None) {
         Reply::Overloaded { limit, .. } => assert_eq!(limit, 25_000),
@@ -250,10 +255,8 @@ fn a_caller_that_leaves_has_its_request_dropped_and_a_full_queue_refuses_at_once
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
-    // Every other kind of work counts against the same limit: a rerank of 6,000 documents, and the ~6,000 chunks of
-    // a long document, in chunks or as one vector, are refused too.
-    let documents: Vec<String> = bulk.iter().take(6_000).cloned().collect();
-    let long_doc = "word ".repeat(80_000);
+    let documents: Vec<String> = bulk.iter().cycle().take(25_001).cloned().collect();
+    let long_doc = "word ".repeat(400_000);
     let jobs = [
         Request {
             model: reranker_spec(),
