@@ -176,26 +176,33 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 q -c "SELECT vector_dims(embed('warm'))" >/dev/null
-(q -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('bulk text ' || g || ' ', 100) FROM generate_series(1, 3000) g)))" \
-    >/dev/null 2>&1 || true) &
+# Another session's document of ~1,000,000 tokens in chunks of 2,048: one request of 488 chunks, under the limit, that
+# waits in the queue for many seconds (tens at the tiny model's speed here) once it is tokenised. A call larger than
+# the limit itself (~1,500 chunks estimated for 200 kB in chunks of 32) is then refused however many of the
+# document's chunks are computed, as long as one still waits, and a single query fits beside them. (A call of more
+# than 512 texts would not do as the waiting work: it is sent in pieces of 512, and the queue is empty between them.)
+(q -c "SELECT vector_dims(embed_document(repeat('bulk text ', 500000), 2048, 0))" >/dev/null 2>&1 || true) &
 bulk=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do
     [ "$(q -c "SELECT value::int >= 400 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ] && break
     sleep 0.05
 done
 full=$(q -v ON_ERROR_STOP=0 2>&1 <<'SQL'
-SELECT embed(ARRAY(SELECT 'another bulk text ' || g FROM generate_series(1, 512) g)) IS NOT NULL;
+SELECT count(*) FROM embed_chunks(repeat('another text ', 15000), 32, 0);
 \echo sqlstate=:LAST_ERROR_SQLSTATE
 SELECT vector_dims(embed('a single query still gets in'));
+SELECT value::int > 0 AS still_queued FROM qwen_embed.server_info() WHERE key = 'queued_texts';
 SQL
 )
-kill $bulk 2>/dev/null || true
+q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query ~ 'embed_document' AND pid <> pg_backend_pid()" \
+    >/dev/null
 wait
 echo "$full" | grep -qx "sqlstate=53400" || fail "no ERROR 53400 when the queue was full: $full"
 echo "$full" | grep -q "HINT:  .*qwen_embed.server_queue_limit" || fail "the hint does not name the setting: $full"
 echo "$full" | grep -qx "64" || fail "a single query was refused: $full"
+echo "$full" | grep -qx "t" || fail "the document left the queue before the checks ended (they prove nothing): $full"
 echo "ok: $(echo "$full" | grep -m1 'ERROR')"
-echo "    while a 512-text piece of another session's 3,000-text call was queued; a single query went through"
+echo "    while another session's document waited in chunks; a single query went through"
 q -c "ALTER SYSTEM RESET qwen_embed.server_queue_limit" -c "SELECT pg_reload_conf()" >/dev/null
 
 echo "-- a model too big for the memory limit"
