@@ -7,25 +7,41 @@ INSERT INTO docs (body) SELECT 'backfilled document ' || g || repeat(' with some
 FROM generate_series(1, 5000) g;
 INSERT INTO docs (body) SELECT NULL FROM generate_series(1, 10); -- no text: stays NULL, not an error
 
--- Every fill of a vector is logged (committed fills only: the log rolls back with its batch).
+-- Every fill of a vector is logged (committed fills only: the log rolls back with its batch). The 2,500th fill (its
+-- batch's number from a sequence, which no rollback takes back) waits there, in the backfill's transaction, for a
+-- watching session to see the progress and cancel the backfill: the cancel lands half-way whatever the speeds, and a
+-- watcher that never cancels fails the test after a minute.
 CREATE TABLE fills (id bigint NOT NULL);
+CREATE SEQUENCE fill_no;
 CREATE FUNCTION log_fill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO fills VALUES (NEW.id); RETURN NULL; END $$;
+BEGIN
+    INSERT INTO fills VALUES (NEW.id);
+    IF nextval('fill_no') = 2500 THEN
+        PERFORM pg_sleep(60);
+        RAISE EXCEPTION 'the watching session did not cancel the backfill';
+    END IF;
+    RETURN NULL;
+END $$;
 CREATE TRIGGER log_fill AFTER UPDATE ON docs FOR EACH ROW
     WHEN (OLD.embedding IS NULL AND NEW.embedding IS NOT NULL) EXECUTE FUNCTION log_fill();
 
--- Another session cancels the backfill once the progress view shows half the rows done.
+-- The watcher: once the progress view shows the 156 batches committed before the waiting one (state running), it
+-- notes what it saw and cancels.
+CREATE TABLE watcher_saw (rows_done bigint, state text);
 SET application_name = 'qwen_embed_backfill';
-\! (for i in $(seq 1200); do n=$(psql -XAtq -d qwen_embed_test -c "SELECT coalesce(max(rows_done), 0) FROM qwen_embed.backfill_status WHERE state = 'running'"); [ "$n" -ge 2500 ] && break; sleep 0.05; done; psql -XAtq -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'qwen_embed_backfill'" >/dev/null) &
+\! (for i in $(seq 1200); do n=$(psql -XAtq -d qwen_embed_test -c "SELECT coalesce(max(rows_done), 0) FROM qwen_embed.backfill_status WHERE state = 'running'"); [ "$n" -ge 2496 ] && break; sleep 0.05; done; psql -XAtq -d qwen_embed_test -c "INSERT INTO watcher_saw SELECT rows_done, state FROM qwen_embed.backfill_status" -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'qwen_embed_backfill'" >/dev/null) &
 \set ON_ERROR_STOP 0
 CALL qwen_embed.backfill('docs', 'body', 'embedding', batch => 16);
 \set ON_ERROR_STOP 1
 SELECT expect(:'LAST_ERROR_SQLSTATE' = '57014', 'the backfill was not canceled: ' || :'LAST_ERROR_MESSAGE');
 
--- What was committed before the cancel stays, and the view says so.
+-- What was committed before the cancel stays (156 batches of 16; the 157th, holding the 2,500th fill, rolled back),
+-- and the view says so, as the watcher saw it while the backfill ran.
 SELECT expect(state = 'interrupted', 'state ' || state) FROM qwen_embed.backfill_status;
-SELECT expect(rows_done BETWEEN 2500 AND 4999 AND rows_total = 5000, format('%s of %s done', rows_done, rows_total))
+SELECT expect(rows_done = 2496 AND rows_total = 5000, format('%s of %s done', rows_done, rows_total))
 FROM qwen_embed.backfill_status;
+SELECT expect(w.rows_done = 2496 AND w.state = 'running', format('the watcher saw %s, %s', w.state, w.rows_done))
+FROM watcher_saw w;
 SELECT expect(count(*) = (SELECT rows_done FROM qwen_embed.backfill_status), count(*) || ' rows filled')
 FROM docs WHERE embedding IS NOT NULL;
 
