@@ -10,8 +10,8 @@
 //! Above all that, priority classes ([`Priority`]): a batch takes from the interactive requests first, then from the
 //! async worker's, then from backfills', so a backlog of async or backfill work never delays a session's query by
 //! more than the batch already computing. A batch of only async or backfill work takes half the token budget: its
-//! layers are shorter, and an interactive batch waits less for the one in flight (the server pauses lower-priority
-//! batches between layers).
+//! layers are shorter, and an interactive batch waits less for the one in flight (the server pauses large batches
+//! between layers while more urgent ones compute).
 //!
 //! Every kind of work is a request here: texts to embed, a document's chunks, a rerank's query-document pairs. Each
 //! request is for one of two models ([`Model`]), and a batch is for one model: where both have work of the first
@@ -86,6 +86,13 @@ pub struct Batch {
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// Whether this batch waits for more urgent ones: only a batch of large requests. A batch of the interactive
+    /// lane is small, and queries may be queued behind it in that lane: pausing it for a large batch would make
+    /// them wait for the large one (a priority inversion).
+    pub fn may_pause(&self) -> bool {
+        matches!(self.lane, Lane::Bulk { .. })
     }
 
     pub fn urgency(&self) -> Urgency {
@@ -388,8 +395,10 @@ mod tests {
         assert_eq!(q.next_batch(1_000, small).urgency(), Urgency::Query);
         assert_eq!(q.next_batch(1_000, large).urgency(), Urgency::LargeInteractive);
         assert_eq!(q.next_batch(1_000, large).urgency(), Urgency::Background);
-        // A small request of the async worker's in the small lane is background work too.
-        assert_eq!(q.next_batch(1_000, small).urgency(), Urgency::Background);
+        // A small request of the async worker's in the small lane is background work too, but never waits for a
+        // large batch: queries may be queued behind it.
+        let small_async = q.next_batch(1_000, small);
+        assert_eq!((small_async.urgency(), small_async.may_pause()), (Urgency::Background, false));
         assert!(Urgency::Query > Urgency::LargeInteractive && Urgency::LargeInteractive > Urgency::Background);
     }
 }

@@ -587,11 +587,14 @@ fn compute(shared: &Shared, batch: Batch) {
         let collecting = lock(&shared.collecting);
         requests.iter().all(|id| !collecting.contains_key(id))
     };
-    // Called between layers and between each layer's attention and MLP: a batch waits there while one of higher
-    // urgency computes (see `Pause`), so that queries slow other work down but never stop it. It waits on a thread of
+    // Called between layers and between each layer's attention and MLP: a batch of large requests waits there while
+    // one of higher urgency computes (see `Pause`), so that queries slow other work down but never stop it. It waits on a thread of
     // the pool: that thread meanwhile runs the other batch's tasks, so the query has the whole pool.
-    let outranked =
-        || Urgency::ALL.iter().any(|&u| u > urgency && shared.computing[u as usize].load(Ordering::Relaxed) > 0);
+    let may_pause = batch.may_pause();
+    let outranked = || {
+        may_pause
+            && Urgency::ALL.iter().any(|&u| u > urgency && shared.computing[u as usize].load(Ordering::Relaxed) > 0)
+    };
     let pauses = AtomicU64::new(0);
     let Pause { max, grace } = shared.settings.pause;
     let canceled = || {
@@ -888,9 +891,12 @@ mod tests {
         assert!(took >= max / 2 + grace, "{took:?}");
         assert_eq!(shared.pausing.load(Ordering::Relaxed), 0);
         // Async work waits for a large interactive batch; a query waits for nothing; nothing waits for less urgent
-        // work.
-        assert_eq!(run((Priority::Async, Model::Embedder), ANY, Some(Urgency::LargeInteractive), max * 20).0, 7);
+        // work; and nothing in the small requests' lane waits (queries may be queued behind it there).
+        let background = (Priority::Async, Model::Embedder);
+        assert_eq!(run(background, large, Some(Urgency::LargeInteractive), max * 20).0, 7);
         for (class, lane, busy) in [
+            (background, ANY, Some(Urgency::LargeInteractive)),
+            (background, ANY, Some(Urgency::Query)),
             (QUERY, ANY, Some(Urgency::LargeInteractive)),
             (QUERY, ANY, Some(Urgency::Query)),
             (QUERY, large, Some(Urgency::Background)),
