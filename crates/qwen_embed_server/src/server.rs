@@ -354,7 +354,7 @@ fn answer(shared: &Shared, request: Request, conn: &UnixStream) -> Result<Reply,
             Ok(Reply::Count(model.tokenizer().encode(&format_input(&text, instruct.as_deref()))?.len()))
         }
         Job::Embed { texts, instruct, dim } => {
-            model.truncate_to(Vec::new(), dim)?; // a bad dim fails before anything is computed
+            model.dims(dim)?; // a bad dim fails before anything is computed
             refuse_if_full(shared, texts.len())?;
             let seqs = tokenize_all(&texts, conn, |text| model.tokenize(text, instruct.as_deref(), &limits))?;
             let (outputs, cost) = queued(shared, (priority, Model::Embedder), seqs, conn)?;
@@ -385,7 +385,7 @@ fn chunked(
     limits: &Limits,
     conn: &UnixStream,
 ) -> Result<(Vec<Chunk>, Cost), Ended> {
-    model.truncate_to(Vec::new(), dim)?;
+    model.dims(dim)?;
     refuse_if_full(shared, estimated_chunks(doc, chunk_tokens, overlap))?;
     let plan = model.chunk_document(doc, chunk_tokens, overlap, limits)?;
     let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();

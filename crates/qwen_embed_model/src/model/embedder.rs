@@ -138,7 +138,7 @@ impl Embedder {
         limits: &Limits,
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<Vec<f32>>, Work)> {
-        let dim = check_dim_option(dim, self.config.hidden_size)?;
+        let dim = self.dims(dim)?;
         let mut seqs = Vec::with_capacity(texts.len());
         for text in texts {
             // Tokenising thousands of long texts takes seconds: stay cancelable.
@@ -151,9 +151,15 @@ impl Embedder {
         Ok((self.keep_dims(vectors, dim), work))
     }
 
+    /// The dimensions `dim` asks to keep (Matryoshka), checked against the model's size: an error for a bad one, so
+    /// that a caller can refuse it before computing anything.
+    pub fn dims(&self, dim: Option<i64>) -> Result<Option<usize>> {
+        dim.map(|d| check_dim(d, self.config.hidden_size)).transpose()
+    }
+
     /// Matryoshka for vectors from [`embed_tokens`](Self::embed_tokens): the first `dim` dimensions, renormalised.
     pub fn truncate_to(&self, vectors: Vec<Vec<f32>>, dim: Option<i64>) -> Result<Vec<Vec<f32>>> {
-        let dim = check_dim_option(dim, self.config.hidden_size)?;
+        let dim = self.dims(dim)?;
         Ok(self.keep_dims(vectors, dim))
     }
 
@@ -169,7 +175,7 @@ impl Embedder {
         limits: &Limits,
         canceled: &dyn Fn() -> bool,
     ) -> Result<(Vec<Chunk>, Work)> {
-        check_dim_option(dim, self.config.hidden_size)?;
+        self.dims(dim)?; // a bad dim fails before anything is computed
         let plan = self.chunk_document(doc, chunk_tokens, overlap, limits)?;
         let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();
         let (vectors, work) = self.embed_tokens(&seqs, limits.batch_tokens, canceled)?;
@@ -302,10 +308,6 @@ pub fn document_vector(chunks: &[Chunk], weighting: Weighting) -> Vec<f32> {
     let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
     let vectors: Vec<Vec<f32>> = chunks.iter().map(|c| c.embedding.clone()).collect();
     weighted_mean(&vectors, &weights)
-}
-
-fn check_dim_option(dim: Option<i64>, hidden: usize) -> Result<Option<usize>> {
-    dim.map(|d| check_dim(d, hidden)).transpose()
 }
 
 /// Groups sequence indices into batches, longest first, so that each batch's padded size (count × longest) stays within
