@@ -306,7 +306,7 @@ impl Backbone {
 /// A document's one vector from its chunks: their weighted mean, renormalised.
 pub fn document_vector(chunks: &[Chunk], weighting: Weighting) -> Vec<f32> {
     let weights = weighting.weights(&chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>());
-    let vectors: Vec<Vec<f32>> = chunks.iter().map(|c| c.embedding.clone()).collect();
+    let vectors: Vec<&[f32]> = chunks.iter().map(|c| c.embedding.as_slice()).collect();
     weighted_mean(&vectors, &weights)
 }
 

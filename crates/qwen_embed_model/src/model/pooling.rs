@@ -78,11 +78,11 @@ impl Weighting {
 }
 
 /// The weighted mean of unit vectors, renormalised to unit length.
-pub fn weighted_mean(vectors: &[Vec<f32>], weights: &[f64]) -> Vec<f32> {
-    let dim = vectors.first().map_or(0, Vec::len);
+pub fn weighted_mean<V: AsRef<[f32]>>(vectors: &[V], weights: &[f64]) -> Vec<f32> {
+    let dim = vectors.first().map_or(0, |v| v.as_ref().len());
     let mut sum = vec![0f64; dim];
     for (v, &w) in vectors.iter().zip(weights) {
-        sum.iter_mut().zip(v).for_each(|(s, &x)| *s += w * x as f64);
+        sum.iter_mut().zip(v.as_ref()).for_each(|(s, &x)| *s += w * x as f64);
     }
     let mut mean: Vec<f32> = sum.into_iter().map(|x| x as f32).collect();
     l2_normalize(&mut mean);
