@@ -59,8 +59,9 @@ impl Model {
     }
 }
 
-/// How urgent a computing batch is: a batch pauses at its next layer while a batch of higher urgency computes (the
-/// server's pause points), so that a session's query gets the cores whatever else runs.
+/// How urgent a computing batch is: a batch that may pause ([`Batch::may_pause`]) pauses at its next layer while a
+/// batch of higher urgency computes (the server's pause points), so that a session's query gets the cores whatever
+/// else runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Urgency {
     /// Async and backfill work, and a session's large document: nobody waits for one batch of it.

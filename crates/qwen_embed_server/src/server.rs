@@ -7,9 +7,9 @@
 //! document's mean, scores). Two batch threads take work from the queue ([`crate::queue`]): one from small requests,
 //! one from large ones, so an interactive query is computed next to a running bulk batch instead of behind it, and
 //! concurrent queries share batches. Both run the embedder or the reranker on one thread pool sized by the settings.
-//! A batch pauses at its next layer while a more urgent one computes ([`Urgency`]), so a query gets the whole pool. A
-//! batch of several requests that fails is computed again one request at a time, so a failure fails only the request
-//! it belongs to.
+//! A batch of large requests pauses at its next layer while a more urgent one computes ([`Urgency`]), so a query gets
+//! the whole pool. A batch of several requests that fails is computed again one request at a time, so a failure fails
+//! only the request it belongs to.
 
 use std::collections::HashMap;
 use std::io;
@@ -588,8 +588,8 @@ fn compute(shared: &Shared, batch: Batch) {
         requests.iter().all(|id| !collecting.contains_key(id))
     };
     // Called between layers and between each layer's attention and MLP: a batch of large requests waits there while
-    // one of higher urgency computes (see `Pause`), so that queries slow other work down but never stop it. It waits on a thread of
-    // the pool: that thread meanwhile runs the other batch's tasks, so the query has the whole pool.
+    // one of higher urgency computes (see `Pause`), so that queries slow other work down but never stop it. It waits
+    // on a thread of the pool: that thread meanwhile runs the other batch's tasks, so the query has the whole pool.
     let may_pause = batch.may_pause();
     let outranked = || {
         may_pause
