@@ -22,7 +22,7 @@ macro_rules! widest {
                 use crate::cpu::Level;
                 match crate::cpu::level() {
                     // SAFETY: these levels are detected only where the CPU has AVX-512F, AVX2 and FMA.
-                    Level::Avx512Bf16 | Level::Amx => return unsafe { avx512($($arg),*) },
+                    Level::Avx512 | Level::Avx512Bf16 | Level::Amx => return unsafe { avx512($($arg),*) },
                     // SAFETY: this level is detected only where the CPU has AVX2 and FMA.
                     Level::Avx2 => return unsafe { avx2($($arg),*) },
                     Level::Generic => {}

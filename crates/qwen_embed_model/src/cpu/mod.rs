@@ -1,17 +1,18 @@
 //! The CPU backends, and what this CPU can run, detected once per process.
 //!
-//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's bf16 brgemm, AMX or AVX512-BF16,
-//! and [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] on `micro_kernel`
+//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's brgemm, in bf16 on AMX or
+//! AVX512-BF16 and in f32 on other AVX-512 CPUs, and [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] on `micro_kernel`
 //! (AVX2/FMA/F16C linear layers, weights packed at load), [`attention`] (the f32 CPU attention: `attention_tiled` on
 //! the micro-kernel, a portable path on `gemm`; `panels` holds what the packed kernels share) and [`elementwise`]
 //! (vectorised exp, SwiGLU and bf16 rounding).
 //!
 //! Detection: the kernel types have private fields, so a value exists only after detection found its instructions: a
 //! function handed one may execute them without checking again. That is what makes the `unsafe` calls into the
-//! kernels sound. The bf16 levels (AMX, AVX512-BF16) are oneDNN's to use for the linear layers and the attention (it
-//! asks Linux for AMX itself) and [`elementwise`]'s bf16 rounding (`vcvtneps2bf16`); they are detected here so that one setting caps every kernel:
-//! `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx2|generic` caps the detected level (to measure or test what an older CPU
-//! would run); `QWEN_EMBED_NO_AMX=1` is the same as `avx512bf16`.
+//! kernels sound. The AVX-512 levels (AMX, AVX512-BF16, AVX-512) are oneDNN's to use for the linear layers and the
+//! attention (it asks Linux for AMX itself) and [`elementwise`]'s bf16 rounding (`vcvtneps2bf16`); they are detected
+//! here so that one setting caps every kernel: `QWEN_EMBED_CPU_KERNEL=amx|avx512bf16|avx512|avx2|generic` caps the
+//! detected level, oneDNN's included (to measure or test what an older CPU would run); `QWEN_EMBED_NO_AMX=1` is the
+//! same as `avx512bf16`.
 
 pub mod attention;
 #[cfg(onednn)]
@@ -36,6 +37,8 @@ pub enum Level {
     /// candle's portable matmul (aarch64, x86-64 without AVX2).
     Generic,
     Avx2,
+    /// AVX-512 F, BW, VL and DQ (oneDNN's `avx512_core`: Skylake-SP to Ice Lake) without a bf16 product.
+    Avx512,
     Avx512Bf16,
     Amx,
 }
@@ -45,13 +48,14 @@ impl Level {
         match self {
             Level::Generic => "generic",
             Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
             Level::Avx512Bf16 => "avx512bf16",
             Level::Amx => "amx",
         }
     }
 
     fn parse(s: &str) -> Option<Level> {
-        [Level::Generic, Level::Avx2, Level::Avx512Bf16, Level::Amx].into_iter().find(|l| l.name() == s)
+        [Level::Generic, Level::Avx2, Level::Avx512, Level::Avx512Bf16, Level::Amx].into_iter().find(|l| l.name() == s)
     }
 }
 
@@ -97,8 +101,15 @@ fn detect(cap: Level) -> Level {
     if cap < Level::Avx2 || !avx2 {
         return Level::Generic;
     }
-    if cap < Level::Avx512Bf16 || !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq");
+    if cap < Level::Avx512 || !avx512 {
         return Level::Avx2;
+    }
+    if cap < Level::Avx512Bf16 || !is_x86_feature_detected!("avx512bf16") {
+        return Level::Avx512;
     }
     // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of these is not stable yet).
     let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;

@@ -1,12 +1,14 @@
-//! Linear layers on oneDNN's matmul (Debian's `libdnnl`: 2.6 on Debian 12, 3.7 on Debian 13), for CPUs where it has a bf16 brgemm kernel: AMX
-//! (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake). oneDNN is what PyTorch runs there; its kernels are
-//! generated at run time for the CPU found and tuned by the CPU's maker, which our own hand-written kernels for
-//! instructions our development machines lack could not be.
+//! Linear layers on oneDNN's matmul (Debian's `libdnnl`: 2.6 on Debian 12, 3.7 on Debian 13), for CPUs where it has a
+//! brgemm kernel: in bf16 on AMX (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake), in f32 on other
+//! AVX-512 CPUs (Skylake-SP to Ice Lake). oneDNN is what PyTorch runs there; its kernels are generated at run time for
+//! the CPU found and tuned by the CPU's maker, which our own hand-written kernels for instructions our development
+//! machines lack could not be.
 //!
 //! The glue is generic over the element type ([`Element`]: `f32` or [`Bf16`]), so the f32 instantiation tests the
 //! same packing, primitive cache, slicing, scratchpads and threading on any x86-64 CPU; the bf16 one runs where the CPU
 //! has the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
-//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none.
+//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none. There its f32 brgemm is the
+//! fast path ([`f32_brgemm`]); on AVX2 our own f16-weight kernel is faster than oneDNN's f32 (`precision`).
 //!
 //! How it runs:
 //! - **Weights packed once.** The (out × in) weight matrix is cut into column slices of [`SLICE`] output features;
@@ -121,8 +123,7 @@ impl Element for Bf16 {
     /// brgemm on AMX or AVX512-BF16 only, never an emulation: `brg:avx512_core_amx`, `brg:avx512_core_bf16` (2.x),
     /// `brg_matmul:…` (3.x's name for the same).
     fn accepts(implementation: &str) -> bool {
-        let isa = implementation.strip_prefix("brg:").or_else(|| implementation.strip_prefix("brg_matmul:"));
-        isa.is_some_and(|isa| isa.contains("amx") || isa.contains("bf16"))
+        is_brgemm(implementation) && (implementation.contains("amx") || implementation.contains("bf16"))
     }
     fn activations(x: &[f32]) -> Cow<'_, [Bf16]> {
         let mut out = vec![Bf16::default(); x.len()];
@@ -233,6 +234,21 @@ impl Bf16Kernel {
     }
 }
 
+/// Whether oneDNN runs f32 matmuls on its AVX-512 brgemm here (`brg:avx512_core`, `brg_matmul:avx512_core`): false
+/// below `cpu::Level::Avx512` (our AVX2 kernel is as fast as oneDNN's f32 there, and its f16 weights stream half
+/// the bytes).
+pub fn f32_brgemm() -> bool {
+    static BRGEMM: OnceLock<bool> = OnceLock::new();
+    *BRGEMM.get_or_init(|| {
+        crate::cpu::level() >= crate::cpu::Level::Avx512
+            && implementation::<f32>(32, 64, 64).is_ok_and(|n| is_brgemm(&n))
+    })
+}
+
+fn is_brgemm(implementation: &str) -> bool {
+    implementation.starts_with("brg:") || implementation.starts_with("brg_matmul:")
+}
+
 /// See [`Bf16Kernel`].
 pub fn bf16_kernel() -> Option<Bf16Kernel> {
     static KERNEL: OnceLock<Option<Bf16Kernel>> = OnceLock::new();
@@ -263,8 +279,8 @@ fn single_threaded() {
     }
 }
 
-/// The CPU engine, made once per process. `QWEN_EMBED_CPU_KERNEL=avx512bf16` (see `cpu`) caps oneDNN below AMX too;
-/// the cap must be set before oneDNN generates its first kernel.
+/// The CPU engine, made once per process. `QWEN_EMBED_CPU_KERNEL` (see `cpu`) caps oneDNN at the same level: below
+/// AMX, below AVX512-BF16 or below AVX-512; the cap must be set before oneDNN generates its first kernel.
 fn engine() -> Result<ffi::dnnl_engine_t> {
     struct Engine(ffi::dnnl_engine_t);
     // SAFETY: a oneDNN engine is thread-safe; it lives as long as the process (never destroyed).
@@ -272,10 +288,17 @@ fn engine() -> Result<ffi::dnnl_engine_t> {
     unsafe impl Sync for Engine {}
     static ENGINE: OnceLock<std::result::Result<Engine, Error>> = OnceLock::new();
     let made = ENGINE.get_or_init(|| {
-        if crate::cpu::level() == crate::cpu::Level::Avx512Bf16 {
+        use crate::cpu::Level;
+        let cap = match crate::cpu::level() {
+            Level::Avx2 => Some(ffi::dnnl_cpu_isa_t_dnnl_cpu_isa_avx2),
+            Level::Avx512 => Some(ffi::dnnl_cpu_isa_t_dnnl_cpu_isa_avx512_core),
+            Level::Avx512Bf16 => Some(ffi::dnnl_cpu_isa_t_dnnl_cpu_isa_avx512_core_bf16),
+            Level::Generic | Level::Amx => None,
+        };
+        if let Some(isa) = cap {
             // SAFETY: a plain call with an enum value, made before any primitive exists. An error (the ISA was
             // already fixed) leaves oneDNN as it was.
-            unsafe { ffi::dnnl_set_max_cpu_isa(ffi::dnnl_cpu_isa_t_dnnl_cpu_isa_avx512_core_bf16) };
+            unsafe { ffi::dnnl_set_max_cpu_isa(isa) };
         }
         let mut engine = ptr::null_mut();
         // SAFETY: writes the new engine's handle through a valid pointer.

@@ -92,6 +92,22 @@ fn bf16_matches_a_plain_matmul_of_the_rounded_values() {
     check::<Bf16>(|v| bf16_to_f32(f32_to_bf16(v)), 1e-4);
 }
 
+/// f32 takes oneDNN's brgemm on every AVX-512 CPU (the `auto` kernel there when it has no bf16 product), and only
+/// there.
+#[test]
+fn f32_brgemm_is_found_where_the_cpu_has_avx512() {
+    assert!(is_brgemm("brg:avx512_core") && is_brgemm("brg_matmul:avx512_core"));
+    assert!(!is_brgemm("gemm:jit") && !is_brgemm("ref:any") && !is_brgemm("jit:gemm"));
+    let name = implementation::<f32>(32, 64, 64).unwrap();
+    println!("f32 matmul at level {}: {name}", crate::cpu::level().name());
+    if crate::cpu::level() < crate::cpu::Level::Avx512 {
+        assert!(!f32_brgemm(), "{name}");
+        return println!("SKIPPED onednn::f32_brgemm_is_found_where_the_cpu_has_avx512: no AVX-512");
+    }
+    assert!(f32_brgemm(), "{name}");
+    assert!(name.contains("avx512_core"), "{name}");
+}
+
 #[test]
 fn bf16_is_accepted_only_as_brgemm() {
     assert!(Bf16::accepts("brg:avx512_core_amx"));
