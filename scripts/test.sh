@@ -23,6 +23,13 @@ all_tests() {
     # With oneDNN (what the extension builds with), then the model core without it (what a build without libdnnl runs).
     cargo test -p qwen_embed_model -p qwen_embed_server --features qwen_embed_model/onednn -- --nocapture # kernels, SKIPPED
     cargo test -p qwen_embed_model --test reference -- --nocapture
+    # What an older CPU runs, on this one: the level detection, the kernel each level's `auto` and `f32` take, oneDNN's
+    # f32 brgemm and the f32 paths against transformers, under each cap below this CPU's level (QWEN_EMBED_CPU_KERNEL).
+    for cap in avx512bf16 avx512 avx2 generic; do
+        echo "-- capped at $cap"
+        QWEN_EMBED_CPU_KERNEL=$cap cargo test -p qwen_embed_model --features onednn --lib --test reference -- \
+            --nocapture cpu::tests precision::tests onednn::tests::f32_brgemm every_reference_case
+    done
 
     bash scripts/test-postgres.sh "$PG_VERSION" # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
 

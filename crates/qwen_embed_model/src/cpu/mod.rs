@@ -124,3 +124,23 @@ fn detect(cap: Level) -> Level {
 fn detect(_cap: Level) -> Level {
     Level::Generic
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `QWEN_EMBED_CPU_KERNEL` and `QWEN_EMBED_NO_AMX` cap the detected level (`scripts/test.sh` runs the model core's
+    /// unit tests once under each cap, so that this machine also runs what an older CPU would).
+    #[test]
+    fn the_environment_caps_the_level() {
+        let cap = std::env::var("QWEN_EMBED_CPU_KERNEL").ok().map(|s| Level::parse(&s).expect("a known level"));
+        let no_amx = std::env::var_os("QWEN_EMBED_NO_AMX").is_some().then_some(Level::Avx512Bf16);
+        println!("cpu level {} (cap {cap:?}, QWEN_EMBED_NO_AMX {no_amx:?})", level().name());
+        if let Some(cap) = cap.into_iter().chain(no_amx).min() {
+            assert!(level() <= cap, "level {:?} above the cap {cap:?}", level());
+        }
+        assert_eq!(f32_kernel().is_some(), level() >= Level::Avx2);
+        assert_eq!(avx512_bf16().is_some(), level() >= Level::Avx512Bf16);
+        assert_eq!(Level::parse("avx512"), Some(Level::Avx512));
+    }
+}
