@@ -9,6 +9,8 @@ side, in one run, on the same inputs and thread count; accuracy as min cosine ag
                                                         # GPU in the same dtype
     bench/.venv/bin/python bench/run.py --sql           # ours through SQL too: SELECT embed(text[], instruct) on the
                                                         # cluster psql reaches (PGHOST...), result cache off
+    bench/.venv/bin/python bench/run.py --vs-cap avx2   # and ours against what it runs capped at a lower CPU level
+                                                        # (here: the AVX2 kernel), in turn, ratio per pair
     bench/.venv/bin/python bench/run.py --profile       # and where ours spends each case's time (ms per call):
                                                         # linear layers, attention, norms and RoPE, elementwise, other
 
@@ -19,6 +21,7 @@ cosine.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +57,7 @@ def make_cases(tokenizer):
     ]
 
 
-def run_ours(model, cases_file, threads, reps, dtype, device, binary=None, profile=False):
+def run_ours(model, cases_file, threads, reps, dtype, device, binary=None, profile=False, cap=None):
     if binary is None:
         # oneDNN on the CPU, as the extension builds (its bf16 kernels where the CPU has them; see precision.rs).
         features = ["--features", "onednn,cuda" if device.startswith("cuda") else "onednn"]
@@ -62,12 +65,28 @@ def run_ours(model, cases_file, threads, reps, dtype, device, binary=None, profi
                         *features], cwd=ROOT, check=True)
         binary = ROOT / "target/release/examples/bench"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    env.pop("QWEN_EMBED_CPU_KERNEL", None)
+    if cap:
+        env["QWEN_EMBED_CPU_KERNEL"] = cap  # what a CPU of that level runs (see cpu/mod.rs)
     out = subprocess.run([str(binary), "--model", model, "--cases", cases_file,
                           "--reps", str(reps), "--device", device, "--dtype", dtype, "--vectors",
                           *(["--profile"] if profile else [])], env=env,
                          check=True, capture_output=True, text=True)
     lines = [json.loads(l) for l in out.stdout.splitlines()]
     return lines[0], {l["case"]: l for l in lines[1:]}
+
+
+def vs_cap(args, cases_file):
+    """Ours and ours capped at --vs-cap, one repetition each, --reps times in turn (pairing keeps each ratio fair on a
+    machine whose speed drifts); the capped run's load line and the pairs of per-case results."""
+    binary = args.ours_bin or (ROOT / "target/release/examples/bench")  # built by the main run just before
+    pairs, info = [], None
+    for _ in range(args.reps):
+        mine = run_ours(args.model, cases_file, args.threads, 1, args.dtype, args.device, binary)[1]
+        info, theirs = run_ours(args.model, cases_file, args.threads, 1, args.dtype, args.device, binary,
+                                cap=args.vs_cap)
+        pairs.append((mine, theirs))
+    return info, pairs
 
 
 def sql_literal(text):
@@ -147,6 +166,10 @@ def main():
     ap.add_argument("--ours-bin", default=None, help="a prebuilt bench example (default: cargo build it)")
     ap.add_argument("--sql", action="store_true", help="also ours through SQL on the cluster psql reaches")
     ap.add_argument("--profile", action="store_true", help="also where ours spends each case's time")
+    ap.add_argument("--vs-cap", default="", metavar="LEVEL",
+                    help="also ours capped at a lower CPU level (QWEN_EMBED_CPU_KERNEL=avx512|avx2|...: the kernel an "
+                         "older CPU runs), in turn with ours, one repetition each, --reps pairs; prints each case's "
+                         "median ratio over the pairs")
     ap.add_argument("--anchors", default="",
                     help="comma-separated from torch-fp32, torch-bf16, onnx-fp32, onnx-int8 (default: all four on a "
                          "CPU, torch in --dtype on a GPU); torch-fp32 always runs: it is the accuracy reference")
@@ -166,6 +189,7 @@ def main():
     load_before = os.getloadavg()
     ours_info, ours = run_ours(args.model, f.name, args.threads, args.reps, args.dtype, args.device, args.ours_bin,
                                args.profile)
+    capped = vs_cap(args, f.name) if args.vs_cap else None
     via_sql = run_ours_sql(cases, args.reps) if args.sql else None
     anchors = {name: run_anchor(name, args.model, cases, args.threads, args.reps, args.device) for name in names}
     load_after = os.getloadavg()
@@ -199,6 +223,16 @@ def main():
             r = anchors[n][1][name]
             line += f" | {r['median_ms']:>10.1f} {r['median_ms'] / o['median_ms']:>5.2f} {min_cosine(r['vectors'], ref):>9.6f}"
         print(line)
+    if capped:
+        info, pairs = capped
+        print(f"ours against ours capped at {args.vs_cap} (kernel {info['kernel']}, dtype {info['dtype']}), run in turn: "
+              f"median ms over the pairs; x = capped / ours per pair, median (min-max)")
+        for case in cases:
+            mine = [p[0][case["name"]]["median_ms"] for p in pairs]
+            theirs = [p[1][case["name"]]["median_ms"] for p in pairs]
+            ratios = sorted(t / m for m, t in zip(mine, theirs))
+            print(f"{case['name']:<11} ours {statistics.median(mine):>9.1f} | capped {statistics.median(theirs):>9.1f} | "
+                  f"x {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
     if args.profile:
         parts = ["linear", "attention", "norms_rope", "elementwise", "other"]
         print("ours, where the time goes (ms per call, mean of the reps; % of the sum)")
