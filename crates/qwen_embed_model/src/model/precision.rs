@@ -10,8 +10,8 @@
 //! | AMX (Sapphire Rapids+)        | bf16 weights, oneDNN brgemm (AMX tiles), | 3–6× the f32 FMA rate                        |
 //! |                               | f32 accumulation (`onednn`)              |                                              |
 //! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, oneDNN brgemm (`vdpbf16ps`)| ~2× the f32 FMA rate                         |
-//! | AVX-512 without BF16          | f32 weights, oneDNN brgemm               | ~1.5× our AVX2 kernel on documents; exact.   |
-//! | (Skylake-SP … Ice Lake)       | (`avx512_core`)                          | Twice the f16 weights' memory: `f16` halves it |
+//! | AVX-512 without BF16          | f32 weights, oneDNN brgemm               | twice the AVX2 kernel's FMA width; exact,    |
+//! | (Skylake-SP … Ice Lake)       | (`avx512_core`)                          | at twice f16's weight memory (`f16` keeps it)|
 //! | AVX2 + FMA (+ F16C)           | f16 weights, f32 arithmetic (`f32_matmul`)| half the weight bytes to stream: faster than |
 //! |                               |                                          | f32 weights; exact for bf16 checkpoints      |
 //! | other (aarch64, old x86-64)   | f32, candle's matmul                     | portable                                     |
