@@ -164,6 +164,11 @@ grep -q "canceling statement due to user request" "$(scratch_dir)/qwen_embed_can
     fail "the session was not canceled: $(cat "$(scratch_dir)/qwen_embed_cancel_me.out")"
 grep -q "terminating connection due to administrator command" "$(scratch_dir)/qwen_embed_terminate_me.out" ||
     fail "the session was not terminated: $(cat "$(scratch_dir)/qwen_embed_terminate_me.out")"
+# Why 100 ms is a bound and not a hope on a loaded 2-core machine: the waiting backend wakes at least every 10 ms
+# (its poll of the socket times out, or the signal ends the poll at once) and checks for interrupts; the bulk request
+# keeps both cores busy with the model server's two pool threads, but the kernel's fair scheduler runs a woken task
+# after a few slices (milliseconds) of its runnable peers, not after they finish, and so it does the watching
+# session's 2 ms samples. One poll interval plus two wake-ups is tens of milliseconds at worst; measured 7-8 ms.
 [ -n "$canceled" ] && [ "$canceled" -le 100 ] || fail "pg_cancel_backend ended the wait after ${canceled:-?} ms"
 [ -n "$terminated" ] && [ "$terminated" -le 100 ] || fail "pg_terminate_backend ended the wait after ${terminated:-?} ms"
 echo "ok: a session waiting on the model server stopped ${canceled} ms after pg_cancel_backend and ${terminated} ms"
