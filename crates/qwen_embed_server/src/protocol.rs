@@ -190,13 +190,13 @@ pub struct JobCounts {
 }
 
 pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
-    let body = bincode::serialize(message).map_err(io::Error::other)?;
-    if body.len() > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("message of {} bytes is too large", body.len()),
-        ));
+    // Sized before it is serialised: a message over the limit costs no second copy of itself (a backend holding a
+    // 1 GiB array of texts would otherwise allocate another GiB only to refuse it).
+    let size = bincode::serialized_size(message).map_err(io::Error::other)?;
+    if size > MAX_FRAME as u64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("message of {size} bytes is too large")));
     }
+    let body = bincode::serialize(message).map_err(io::Error::other)?;
     w.write_all(&(body.len() as u32).to_le_bytes())?;
     w.write_all(&body)?;
     w.flush()
@@ -234,5 +234,30 @@ mod tests {
         assert!(matches!(back.job, Job::Embed { ref texts, dim: Some(32), .. } if texts[1] == "ü 北京"));
         // A truncated frame is an error, not a hang or a partial message.
         assert!(read_frame::<Request>(&mut &buf[..buf.len() - 1]).is_err());
+    }
+
+    /// The process's peak resident memory (VmHWM), KiB.
+    fn peak_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_without_being_serialised() {
+        // 1,025 references to one 1 MiB text: over 1 GiB serialised, 1 MiB in memory. No other test of this binary
+        // comes near 512 MiB, so the peak says whether the message was serialised before it was refused.
+        let text = "x".repeat(1 << 20);
+        let texts = vec![text.as_str(); (MAX_FRAME >> 20) + 1];
+        let before = peak_kib();
+        let mut sink = Vec::new();
+        let err = write_frame(&mut sink, &texts).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        assert!(sink.is_empty(), "part of a refused frame was written");
+        let grew = peak_kib() - before;
+        assert!(grew < 512 << 10, "refusing the message raised the peak by {grew} KiB");
+        // A frame that announces more than the limit is refused before its body is allocated.
+        let announced = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(read_frame::<Request>(&mut announced.as_slice()).unwrap_err().to_string().contains("too large"));
     }
 }
