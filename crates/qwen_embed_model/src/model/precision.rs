@@ -175,12 +175,12 @@ impl Precision {
 
 /// oneDNN's f32 kernel where it runs on its AVX-512 brgemm (within the `cpu` level's cap); `None` elsewhere.
 #[cfg(onednn)]
-fn f32_brgemm() -> Option<LinearKernel> {
+pub fn f32_brgemm() -> Option<LinearKernel> {
     onednn::f32_brgemm().then_some(LinearKernel::Onednn(onednn::Kernel::F32))
 }
 
 #[cfg(not(onednn))]
-fn f32_brgemm() -> Option<LinearKernel> {
+pub fn f32_brgemm() -> Option<LinearKernel> {
     None
 }
 
