@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: the model core against transformers' reference vectors and the model server (plain cargo test), the
+# Every test: the model core against transformers' reference vectors and the model server (plain cargo test; the
+# CPU kernel choice and the f32 paths again under each QWEN_EMBED_CPU_KERNEL cap below this CPU's level), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
 # statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
 # (scripts/test-postgres.sh), then the fault, model-change, async, hot-standby and load tests (tests/faults.sh,
