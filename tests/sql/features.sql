@@ -83,6 +83,34 @@ SELECT expect(array_err < 1e-5 AND chunk_err < 1e-5 AND chunk_dims = 32,
               format('%s: array %s, chunks %s, %s dims', route, array_err, chunk_err, chunk_dims))
 FROM routes;
 
+-- qwen_embed.batch_tokens bounds the forward passes of a backend's own model: 12 texts of L tokens each, in passes
+-- of at most 64 padded tokens, take ceil(12 / floor(64 / L)) passes; with the default budget, one.
+SELECT set_config('qwen_embed.model_path', :'model_dir' || '/tiny-qwen3-copy', false);
+SET qwen_embed.cache_size = 0;
+CREATE TEMP TABLE same_length AS
+SELECT array_agg('budget text number ' || chr(96 + g) || ' of twelve') AS texts,
+       min(token_count('budget text number ' || chr(96 + g) || ' of twelve')) AS l,
+       max(token_count('budget text number ' || chr(96 + g) || ' of twelve')) AS l_max
+FROM generate_series(1, 12) g;
+CREATE TEMP TABLE passes (budget int, n bigint);
+INSERT INTO passes SELECT 0, info_value('info', 'forward_passes')::bigint;
+SET qwen_embed.batch_tokens = 64;
+SELECT cardinality(embed(texts)) FROM same_length;
+INSERT INTO passes SELECT 64, info_value('info', 'forward_passes')::bigint;
+SET qwen_embed.batch_tokens = 8192;
+SELECT cardinality(embed(texts)) FROM same_length;
+INSERT INTO passes SELECT 8192, info_value('info', 'forward_passes')::bigint;
+RESET qwen_embed.batch_tokens;
+SELECT expect(l = l_max AND l BETWEEN 6 AND 32, format('the texts are %s to %s tokens', l, l_max)) FROM same_length;
+SELECT expect(small = ceil(12.0 / (64 / l)) AND large = 1 AND info_value('info', 'route') = 'backend',
+              format('12 texts of %s tokens: %s passes with batch_tokens 64, %s with 8192, route %s',
+                     l, small, large, info_value('info', 'route')))
+FROM same_length,
+     (SELECT max(n) FILTER (WHERE budget = 64) - max(n) FILTER (WHERE budget = 0) AS small,
+             max(n) FILTER (WHERE budget = 8192) - max(n) FILTER (WHERE budget = 64) AS large FROM passes) p;
+RESET qwen_embed.cache_size;
+RESET qwen_embed.model_path;
+
 -- embed_document's weightings on the server: the weighted mean of its chunks' vectors, renormalised, where the
 -- weights are 1 (uniform) or 1 + |2i/(n-1) - 1| (position, 2 at both ends); each weighting gives its own vector.
 CREATE TEMP TABLE doc AS
