@@ -1,14 +1,14 @@
 //! Linear layers on oneDNN's matmul (Debian's `libdnnl`: 2.6 on Debian 12, 3.7 on Debian 13), for CPUs where it has a
-//! brgemm kernel: in bf16 on AMX (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake), in f32 on other
-//! AVX-512 CPUs (Skylake-SP to Ice Lake). oneDNN is what PyTorch runs there; its kernels are generated at run time for
-//! the CPU found and tuned by the CPU's maker, which our own hand-written kernels for instructions our development
-//! machines lack could not be.
+//! bf16 brgemm kernel: AMX (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake). oneDNN is what PyTorch
+//! runs there; its kernels are generated at run time for the CPU found and tuned by the CPU's maker, which our own
+//! hand-written kernels for instructions our development machines lack could not be.
 //!
 //! The glue is generic over the element type ([`Element`]: `f32` or [`Bf16`]), so the f32 instantiation tests the
 //! same packing, primitive cache, slicing, scratchpads and threading on any x86-64 CPU; the bf16 one runs where the CPU
 //! has the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
-//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none. There its f32 brgemm is the
-//! fast path ([`f32_brgemm`]); on AVX2 our own f16-weight kernel is faster than oneDNN's f32 (`precision`).
+//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none. There its f32 brgemm is faster
+//! than our AVX2 kernel ([`f32_brgemm`]; not chosen by `precision` yet, see there); on AVX2 our own f16-weight
+//! kernel is as fast as oneDNN's f32.
 //!
 //! How it runs:
 //! - **Weights packed once.** The (out × in) weight matrix is cut into column slices of [`SLICE`] output features;
