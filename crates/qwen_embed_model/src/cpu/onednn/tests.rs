@@ -92,8 +92,8 @@ fn bf16_matches_a_plain_matmul_of_the_rounded_values() {
     check::<Bf16>(|v| bf16_to_f32(f32_to_bf16(v)), 1e-4);
 }
 
-/// f32 takes oneDNN's brgemm on every AVX-512 CPU (the `auto` kernel there when it has no bf16 product), and only
-/// there.
+/// oneDNN's f32 matmul is found to be its brgemm on every AVX-512 CPU, and only there (the kernel `precision` is to take
+/// on AVX-512 CPUs without a bf16 product once the primitive cache is bounded).
 #[test]
 fn f32_brgemm_is_found_where_the_cpu_has_avx512() {
     assert!(is_brgemm("brg:avx512_core") && is_brgemm("brg_matmul:avx512_core"));
