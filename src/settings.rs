@@ -103,8 +103,8 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"qwen_embed.dtype",
         c"Compute dtype: auto, f32, bf16 or f16.",
-        c"auto: bf16 weights (f32 activations) on CPUs with AMX or AVX512-BF16, f16 weights (f32 arithmetic) on other \
-          CPUs with AVX2, f32 elsewhere, bf16 on a GPU.",
+        c"auto: bf16 weights (f32 activations) on CPUs with AMX or AVX512-BF16, f32 on other AVX-512 CPUs, f16 weights \
+          (f32 arithmetic) on AVX2 CPUs, f32 elsewhere, bf16 on a GPU.",
         &DTYPE,
         GucContext::Suset,
         GucFlags::default(),

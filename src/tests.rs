@@ -522,12 +522,23 @@ mod tests {
         // bf16 with bf16 attention: 0.9998 on this tiny model, 0.99999 on the real shape (tests/reference.rs says why).
         assert!(cos >= if bf16 { 0.9998 } else { 0.99999 }, "bf16 cosine {cos}");
         assert_eq!(dtype, if bf16 { "bf16" } else { "f32" });
-        // auto: bf16 weights where the CPU has a bf16 kernel, else f16 weights for the AVX2/FMA kernel, which every
-        // CPU this is tested on has; f16 weights are held to the f32 paths' accuracy.
+        // auto: bf16 weights where the CPU has a bf16 kernel, else f32 where oneDNN has its AVX-512 f32 brgemm, else
+        // f16 weights for the AVX2/FMA kernel, which every CPU this is tested on has; f16 weights are held to the f32
+        // paths' accuracy.
         Spi::run("SET qwen_embed.dtype = 'auto'").unwrap();
         let (cos, dtype) = embed_case();
         assert!(cos >= if bf16 { 0.9998 } else { 0.99999 }, "auto cosine {cos}");
-        assert_eq!(dtype, if bf16 { "bf16" } else { "f16" });
+        let avx512_f32 = qwen_embed_model::precision::f32_brgemm().is_some();
+        assert_eq!(
+            dtype,
+            if bf16 {
+                "bf16"
+            } else if avx512_f32 {
+                "f32"
+            } else {
+                "f16"
+            }
+        );
         let kernel = qwen_embed_model::Precision::auto(&qwen_embed_model::Device::Cpu).kernel_name();
         assert_eq!(info_value("kernel"), kernel);
         // The oneDNN the build found (2.x on Debian 12, 3.x on Debian 13), loaded: its version as the library says it.

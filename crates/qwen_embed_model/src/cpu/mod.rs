@@ -1,7 +1,7 @@
 //! The CPU backends, and what this CPU can run, detected once per process.
 //!
-//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's bf16 brgemm, AMX or AVX512-BF16,
-//! and [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] on `micro_kernel`
+//! Backends: [`onednn`] (with the `onednn` feature: the linear layers on oneDNN's brgemm, in bf16 on AMX or
+//! AVX512-BF16 and in f32 on other AVX-512 CPUs, and [`attention_onednn`], the attention on its matmuls beside them), [`f32_matmul`] on `micro_kernel`
 //! (AVX2/FMA/F16C linear layers, weights packed at load), [`attention`] (the f32 CPU attention: `attention_tiled` on
 //! the micro-kernel, a portable path on `gemm`; `panels` holds what the packed kernels share) and [`elementwise`]
 //! (vectorised exp, SwiGLU and bf16 rounding).

@@ -10,6 +10,8 @@
 //! | AMX (Sapphire Rapids+)        | bf16 weights, oneDNN brgemm (AMX tiles), | 3–6× the f32 FMA rate                        |
 //! |                               | f32 accumulation (`onednn`)              |                                              |
 //! | AVX512-BF16 (Zen 4, Cooper L.)| bf16 weights, oneDNN brgemm (`vdpbf16ps`)| ~2× the f32 FMA rate                         |
+//! | AVX-512 without BF16          | f32 weights, oneDNN brgemm               | twice the AVX2 kernel's FMA width; exact,    |
+//! | (Skylake-SP … Ice Lake)       | (`avx512_core`)                          | at twice f16's weight memory (`f16` keeps it)|
 //! | AVX2 + FMA (+ F16C)           | f16 weights, f32 arithmetic (`f32_matmul`)| half the weight bytes to stream: faster than |
 //! |                               |                                          | f32 weights; exact for bf16 checkpoints      |
 //! | other (aarch64, old x86-64)   | f32, candle's matmul                     | portable                                     |
@@ -19,12 +21,9 @@
 //! (`tests/reference.rs`).
 //!
 //! The oneDNN rows need a build with the `onednn` feature (the extension's default); without it those CPUs take the
-//! AVX2 row. On a GPU `auto` is bf16 throughout.
-//!
-//! AVX-512 CPUs without BF16 (Skylake-SP to Ice Lake) take the AVX2 row for now, although oneDNN's f32 brgemm is
-//! faster there (`onednn::f32_brgemm`, measured in `bench/results/2026-12-07-avx512-onednn-f32.md`): the oneDNN
-//! glue makes and keeps a primitive per matrix shape it meets, a set the model server's load test saw still growing
-//! during the run. It becomes this row's kernel once that cache is bounded.
+//! AVX2 row. An explicit `f32` (or `bf16` where no bf16 kernel exists) takes oneDNN's f32 brgemm where the AVX-512 row
+//! does, our AVX2 kernel elsewhere; an explicit `f16` takes the AVX2 row's f16 weights on any CPU with AVX2. On a GPU
+//! `auto` is bf16 throughout.
 
 use candle_core::{DType, Device};
 
@@ -41,8 +40,8 @@ pub enum LinearKernel {
     /// Weights packed at load, held in f32 or f16, f32 arithmetic (AVX2/FMA micro-kernel).
     PackedF32(F32Kernel, WeightFormat),
     /// oneDNN's matmul, weights reordered at load into its layout: bf16 on its brgemm (AMX or AVX512-BF16),
-    /// activations rounded to bf16 per product, f32 accumulation; or f32 (a check of the glue on any x86-64 CPU, not
-    /// picked by `auto`).
+    /// activations rounded to bf16 per product, f32 accumulation; or f32 (its brgemm on other AVX-512 CPUs, and a
+    /// check of the glue on any x86-64 CPU).
     #[cfg(onednn)]
     Onednn(onednn::Kernel),
 }
@@ -69,6 +68,8 @@ impl Precision {
     pub fn auto(device: &Device) -> Precision {
         let dtype = if !device.is_cpu() || bf16_kernel().is_some() {
             DType::BF16
+        } else if f32_brgemm().is_some() {
+            DType::F32
         } else if cpu::f32_kernel().is_some() {
             DType::F16
         } else {
@@ -79,18 +80,20 @@ impl Precision {
 
     /// How a requested dtype computes on `device`. On a CPU with one of our kernels activations are f32 whatever the
     /// weights: bf16 means packed bf16 weights where the CPU has a bf16 kernel, and f32 where it has none (candle's
-    /// CPU bf16 matmul converts to f32 on every call: slower, and no more accurate); f16 means f16 weights for the
-    /// AVX2/FMA kernel (on a CPU without it, candle computing in f16).
+    /// CPU bf16 matmul converts to f32 on every call: slower, and no more accurate); f32 runs on oneDNN's f32 brgemm
+    /// where it has one, else on the AVX2/FMA kernel; f16 means f16 weights for the AVX2/FMA kernel (on a CPU without
+    /// it, candle computing in f16).
     pub fn new(requested: DType, device: &Device) -> Precision {
         let candle = Precision { linear: LinearKernel::Candle, activations: requested };
         if !device.is_cpu() {
             return candle;
         }
-        let linear = match (requested, bf16_kernel(), cpu::f32_kernel()) {
-            (DType::BF16, Some(k), _) => k,
-            (DType::F16, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F16),
-            (DType::F16, _, None) => return candle,
-            (_, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F32),
+        let linear = match (requested, bf16_kernel(), f32_brgemm(), cpu::f32_kernel()) {
+            (DType::BF16, Some(k), _, _) => k,
+            (DType::F16, _, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F16),
+            (DType::F16, _, _, None) => return candle,
+            (_, _, Some(k), _) => k,
+            (_, _, _, Some(k)) => LinearKernel::PackedF32(k, WeightFormat::F32),
             _ => LinearKernel::Candle,
         };
         Precision { linear, activations: DType::F32 }
@@ -170,6 +173,17 @@ impl Precision {
     }
 }
 
+/// oneDNN's f32 kernel where it runs on its AVX-512 brgemm (within the `cpu` level's cap); `None` elsewhere.
+#[cfg(onednn)]
+pub fn f32_brgemm() -> Option<LinearKernel> {
+    onednn::f32_brgemm().then_some(LinearKernel::Onednn(onednn::Kernel::F32))
+}
+
+#[cfg(not(onednn))]
+pub fn f32_brgemm() -> Option<LinearKernel> {
+    None
+}
+
 /// The CPU's bf16 kernel: oneDNN's, where the build has oneDNN and oneDNN has a brgemm for this CPU (within the
 /// `cpu` level's cap). `None` elsewhere: bf16 then computes in f32.
 #[cfg(onednn)]
@@ -187,16 +201,17 @@ mod tests {
     use super::*;
     use crate::cpu::Level;
 
-    /// `auto` and an explicit `f32` on this CPU are the module table's row for the level detected here (a rule that
-    /// skipped a kernel, or took one the CPU lacks, names another kernel); AVX-512 without BF16 takes the AVX2 row.
+    /// `auto` and an explicit `f32` on this CPU are the module table's row for the level detected here (each level
+    /// is a row: a rule that skipped a kernel, or took one the CPU lacks, names another kernel).
     #[test]
     fn auto_is_the_table_row_of_this_cpu() {
         let cpu = Device::Cpu;
         let (auto, f32) = (Precision::auto(&cpu), Precision::new(DType::F32, &cpu));
         let onednn = cfg!(onednn);
         let (auto_kernel, f32_kernel) = match cpu::level() {
-            Level::Amx if onednn => ("onednn amx", "avx2-fma f32"),
-            Level::Avx512Bf16 if onednn => ("onednn avx512_core_bf16", "avx2-fma f32"),
+            Level::Amx if onednn => ("onednn amx", "onednn f32"),
+            Level::Avx512Bf16 if onednn => ("onednn avx512_core_bf16", "onednn f32"),
+            Level::Avx512 if onednn => ("onednn f32", "onednn f32"),
             Level::Generic => ("candle", "candle"),
             _ => ("avx2-fma f16-weights", "avx2-fma f32"),
         };

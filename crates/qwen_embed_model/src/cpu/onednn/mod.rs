@@ -1,14 +1,14 @@
 //! Linear layers on oneDNN's matmul (Debian's `libdnnl`: 2.6 on Debian 12, 3.7 on Debian 13), for CPUs where it has a
-//! bf16 brgemm kernel: AMX (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake). oneDNN is what PyTorch
-//! runs there; its kernels are generated at run time for the CPU found and tuned by the CPU's maker, which our own
-//! hand-written kernels for instructions our development machines lack could not be.
+//! brgemm kernel: in bf16 on AMX (Sapphire Rapids and later) or AVX512-BF16 (Zen 4, Cooper Lake), in f32 on other
+//! AVX-512 CPUs (Skylake-SP to Ice Lake). oneDNN is what PyTorch runs there; its kernels are generated at run time for
+//! the CPU found and tuned by the CPU's maker, which our own hand-written kernels for instructions our development
+//! machines lack could not be.
 //!
 //! The glue is generic over the element type ([`Element`]: `f32` or [`Bf16`]), so the f32 instantiation tests the
 //! same packing, primitive cache, slicing, scratchpads and threading on any x86-64 CPU; the bf16 one runs where the CPU
 //! has the instructions. Only a real bf16 kernel is accepted (an implementation named `brg:…`): on AVX-512 CPUs without
-//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none. There its f32 brgemm is faster
-//! than our AVX2 kernel ([`f32_brgemm`]; not chosen by `precision` yet, see there); on AVX2 our own f16-weight
-//! kernel is as fast as oneDNN's f32.
+//! BF16 oneDNN would emulate bf16 at a fraction of f32 speed, and on AVX2 it has none. There its f32 brgemm is the
+//! fast path ([`f32_brgemm`]); on AVX2 our own f16-weight kernel is as fast as oneDNN's f32 (`precision`).
 //!
 //! How it runs:
 //! - **Weights packed once.** The (out × in) weight matrix is cut into column slices of [`SLICE`] output features;
@@ -19,8 +19,9 @@
 //!   (`qwen_embed.threads`, `server_threads`) is the only thread count, the model server's two batch threads share it,
 //!   no idle OpenMP thread spins beside rayon's, signals stay with the threads PostgreSQL expects, and nothing is
 //!   started before the model server's fork. Cancellation is unchanged: the encoder checks between layers.
-//! - **Primitives cached** per (element type, rows, in, slice width), once per process: rows are at most
-//!   [`ROW_BLOCK`], so a shape has at most that many primitives, shared by every layer of that shape.
+//! - **Primitives cached** per (element type, rows, in, slice width, output stride), once per process, and made at
+//!   packing: rows are a multiple of [`ROW_STEP`] up to [`ROW_BLOCK`], so a shape has a fixed few primitives,
+//!   shared by every layer of that shape, and the process's memory does not grow with the lengths it meets.
 //! - **A scratchpad per thread.** oneDNN's default scratchpad is one buffer shared by all primitives (Debian builds it
 //!   without `DNNL_ENABLE_CONCURRENT_EXEC`), which concurrent tasks would race on: every primitive is made with a user
 //!   scratchpad, and each execution brings its thread's own.
@@ -59,6 +60,12 @@ pub const SLICE: usize = 256;
 /// Rows per task at most. 64 rows × 256 columns × 1,024 inputs is 34 MFLOP, tens of microseconds: the few microseconds
 /// a primitive call costs stay small beside it.
 pub const ROW_BLOCK: usize = 64;
+/// A task's rows are a multiple of this: a call's last row block, where shorter, is computed from a copy of its rows
+/// padded with zeros and only its real rows kept. So a (k, n) shape has `ROW_BLOCK / ROW_STEP` primitives, all made
+/// when the weights are packed, rather than one per row count a long-running server happens to meet (its memory would
+/// grow with the mix of lengths for hours), and a query of a new length never waits for a kernel to be generated. At
+/// most `ROW_STEP - 1` rows are wasted, and only in the last block: less than the row tails brgemm computes anyway.
+pub const ROW_STEP: usize = 4;
 
 /// A failure inside oneDNN: which call, and its status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -520,11 +527,12 @@ struct Key {
     ldc: usize,
 }
 
-type Cache = Mutex<HashMap<Key, Arc<Primitive>>>;
+/// The process's primitives. Bounded by the shapes of the models loaded: a linear shape's are made at packing
+/// ([`ROW_STEP`]), the attention's are few per head shape (its queries and keys come in steps too).
+static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Primitive>>>> = OnceLock::new();
 
 /// The primitive for `key` whose weights are in `weights`' layout, made on first use.
 fn primitive<T: Element>(key: Key, weights: &Md) -> Result<Arc<Primitive>> {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(p.clone());
@@ -693,7 +701,7 @@ impl<T: Element> Matmul<T> {
                 accepted(first)? && accepted(last)?
             }
         };
-        Ok(Matmul {
+        let matmul = Matmul {
             in_features,
             out_features,
             slices,
@@ -701,7 +709,27 @@ impl<T: Element> Matmul<T> {
             direct_out,
             implementation,
             _element: std::marker::PhantomData,
-        })
+        };
+        matmul.make_primitives()?;
+        Ok(matmul)
+    }
+
+    /// Makes every primitive [`Matmul::compute`] can ask for (cached: layers of one shape share them), so none is made
+    /// while a request waits: each slice width at every task row count, into a dense block and, where blocks are
+    /// written in place, into the output's rows.
+    fn make_primitives(&self) -> Result<()> {
+        let (k, out) = (self.in_features, self.out_features);
+        let strides = |n| if self.direct_out && !self.gated { vec![n, out] } else { vec![n] };
+        let mut widths: Vec<&Slice> = self.slices.iter().collect();
+        widths.dedup_by_key(|slice| slice.n);
+        for slice in widths {
+            for ldc in strides(slice.n) {
+                for rows in (ROW_STEP..=ROW_BLOCK).step_by(ROW_STEP) {
+                    primitive::<T>(Key { dt: T::DATA_TYPE, rows, k, n: slice.n, plain: None, ldc }, &slice.md)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn in_features(&self) -> usize {
@@ -741,6 +769,13 @@ impl<T: Element> Matmul<T> {
         assert_eq!(self.gated, matches!(copy, CopyOut::SiluGate), "SwiGLU needs, and only it takes, gated packing");
         let a = timed(Part::Elementwise, || T::activations(x));
         let k = self.in_features;
+        // The last row block's rows, padded with zeros to a whole number of ROW_STEPs where they are not one.
+        let last = (rows.max(1) - 1) / ROW_BLOCK * ROW_BLOCK;
+        let tail: Option<Vec<T>> = (!(rows - last).is_multiple_of(ROW_STEP)).then(|| {
+            let mut padded = a[last * k..].to_vec();
+            padded.resize((rows - last).next_multiple_of(ROW_STEP) * k, T::default());
+            padded
+        });
         // A gated slice of n columns gives n / 2 outputs, after those of the slices before it.
         let (ldc, half) = if self.gated { (self.out_features / 2, 2) } else { (self.out_features, 1) };
         let mut out: Vec<f32> = Vec::with_capacity(rows * ldc);
@@ -753,24 +788,32 @@ impl<T: Element> Matmul<T> {
                 let shared = &shared; // the whole Sync wrapper, not its raw pointer field
                 let slice = &self.slices[s];
                 let (m, width) = (ROW_BLOCK.min(rows - r0), slice.n / half);
+                // The rows the primitive computes (m, or the padded tail's), from where.
+                let (m_task, src) = match &tail {
+                    Some(padded) if r0 == last => (padded.len() / k, padded.as_ptr()),
+                    _ => (m, a[r0 * k..].as_ptr()),
+                };
                 let weights = (&slice.md, slice.data.as_ptr().cast());
-                if self.direct_out && matches!(copy, CopyOut::Store) {
+                if self.direct_out && matches!(copy, CopyOut::Store) && m_task == m {
                     // SAFETY: the source rows and the packed weights are only read; the product is written to rows
                     // r0..r0 + m, columns start..start + n of the output (inside its capacity, rows ldc apart), which
                     // this task alone writes (tasks own disjoint (slice, row block) pairs); all outlive the call.
                     return unsafe {
                         let dst = shared.0.add(r0 * ldc + slice.start);
-                        matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, (dst, ldc))
+                        matmul_on_thread::<T>((m, k, slice.n), None, src, weights, (dst, ldc))
                     };
                 }
                 BLOCKS.with_borrow_mut(|(block, gated)| {
-                    block.resize(m * slice.n, 0.0);
-                    // SAFETY: the source rows r0..r0 + m of `a` and the slice's packed weights (md.size() bytes) are only
-                    // read; the dense m × n block is this thread's own; all outlive the call.
+                    block.resize(m_task * slice.n, 0.0);
+                    // SAFETY: `src` holds m_task rows of k elements (rows r0.. of `a`, or the padded tail) and the
+                    // slice's packed weights md.size() bytes, both only read; the dense m_task × n block is this
+                    // thread's own; all outlive the call.
                     unsafe {
                         let dst = (block.as_mut_ptr(), slice.n);
-                        matmul_on_thread::<T>((m, k, slice.n), None, a[r0 * k..].as_ptr(), weights, dst)?;
+                        matmul_on_thread::<T>((m_task, k, slice.n), None, src, weights, dst)?;
                     }
+                    // Only the real rows go on (a padded tail's extra rows are dropped here).
+                    let block = &block[..m * slice.n];
                     let block: &[f32] = match copy {
                         CopyOut::SiluGate => {
                             gated.resize(m * width, 0.0);

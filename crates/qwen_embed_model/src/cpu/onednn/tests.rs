@@ -48,6 +48,36 @@ fn f32_matches_a_plain_matmul_for_uneven_shapes() {
     check::<f32>(|v| v, 1e-5);
 }
 
+/// Every row count is right (the last row block padded to whole ROW_STEPs where it is not), and none adds a primitive
+/// to those packing made: a server's memory does not grow with the lengths it meets. A shape of its own (k 37, slices
+/// of SLICE and 44 columns), so that tests running beside it add none of its keys.
+#[test]
+fn every_row_count_is_right_and_uses_the_primitives_made_at_packing() {
+    let (n, k) = (SLICE + 44, 37);
+    let cached = || {
+        let cache = CACHE.get().expect("packing made primitives").lock().unwrap();
+        cache.keys().filter(|key| key.k == k && key.dt == f32::DATA_TYPE && key.plain.is_none()).count()
+    };
+    let w = data(n * k, 6);
+    let packed = Matmul::<f32>::pack(&w, n, k).unwrap();
+    let made = cached();
+    // Two slice widths, each into a dense block and into the output's rows where blocks are written in place.
+    let strides = if packed.direct_out { 2 } else { 1 };
+    assert_eq!(made, 2 * strides * ROW_BLOCK / ROW_STEP, "primitives made at packing");
+    for rows in 0..=2 * ROW_BLOCK + 3 {
+        let (x, residual) = (data(rows * k, rows), data(rows * n, rows + 1));
+        let want = reference(&x, &w, rows, (n, k), |v| v);
+        let (got, added) = (packed.matmul(&x, rows).unwrap(), packed.matmul_add(&x, rows, &residual).unwrap());
+        assert_eq!((got.len(), added.len()), (rows * n, rows * n));
+        for i in 0..rows * n {
+            let ok = |g: f32, e: f64| (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs());
+            assert!(ok(got[i], want[i]), "{rows} rows [{i}]: {} vs {}", got[i], want[i]);
+            assert!(ok(added[i], want[i] + residual[i] as f64), "{rows} rows [{i}] with the residual");
+        }
+    }
+    assert_eq!(cached(), made, "a row count made a primitive of its own");
+}
+
 /// SwiGLU from gated packing against silu(x · Gᵀ) · (x · Uᵀ) in f64, for intermediate widths that are a whole number
 /// of half slices, less than one, and not a whole number.
 fn check_gated<T: Element>(round: fn(f32) -> f32, tolerance: f64) {
@@ -177,23 +207,31 @@ fn concurrent_tasks_give_the_single_threaded_result() {
     }
 }
 
-/// A slice's block goes straight into the output where oneDNN takes a strided destination (3.6 and later, Debian 13's
-/// 3.7) and, on any version, when the weights are one slice; 2.x copies it (the other tests check both give the
-/// product).
+/// A slice's block goes straight into the output where oneDNN takes a strided destination (its brgemm from 3.6, Debian
+/// 13's 3.7; its f32 `gemm:jit` on AVX2 CPUs, on any version) and, always, when the weights are one slice; 2.x's
+/// brgemm copies it (the other tests check both give the product).
 #[test]
 fn blocks_are_written_in_place_where_onednn_takes_a_strided_output() {
     let numbers: Vec<u32> = version().split('.').map(|n| n.parse().unwrap()).collect();
-    let strided = (numbers[0], numbers[1]) >= (3, 6);
+    let brgemm_strided = (numbers[0], numbers[1]) >= (3, 6);
     let (rows, k) = (70, 64);
     let x = data(rows * k, 8);
-    for (n, direct) in [(3 * SLICE + 16, strided), (SLICE, true), (40, true)] {
+    for (n, one_slice) in [(3 * SLICE + 16, false), (SLICE, true), (40, true)] {
         let w = data(n * k, 9);
         let packed = Matmul::<f32>::pack(&w, n, k).unwrap();
-        assert_eq!(packed.direct_out, direct, "oneDNN {}, {n} features", version());
+        let strided = brgemm_strided || !is_brgemm(packed.implementation());
+        assert_eq!(
+            packed.direct_out,
+            one_slice || strided,
+            "oneDNN {} {}, {n} features",
+            version(),
+            packed.implementation()
+        );
         let want = reference(&x, &w, rows, (n, k), |v| v);
         let got = packed.matmul(&x, rows).unwrap();
         assert!(got.iter().zip(&want).all(|(&g, &e)| (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs())));
         if bf16_kernel().is_some() {
+            let direct = one_slice || brgemm_strided; // bf16 is a brgemm
             assert_eq!(Matmul::<Bf16>::pack(&w, n, k).unwrap().direct_out, direct, "bf16, {n} features");
         }
     }
