@@ -10,6 +10,7 @@ pub(crate) mod qwen_embed {
     use pgrx::prelude::*;
 
     use qwen_embed_model::device::device_name;
+    use qwen_embed_server::protocol::Priority;
 
     use crate::{runtime, server_client, settings, stats};
 
@@ -136,6 +137,9 @@ pub(crate) mod qwen_embed {
                 add(&format!("{}_canceled", c.kind), c.canceled.to_string());
                 add(&format!("{}_texts", c.kind), c.texts.to_string());
                 add(&format!("{}_tokens", c.kind), c.tokens.to_string());
+            }
+            for (priority, n) in Priority::ALL.iter().zip(s.priorities) {
+                add(&format!("{}_priority_requests", priority.name()), n.to_string());
             }
             for (client, n) in s.per_client {
                 add(&format!("requests_from_pid_{client}"), n.to_string());

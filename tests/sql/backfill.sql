@@ -47,10 +47,17 @@ FROM docs WHERE embedding IS NOT NULL;
 
 -- Resume while another session inserts 200 rows (embedded by the triggers in their own statements).
 SELECT qwen_embed.create_embedding_triggers('docs', 'body', 'embedding');
+-- The backfill's batches reach the model server at priority backfill (queued behind queries and async work, and
+-- paused for them): one request per batch.
+SELECT value::bigint AS backfill_requests FROM qwen_embed.server_info() WHERE key = 'backfill_priority_requests' \gset
 \! (for i in $(seq 20); do psql -XAtq -d qwen_embed_test -c "INSERT INTO docs (body) SELECT 'inserted during the backfill ' || g FROM generate_series(1, 10) g" >/dev/null; done) &
 CALL qwen_embed.backfill('docs', 'body', 'embedding', batch => 16);
 SELECT expect(state = 'done' AND rows_done = rows_total, format('%s: %s of %s', state, rows_done, rows_total))
 FROM qwen_embed.backfill_status;
+SELECT expect(i.value::bigint - :backfill_requests = ceil(b.rows_done / 16.0),
+    format('%s requests at priority backfill for %s rows in batches of 16', i.value::bigint - :backfill_requests,
+        b.rows_done))
+FROM qwen_embed.server_info() i, qwen_embed.backfill_status b WHERE i.key = 'backfill_priority_requests';
 
 -- Wait for the inserting session (at most 30 s), then check every row.
 DO $$

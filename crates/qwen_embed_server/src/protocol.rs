@@ -72,6 +72,20 @@ pub enum Priority {
     Backfill,
 }
 
+impl Priority {
+    /// Every class, first served first: in declaration order, so `priority as usize` is its index here.
+    pub const ALL: [Priority; 3] = [Priority::Interactive, Priority::Async, Priority::Backfill];
+
+    /// Its name as `qwen_embed.priority` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Async => "async",
+            Priority::Backfill => "backfill",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Request {
     /// Who asks (a backend's pid), for per-session counts.
@@ -172,10 +186,12 @@ pub struct Status {
     /// the system after falling idle ([`crate::heap`]).
     pub heap_bytes_in_use: Option<u64>,
     pub idle_trims: u64,
-    /// Requests per client pid, for the clients seen most recently.
+    /// Requests per client pid, for the clients still running among those seen most recently.
     pub per_client: Vec<(i32, u64)>,
     /// Counts per kind of job, in the order of [`Job::KINDS`].
     pub jobs: Vec<JobCounts>,
+    /// Requests per priority their caller gave, in the order of [`Priority::ALL`].
+    pub priorities: [u64; 3],
 }
 
 /// Requests of one kind of job since the server started; `texts` and `tokens` count the sequences computed for the

@@ -258,7 +258,7 @@ impl Queue {
 }
 
 /// The priority classes, first served first.
-const CLASSES: [Priority; 3] = [Priority::Interactive, Priority::Async, Priority::Backfill];
+const CLASSES: [Priority; 3] = Priority::ALL;
 
 #[cfg(test)]
 mod tests {

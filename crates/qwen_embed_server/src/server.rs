@@ -63,7 +63,7 @@ impl Pause {
 
 /// How often waiting threads look at their caller's socket and at canceled requests.
 const POLL: Duration = Duration::from_millis(20);
-/// Per-client request counts kept for the status.
+/// Per-client request counts kept for the status (pruned of exited clients when it is read).
 const CLIENTS_KEPT: usize = 1024;
 
 enum ModelState {
@@ -267,7 +267,11 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
     let Some(kind) = request.job.kind() else {
         return write_frame(&mut conn, &Reply::Status(Box::new(status(shared))));
     };
-    lock(&shared.status).requests += 1;
+    {
+        let mut s = lock(&shared.status);
+        s.requests += 1;
+        s.priorities[request.priority as usize] += 1;
+    }
     count(shared, kind, |c| c.requests += 1);
     let reply = match answer(shared, request, &conn) {
         Ok(reply) => reply,
@@ -734,12 +738,23 @@ fn status(shared: &Shared) -> Status {
         s.queued_requests = queue.queued_requests();
         s.queued_texts = queue.queued_texts();
     }
-    let mut clients: Vec<(i32, u64)> = lock(&shared.clients).iter().map(|(k, v)| (*k, *v)).collect();
+    let mut clients: Vec<(i32, u64)> = {
+        let mut kept = lock(&shared.clients);
+        // Backends come and go (one per connection): the status shows those still running, not every pid seen.
+        kept.retain(|&pid, _| process_exists(pid));
+        kept.iter().map(|(k, v)| (*k, *v)).collect()
+    };
     clients.sort();
     s.per_client = clients;
     s.heap_bytes_in_use = heap::in_use();
     s.idle_trims = shared.idle.trims();
     s
+}
+
+/// Whether a process with this pid exists (possibly another user's: EPERM).
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the pid names a process we could signal.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 #[cfg(test)]

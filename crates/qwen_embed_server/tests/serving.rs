@@ -47,16 +47,20 @@ const SETTINGS: Settings =
     Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512, pause: Pause::DEFAULT };
 
 fn request(job: Job) -> Request {
-    Request { client: 7, priority: Priority::Interactive, model: spec(), lengths: LENGTHS, job }
+    Request { client: std::process::id() as i32, priority: Priority::Interactive, model: spec(), lengths: LENGTHS, job }
 }
 
 fn embed(socket: &Path, texts: &[&str], instruct: Option<&str>) -> Reply {
+    embed_at(socket, Priority::Interactive, texts, instruct)
+}
+
+fn embed_at(socket: &Path, priority: Priority, texts: &[&str], instruct: Option<&str>) -> Reply {
     let job = Job::Embed {
         texts: texts.iter().map(|t| t.to_string()).collect(),
         instruct: instruct.map(Into::into),
         dim: None,
     };
-    call(socket, &request(job), || {}).unwrap()
+    call(socket, &Request { priority, ..request(job) }, || {}).unwrap()
 }
 
 fn status(socket: &Path) -> Status {
@@ -99,7 +103,21 @@ fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
     let s = status(&socket);
     assert_eq!((s.state.as_str(), s.canceled, s.errors), ("ready", 0, 0));
     // The warm-up, 16 queries and 3 status requests (this one included).
-    assert_eq!(s.per_client, vec![(7, 20)]);
+    assert_eq!(s.per_client, vec![(std::process::id() as i32, 20)]);
+    // A client that has exited is no longer listed (a server meets thousands of backends over its life).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id() as i32;
+    gone.wait().unwrap();
+    let from_gone = Request { client: gone_pid, ..request(Job::Status) };
+    let Reply::Status(seen) = call(&socket, &from_gone, || {}).unwrap() else { panic!("no status") };
+    assert!(seen.per_client.iter().all(|&(pid, _)| pid != gone_pid), "{:?}", seen.per_client);
+    assert_eq!(status(&socket).per_client, vec![(std::process::id() as i32, 21)]);
+    // Each request is counted at the priority its caller gave (status requests are not work).
+    assert_eq!(s.priorities, [17, 0, 0], "the warm-up and 16 queries");
+    embed_at(&socket, Priority::Backfill, &["a backfill"], None);
+    embed_at(&socket, Priority::Async, &["an async item"], None);
+    embed_at(&socket, Priority::Backfill, &["another"], None);
+    assert_eq!(status(&socket).priorities, [17, 1, 2]);
 }
 
 #[test]
