@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Asynchronous embedding (sql/async.sql, src/async_embed/) on a throw-away preloaded cluster: what the writer queues
 # (nothing on rollback, only changed texts, nothing for deleted rows), that 10,000 rows drain to vectors equal to
-# embed(body), concurrent updates while the worker drains (no older result over a newer one), kill -9 of the worker
+# embed(body), the lag at commit, prepared transactions, concurrent updates while the worker drains (no older result over a newer one), kill -9 of the worker
 # and of the model server mid-batch (nothing lost), a poison row (fails alone, parked, retried, dropped), switching
 # modes, a write-back that meets another session's row lock, renamed columns in both modes, one table's failures
 # beside a healthy table (a constraint, a trigger of the user's, a dropped key column), composite primary keys,
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
-test_cluster async "qwen_embed.async_max_attempts = 2"
+test_cluster async "qwen_embed.async_max_attempts = 2" "max_prepared_transactions = 4"
 cluster=$PGHOST db=qwen_embed_async
 fail() { echo "FAILED: $*" >&2; cluster_log "$cluster" 60 >&2; exit 1; }
 q() { pg -q -At -d $db "$@"; }
@@ -34,7 +34,13 @@ echo "-- the writer's transaction: rollback, unchanged texts, deletes"
 [ "$(q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('rolled back')" -c "$pending_sql" -c "ROLLBACK")" = 1 ] ||
     fail "an INSERT did not queue its row inside its transaction"
 [ "$(queued)" = 0 ] || fail "a rolled-back INSERT left $(queued) items"
+# The worker's requests reach the model server at priority async (behind queries, paused for them), none as a query.
+by_priority="SELECT string_agg(value, ' ' ORDER BY key) FROM qwen_embed.server_info() WHERE key LIKE '%_priority_requests'"
+read -r async0 backfill0 interactive0 <<<"$(q -c "$by_priority")"
 q -c "INSERT INTO docs (body) VALUES ('first'), ('second')" -c "SELECT qwen_embed.wait_for_embeddings('docs', '30 s')" >/dev/null
+read -r async1 backfill1 interactive1 <<<"$(q -c "$by_priority")"
+[ "$async1" -gt "$async0" ] && [ "$interactive1" = "$interactive0" ] && [ "$backfill1" = "$backfill0" ] ||
+    fail "the worker's requests by priority (async backfill interactive): $async0 $backfill0 $interactive0 -> $async1 $backfill1 $interactive1"
 check_vectors "two rows"
 in_tx=$(q -c "BEGIN" -c "UPDATE docs SET tag = 'other column'" -c "$pending_sql" \
     -c "SELECT count(*) FROM docs WHERE embedding IS NULL" \
@@ -53,6 +59,50 @@ q -c "BEGIN" -c "INSERT INTO docs (body) VALUES ('inserted one'), ('inserted two
 check_vectors "rows changed and deleted in the transaction that inserted them"
 [ "$(queued)" = 0 ] || fail "$(queued) items left after rows changed and deleted in their inserting transaction"
 echo "ok: rollback queues nothing; an UPDATE of another column queues nothing, of the text one item; DELETE unqueues"
+
+echo "-- commit wake-up: the lag at a light steady rate is the model's time, not a poll interval"
+# One row committed every 0.25 s for 10 s, each by its own session, as an application writes. Each row's lag is from
+# its INSERT to its write-back (a trigger of ours on the table notes the time; ENABLE ALWAYS, so that it fires
+# whatever the worker's session_replication_role). Without the wake-up at commit a running worker would find the rows
+# at its 10 s backstop, and an idle one not at all.
+q <<'SQL' >/dev/null
+CREATE TABLE ticks (id int PRIMARY KEY, body text, embedding vector(64),
+                    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(), embedded_at timestamptz);
+SELECT qwen_embed.create_embedding_triggers('ticks', 'body', 'embedding', mode => 'async');
+CREATE FUNCTION note_embedded() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.embedding IS NULL AND NEW.embedding IS NOT NULL THEN NEW.embedded_at := clock_timestamp(); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER note_embedded BEFORE UPDATE ON ticks FOR EACH ROW EXECUTE FUNCTION note_embedded();
+ALTER TABLE ticks ENABLE ALWAYS TRIGGER note_embedded;
+SQL
+for i in $(seq 40); do
+    q -c "INSERT INTO ticks (id, body) VALUES ($i, 'tick $i of a steady writer')"
+    sleep 0.25
+done
+q -c "SELECT qwen_embed.wait_for_embeddings('ticks', '1 min')" >/dev/null
+lag=$(q -c "SELECT count(embedded_at), round(1000 * extract(epoch FROM percentile_disc(0.95) WITHIN GROUP (ORDER BY embedded_at - inserted_at)))::int,
+                   round(1000 * extract(epoch FROM max(embedded_at - inserted_at)))::int FROM ticks")
+IFS='|' read -r embedded p95_ms max_ms <<<"$lag"
+[ "$embedded" = 40 ] || fail "$embedded of 40 ticks have their write-back time"
+[ "$p95_ms" -lt 1000 ] || fail "the lag's p95 is $p95_ms ms (max $max_ms ms) at 4 rows/s, expected under a second"
+q -c "DROP TABLE ticks" -c "DROP FUNCTION note_embedded()" >/dev/null
+echo "ok: 40 rows committed at 4 rows/s, one session each: lag p95 $p95_ms ms, max $max_ms ms (backstop: 10 s)"
+
+echo "-- a prepared transaction's rows: embedded after COMMIT PREPARED, which wakes no worker itself"
+# PREPARE starts a worker, which stays while the database has a prepared transaction (past its 10 s idle exit) and
+# finds the rows at its backstop look at the queue; no wait_for_embeddings here, which would wake one.
+q -c "CREATE TABLE twophase (id int PRIMARY KEY, body text, embedding vector(64))" \
+    -c "SELECT qwen_embed.create_embedding_triggers('twophase', 'body', 'embedding', mode => 'async')" >/dev/null
+q -c "BEGIN" -c "INSERT INTO twophase VALUES (1, 'prepared one'), (2, 'prepared two')" -c "PREPARE TRANSACTION 'queued'"
+sleep 12
+q -c "COMMIT PREPARED 'queued'"
+prepared_sql="SELECT count(*) FROM twophase WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5"
+for _ in $(seq 200); do [ "$(q -c "$prepared_sql")" = 2 ] && break; sleep 0.1; done
+[ "$(q -c "$prepared_sql")" = 2 ] || fail "the rows of a committed prepared transaction were not embedded in 20 s"
+q -c "DROP TABLE twophase" >/dev/null
+echo "ok: the rows of a transaction prepared for 12 s were embedded within 20 s of COMMIT PREPARED"
 
 echo "-- 10,000 rows"
 started=$(date +%s.%N)

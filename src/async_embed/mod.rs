@@ -80,7 +80,10 @@ fn async_worker_pid() -> Option<i32> {
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT if WAKE_AT_COMMIT.replace(false) => slots::wake(database()),
-        // Rolled back: it queued nothing. Prepared: the worker finds the rows at its next look at the queue.
+        // Prepared: its rows become visible at a COMMIT PREPARED that wakes nobody. A worker is started now; it stays
+        // while the database has a prepared transaction and finds the rows at its next look at the queue (worker.rs).
+        pg_sys::XactEvent::XACT_EVENT_PREPARE if WAKE_AT_COMMIT.replace(false) => slots::wake(database()),
+        // Rolled back: it queued nothing.
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.set(false),
         _ => {}
     }

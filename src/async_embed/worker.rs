@@ -22,7 +22,8 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use super::slots;
 use crate::{runtime, settings};
 
-/// With no due work for this long (and no wake meanwhile), the worker exits; the next commit that queues starts one.
+/// With no due work for this long (and no wake meanwhile, and no prepared transaction in the database), the worker
+/// exits; the next commit that queues starts one.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// The longest sleep between looks at the queue (retries coming due, prepared transactions committed elsewhere).
 const BACKSTOP: Duration = Duration::from_secs(10);
@@ -91,12 +92,18 @@ pub extern "C-unwind" fn qwen_embed_async_worker_main(arg: pg_sys::Datum) {
         let seen = slots::wakes(database);
         let items = claim(settings::ASYNC_BATCH_SIZE.get());
         if items.is_empty() {
-            let due = BackgroundWorker::transaction(|| {
-                Spi::get_one::<f64>("SELECT extract(epoch FROM qwen_embed._async_next_due() - now())::float8")
+            // A prepared transaction may hold queued rows no commit will wake anyone for (COMMIT PREPARED runs in
+            // any session, and not where the rows were queued): while one exists, the worker stays and finds them at
+            // its backstop.
+            let (due, prepared) = BackgroundWorker::transaction(|| {
+                Spi::get_two::<f64, bool>(
+                    "SELECT extract(epoch FROM qwen_embed._async_next_due() - now())::float8,
+                            EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts WHERE database = current_database())",
+                )
             })
-            .ok()
-            .flatten();
-            if due.is_none() && idle_since.elapsed() >= IDLE_EXIT && slots::detach_if_idle(database, seen) {
+            .unwrap_or((None, None));
+            let staying = due.is_some() || prepared != Some(false);
+            if !staying && idle_since.elapsed() >= IDLE_EXIT && slots::detach_if_idle(database, seen) {
                 return;
             }
             let wait = due.map_or(BACKSTOP, |s| Duration::from_secs_f64(s.clamp(0.01, BACKSTOP.as_secs_f64())));
