@@ -3,9 +3,9 @@
 # CPU kernel choice and the f32 paths again under each QWEN_EMBED_CPU_KERNEL cap below this CPU's level), the
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
 # statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
-# (scripts/test-postgres.sh), then the fault, model-change, async, hot-standby and load tests (tests/faults.sh,
-# tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh) and the Debian package (tests/package.sh:
-# built, installed with dpkg, smoke-tested), all on the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13);
+# (scripts/test-postgres.sh), the README's demo (scripts/demo.sh), then the fault, model-change, async, hot-standby
+# and load tests (tests/faults.sh, tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh) and the
+# Debian package (tests/package.sh: built, installed with dpkg, smoke-tested), all on the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13);
 # then the pg_tests, SQL and pg_regress tests again on PostgreSQL 18, built from source.
 # Every server is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the
 # machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
@@ -33,6 +33,9 @@ all_tests() {
     done
 
     bash scripts/test-postgres.sh "$PG_VERSION" # pg_tests, SQL tests, pg_regress tests; leaves the extension installed
+
+    echo "== the README's demo command: sql/demo.sql on a cluster of its own, stopping at the first error"
+    bash scripts/demo.sh
 
     echo "== faults: kill -9 of a backend and of the model server, a full queue, a model over the memory limit"
     bash tests/faults.sh

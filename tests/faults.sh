@@ -53,6 +53,14 @@ server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid
 q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
 server=$(server_pid)
 [ -n "$server" ] || fail "no model server"
+# What the README promises of it: the kernel's OOM killer picks it before a backend (its death is harmless, a
+# backend's restarts the cluster), and only the PostgreSQL OS user reaches its socket (in the 0700 data directory).
+[ "$(cat /proc/$server/oom_score_adj)" = 500 ] || fail "the model server's oom_score_adj is not 500"
+datadir=$(q -c "SHOW data_directory")
+[ "$($SUDO stat -c %a "$datadir")" = 700 ] || fail "the data directory is not mode 0700"
+[ "$($SUDO stat -c %F:%U "$datadir/qwen_embed.sock")" = "socket:$($SUDO stat -c %U "$datadir")" ] ||
+    fail "no socket of the cluster's owner at $datadir/qwen_embed.sock"
+echo "ok: the model server (pid $server) has oom_score_adj 500; its socket is in the 0700 data directory"
 waiters=""
 for w in 1 2 3; do
     (q -v ON_ERROR_STOP=0 -c "SET application_name = 'qwen_embed_waiter'" \
@@ -83,6 +91,28 @@ echo "    their vectors, a plain query ran meanwhile, the cluster did not restar
 last_exit=$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'last_exit'")
 echo "$last_exit" | grep -q "signal 9" || fail "server_info's last_exit does not say how the server died: $last_exit"
 echo "    server_info last_exit: $last_exit"
+
+echo "-- a request whose server dies twice: ERROR 58000, sent again once only"
+# One request (400 texts: one piece, TEXTS_PER_REQUEST is 512) is queued, the server killed, the request sent again
+# to the new server and queued there, and that server killed too: a request that stops every server it meets would
+# otherwise stop them for ever.
+twice=$(scratch_dir)/twice.out
+(q -v ON_ERROR_STOP=0 -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('stopped twice ' || g || ' ', 300) FROM generate_series(1, 400) g)))" \
+    -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$twice" 2>&1 || true) &
+twice_pid=$!
+queued() { [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ]; }
+for kill in first second; do
+    server=$(server_pid)
+    for _ in $(seq 200); do queued && break; sleep 0.05; done
+    queued || fail "the request was not queued on server $server before the $kill kill"
+    $SUDO kill -9 "$server"
+    for _ in $(seq 200); do [ "$(server_pid)" != "$server" ] && [ -n "$(server_pid)" ] && break; sleep 0.05; done
+done
+wait $twice_pid
+grep -qx "sqlstate=58000" "$twice" || fail "a request whose server died twice did not get ERROR 58000: $(cat "$twice")"
+grep -q "the model server stopped twice while computing this request" "$twice" || fail "wrong message: $(cat "$twice")"
+[ "$(q -c "SELECT vector_dims(embed('the third server answers'))")" = 64 ] || fail "no server after the second kill"
+echo "ok: killed the server under one request twice: ERROR 58000 \"the model server stopped twice\"; the next call works"
 
 echo "-- calls while no model server runs: they wait up to qwen_embed.server_wait, then ERROR 57P03"
 # The supervisor is stopped (SIGSTOP) so that the killed server stays down for as long as the test needs.

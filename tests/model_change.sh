@@ -67,6 +67,30 @@ wait_for_server model_path "tiny-qwen3-copy$"
 echo "ok: a session that read the new model_path before the server restarted waited for the new server (route server,"
 echo "    no private copy); server_info model_path is now $(server_value model_path)"
 
+echo "-- ALTER SYSTEM SET qwen_embed.dtype and qwen_embed.device restart the server with them"
+# The server is replaced (a new pid) with the new setting in force, and sessions are served by it; RESET brings the
+# defaults back the same way.
+before=$(q -c "SELECT embed('a dtype change')::text")
+for change in "dtype = 'f16'" "device = 'cpu'" RESET; do
+    old_server=$(server_value pid)
+    case $change in
+        RESET) q -c "ALTER SYSTEM RESET qwen_embed.dtype" -c "ALTER SYSTEM RESET qwen_embed.device" ;;
+        *) q -c "ALTER SYSTEM SET qwen_embed.$change" ;;
+    esac
+    q -c "SELECT pg_reload_conf()" >/dev/null
+    wait_for_server pid "^[0-9]+$"
+    for _ in $(seq 300); do [ "$(server_value pid)" != "$old_server" ] && break; sleep 0.1; done
+    [ "$(server_value pid)" != "$old_server" ] || fail "$change did not restart the model server"
+    route=$(q -c "SELECT 1 - cosine_sim(embed('a dtype change'), '$before') < 1e-4" \
+        -c "SELECT value FROM qwen_embed.info() WHERE key = 'route'")
+    [ "$route" = "$(printf 't\nserver')" ] || fail "after $change: $route"
+    case $change in
+        dtype*) [ "$(server_value dtype)" = f16 ] || fail "the server's dtype is $(server_value dtype) after $change" ;;
+        device*) [ "$(server_value device)" = cpu ] || fail "the server's device is $(server_value device)" ;;
+    esac
+    echo "ok: after ALTER SYSTEM $change, a new server (pid $(server_value pid), dtype $(server_value dtype)) serves"
+done
+
 echo "-- a model the server cannot load"
 broken=$(install_model tests/fixtures/tiny-qwen3 tiny-qwen3-broken)
 truncate -s 100 "$broken/model.safetensors"

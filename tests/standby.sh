@@ -69,10 +69,21 @@ waited=$(on_replica -v ON_ERROR_STOP=0 -c "SELECT qwen_embed.wait_for_embeddings
 echo "$waited" | grep -qx 57014 || fail "wait_for_embeddings on the standby did not time out with 57014: $waited"
 workers=$(on_replica -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qwen_embed async%'")
 [ "$workers" = 0 ] || fail "$workers async launcher or workers run on the hot standby"
+# The primary's worker failed a batch for a reason of the whole batch (its model is missing): the table's last_error
+# says so, replicated like the rest, and no item was charged an attempt for it (the batch-level failure path).
+status_sql="SELECT last_error LIKE '%/nonexistent%', pending, retrying, failed FROM qwen_embed.async_status WHERE relation = 'notes'::regclass"
+for _ in $(seq 300); do
+    [ "$(on_replica -c "$status_sql" | cut -d'|' -f1)" = t ] && break
+    sleep 0.1
+done
+status=$(on_replica -c "$status_sql")
+[ "$status" = "t|200|0|0" ] ||
+    fail "async_status of notes on the replica (last error names the model, pending, retrying, failed): $status"
 cluster_stop "$primary"
 as_postgres "$PG_BIN/pg_ctl" -D "$replica/data" -w promote >/dev/null
 on_replica -c "SELECT qwen_embed.wait_for_embeddings('notes', '2 min')" >/dev/null || fail "the queue did not drain after the promotion"
 drained=$(on_replica -c "SELECT count(*) FROM notes WHERE 1 - cosine_sim(embedding, embed(body)) < 1e-5")
 [ "$drained" = 200 ] || fail "$drained of 200 rows embedded after the promotion"
 echo "ok: async rows queued on the primary reached the standby, which ran no async worker (wait_for_embeddings timed"
-echo "    out there with 57014); promoted, it embedded all 200"
+echo "    out there with 57014); the primary's failed batches left last_error and charged no item; promoted, it embedded"
+echo "    all 200"

@@ -33,3 +33,13 @@ BEGIN
     ASSERT second_path = first_path || '-copy', format('%s then %s', first_path, second_path);
 END $$;
 DROP ROLE qwen_reader;
+
+-- The async retry schedule the README gives: an item that failed `a` times is tried again after 10 s · 2^(a − 1), at
+-- most an hour later, and is parked after qwen_embed.async_max_attempts failures, 5 unless set.
+RESET ROLE;
+SELECT expect(current_setting('qwen_embed.async_max_attempts') = '5',
+    'async_max_attempts defaults to ' || current_setting('qwen_embed.async_max_attempts'));
+SELECT expect(abs(extract(epoch FROM qwen_embed._async_retry_at(a) - clock_timestamp()) - seconds) < 0.5,
+    format('after %s failures the next try is in %s, expected %s s', a,
+        qwen_embed._async_retry_at(a) - clock_timestamp(), seconds))
+FROM (VALUES (1, 10), (2, 20), (3, 40), (5, 160), (9, 2560), (10, 3600), (40, 3600)) v(a, seconds);
