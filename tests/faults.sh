@@ -53,8 +53,8 @@ server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid
 q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
 server=$(server_pid)
 [ -n "$server" ] || fail "no model server"
-# What the README promises of it: the kernel's OOM killer picks it before a backend (its death is harmless, a
-# backend's restarts the cluster), and only the PostgreSQL OS user reaches its socket (in the 0700 data directory).
+# What docs/model-server.md promises of it: the kernel's OOM killer picks it before a backend (its death is harmless,
+# a backend's restarts the cluster), and only the PostgreSQL OS user reaches its socket (in the 0700 data directory).
 [ "$(cat /proc/$server/oom_score_adj)" = 500 ] || fail "the model server's oom_score_adj is not 500"
 datadir=$(q -c "SHOW data_directory")
 [ "$($SUDO stat -c %a "$datadir")" = 700 ] || fail "the data directory is not mode 0700"

@@ -7,7 +7,8 @@
 # equals a fresh embed() of its text, each backend's private memory stayed flat after warm-up, and the model server's
 # memory at rest grew by at most 5 %. Needs the extension installed.
 #
-#     bash tests/load.sh [SECONDS=60] [CLIENTS=16]     # the test command runs 60 s, 16 clients; the README's figures 600 s, 64
+#     bash tests/load.sh [SECONDS=60] [CLIENTS=16]
+# (the test command runs 60 s and 16 clients; docs/reliability.md's figures, 600 s and 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh

@@ -34,8 +34,8 @@ BEGIN
 END $$;
 DROP ROLE qwen_reader;
 
--- The async retry schedule the README gives: an item that failed `a` times is tried again after 10 s · 2^(a − 1), at
--- most an hour later, and is parked after qwen_embed.async_max_attempts failures, 5 unless set.
+-- The async retry schedule docs/triggers.md gives: an item that failed `a` times is tried again after
+-- 10 s · 2^(a − 1), at most an hour later, and is parked after qwen_embed.async_max_attempts failures, 5 unless set.
 RESET ROLE;
 SELECT expect(current_setting('qwen_embed.async_max_attempts') = '5',
     'async_max_attempts defaults to ' || current_setting('qwen_embed.async_max_attempts'));
