@@ -67,14 +67,15 @@ wait_for_server model_path "tiny-qwen3-copy$"
 echo "ok: a session that read the new model_path before the server restarted waited for the new server (route server,"
 echo "    no private copy); server_info model_path is now $(server_value model_path)"
 
-echo "-- ALTER SYSTEM SET qwen_embed.dtype and qwen_embed.device restart the server with them"
+echo "-- ALTER SYSTEM SET qwen_embed.dtype, device and server_threads restart the server with them"
 # The server is replaced (a new pid) with the new setting in force, and sessions are served by it; RESET brings the
 # defaults back the same way.
 before=$(q -c "SELECT embed('a dtype change')::text")
-for change in "dtype = 'f16'" "device = 'cpu'" RESET; do
+for change in "dtype = 'f16'" "device = 'cpu'" "server_threads = 1" RESET; do
     old_server=$(server_value pid)
     case $change in
-        RESET) q -c "ALTER SYSTEM RESET qwen_embed.dtype" -c "ALTER SYSTEM RESET qwen_embed.device" ;;
+        RESET) q -c "ALTER SYSTEM RESET qwen_embed.dtype" -c "ALTER SYSTEM RESET qwen_embed.device" \
+            -c "ALTER SYSTEM RESET qwen_embed.server_threads" ;;
         *) q -c "ALTER SYSTEM SET qwen_embed.$change" ;;
     esac
     q -c "SELECT pg_reload_conf()" >/dev/null
@@ -87,8 +88,10 @@ for change in "dtype = 'f16'" "device = 'cpu'" RESET; do
     case $change in
         dtype*) [ "$(server_value dtype)" = f16 ] || fail "the server's dtype is $(server_value dtype) after $change" ;;
         device*) [ "$(server_value device)" = cpu ] || fail "the server's device is $(server_value device)" ;;
+        server_threads*) [ "$(server_value threads)" = 1 ] || fail "the server runs $(server_value threads) threads" ;;
+        RESET) [ "$(server_value threads)" = "$(nproc)" ] || fail "server_threads 0 gave $(server_value threads)" ;;
     esac
-    echo "ok: after ALTER SYSTEM $change, a new server (pid $(server_value pid), dtype $(server_value dtype)) serves"
+    echo "ok: after ALTER SYSTEM $change, a new server serves (pid $(server_value pid), dtype $(server_value dtype), $(server_value threads) threads)"
 done
 
 echo "-- a model the server cannot load"
