@@ -1,43 +1,26 @@
-//! qwen_embed: Qwen3-Embedding inside PostgreSQL.
+//! qwen_embed: Qwen3-Embedding inside PostgreSQL. By layer, each a folder:
 //!
-//! - `model/` (its own crate): the encoder, with no PostgreSQL in it
-//! - `settings`: the `qwen_embed.*` GUCs
-//! - `backend`: the process globals this backend reads (pid, statement start, preloading), each read in one place
-//! - `runtime`: where each embedding runs (model server or this backend), the per-backend model, worker pool,
-//!   interrupts, counters, result cache
-//! - `supervisor`: the background worker that runs the cluster's model server (`crates/qwen_embed_server`) in a child process
-//! - `server_client`: the backend side of the model server
-//! - `vector`: pgvector's `vector` in and out
-//! - `api`: `embed`, `cosine_sim`, `semantic_similarity`
-//! - `call_site`: one remembered result per call site, so a per-row `embed('constant')` runs once per query
-//! - `statement_memo`: `embed(text[])` computed once per statement (the planner evaluates it too, for estimates)
-//! - `documents`: `embed_chunks`, `embed_document` for long texts
-//! - `backfill`: `CALL qwen_embed.backfill(...)` for existing rows (sql/backfill.sql)
-//! - `trigger`: statement-level triggers that embed inserted and updated rows in batches
-//! - `async_embed`: async mode of those triggers: the queue's background workers (sql/async.sql)
-//! - `rerank`: `rerank`, `rerank_score` (Qwen3-Reranker, in the model server or this backend)
-//! - `stats`: per-backend counters, in shared memory when preloaded: the `qwen_embed.stats` view
-//! - `info`: `qwen_embed.info()`
+//! - `api/`: the SQL surface: `embed`, `cosine_sim`, `semantic_similarity` (embed.rs), `embed_chunks` and
+//!   `embed_document` (documents.rs), the embedding triggers (trigger.rs), `CALL qwen_embed.backfill` (backfill.rs,
+//!   sql/backfill.sql), `rerank` and `rerank_score` (rerank.rs), `qwen_embed.info()` and `server_info()` (info.rs)
+//! - `route/`: where each embedding runs (the model server or this backend's own model, its worker pool,
+//!   interrupts, result cache), and results reused within a query (`call_site`) and a statement (`statement_memo`)
+//! - `server/`: the cluster's model server (`crates/qwen_embed_server`) seen from PostgreSQL: the background worker
+//!   that runs it in a child process (`supervisor`) and a backend's calls to it (`client`)
+//! - `async_embed/`: async mode of the triggers: the queue's launcher and background workers (sql/async.sql)
+//! - `postgres/`: glue: the `qwen_embed.*` settings, the process globals a backend reads (`backend`), the
+//!   `qwen_embed.stats` counters, ERRORs with SQLSTATE and hint, pgvector's `vector`
+//!
+//! The encoder is its own crate with no PostgreSQL in it (`crates/qwen_embed_model`), as is the model server's
+//! queue and batching (`crates/qwen_embed_server`).
 
 use pgrx::prelude::*;
 
 mod api;
 mod async_embed;
-mod backend;
-mod backfill;
-mod call_site;
-mod documents;
-mod errors;
-mod info;
-mod rerank;
-mod runtime;
-mod server_client;
-mod settings;
-mod statement_memo;
-mod stats;
-mod supervisor;
-mod trigger;
-mod vector;
+mod postgres;
+mod route;
+mod server;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -46,9 +29,9 @@ mod tests;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
-    stats::init();
-    supervisor::init();
+    postgres::settings::register();
+    postgres::stats::init();
+    server::supervisor::init();
     async_embed::init();
 }
 

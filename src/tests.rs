@@ -493,7 +493,7 @@ mod tests {
     #[pg_test]
     fn a_panic_in_the_encoder_is_an_error_and_the_session_goes_on() {
         let caught = std::panic::catch_unwind(|| {
-            crate::runtime::execute(|_| -> qwen_embed_model::Result<()> { panic!("forced panic") })
+            crate::route::execute(|_| -> qwen_embed_model::Result<()> { panic!("forced panic") })
         });
         let payload = caught.expect_err("the panic must surface");
         let report = payload.downcast_ref::<pgrx::pg_sys::panic::ErrorReportWithLevel>().expect("an ERROR report");

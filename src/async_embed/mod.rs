@@ -20,8 +20,8 @@ use std::cell::Cell;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use crate::backend;
-use crate::errors::raise_with;
+use crate::postgres::backend;
+use crate::postgres::errors::raise_with;
 
 /// Called from `_PG_init` under `shared_preload_libraries`.
 pub fn init() {
@@ -43,7 +43,7 @@ thread_local! {
 /// queue; a preloaded restart drains the queue), now it is an ERROR saying so.
 #[pg_extern(volatile, parallel_unsafe, schema = "qwen_embed", name = "_async_wake")]
 fn async_wake(at_commit: bool) {
-    if !crate::stats::shared() {
+    if !crate::postgres::stats::shared() {
         if at_commit {
             return;
         }
@@ -73,7 +73,7 @@ fn async_wake(at_commit: bool) {
 /// `qwen_embed._async_worker_pid()`: the pid of this database's async worker, NULL when none runs.
 #[pg_extern(stable, parallel_safe, schema = "qwen_embed", name = "_async_worker_pid")]
 fn async_worker_pid() -> Option<i32> {
-    crate::stats::shared().then(|| slots::worker_pid(database())).flatten()
+    crate::postgres::stats::shared().then(|| slots::worker_pid(database())).flatten()
 }
 
 #[pg_guard]

@@ -12,7 +12,7 @@ use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
 
-use crate::backend;
+use crate::postgres::backend;
 
 /// Databases with an async worker at the same time; more wait for a free slot (the launcher retries).
 const SLOTS: usize = 64;

@@ -20,7 +20,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::slots;
-use crate::{runtime, settings};
+use crate::postgres::settings;
+use crate::route;
 
 /// With no due work for this long (and no wake meanwhile, and no prepared transaction in the database), the worker
 /// exits; the next commit that queues starts one.
@@ -324,9 +325,9 @@ fn batch_level(code: PgSqlErrorCode) -> bool {
     )
 }
 
-/// `runtime::embed_texts` (the model server, or this process's model), its ERROR caught as (SQLSTATE, message).
+/// `route::embed_texts` (the model server, or this process's model), its ERROR caught as (SQLSTATE, message).
 fn embed(texts: Vec<String>, instruct: Option<String>) -> Result<Vec<Vec<f32>>, (PgSqlErrorCode, String)> {
-    PgTryBuilder::new(move || Ok(runtime::embed_texts(texts, instruct, None)))
+    PgTryBuilder::new(move || Ok(route::embed_texts(texts, instruct, None)))
         .catch_others(|e| {
             let report = match &e {
                 CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 
 use pgrx::pg_sys;
 
-use crate::backend;
-use crate::runtime::{self, ResultKey};
+use crate::postgres::backend;
+use crate::route::{self, ResultKey};
 
 /// Results up to this many floats are remembered (16 MB, 4,096 vectors of 1,024): more in one array is a bulk job,
 /// which neither the planner nor anyone else computes twice, and would stay pinned until the next call.
@@ -27,7 +27,7 @@ thread_local! {
     static LAST: RefCell<Option<Memo>> = const { RefCell::new(None) };
 }
 
-/// The vectors of `texts`, computed by `runtime::embed_texts` unless this statement already computed the same.
+/// The vectors of `texts`, computed by `route::embed_texts` unless this statement already computed the same.
 pub fn embed_array(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
     let statement = backend::statement_start();
     let settings = ResultKey::current("", instruct.as_deref(), dim);
@@ -37,10 +37,10 @@ pub fn embed_array(texts: Vec<String>, instruct: Option<String>, dim: Option<i64
             .map(|m| m.vectors.clone())
     });
     if let Some(vectors) = remembered {
-        runtime::record_hit();
+        route::record_hit();
         return vectors;
     }
-    let vectors = runtime::embed_texts(texts.clone(), instruct, dim);
+    let vectors = route::embed_texts(texts.clone(), instruct, dim);
     let floats: usize = vectors.iter().map(Vec::len).sum();
     let memo = (floats <= MAX_FLOATS).then(|| Memo { statement, settings, texts, vectors: vectors.clone() });
     LAST.with_borrow_mut(|last| *last = memo);

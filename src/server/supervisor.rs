@@ -26,7 +26,7 @@ use qwen_embed_model::{DType, Device, Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
 use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
 
-use crate::{backend, settings};
+use crate::postgres::{backend, settings};
 
 /// The server's socket, relative to the data directory (every PostgreSQL process's working directory).
 pub const SOCKET: &str = "qwen_embed.sock";
@@ -119,7 +119,7 @@ fn encode_spec(spec: &ModelSpec) -> String {
 
 /// The model the server runs, if a server is running (as published by the supervisor), and its restart count.
 pub fn published() -> Option<(ModelSpec, i32, u64, String)> {
-    if !crate::stats::shared() {
+    if !crate::postgres::stats::shared() {
         return None;
     }
     let p = *PUBLISHED.share();

@@ -12,7 +12,8 @@ pub(crate) mod qwen_embed {
     use qwen_embed_model::device::device_name;
     use qwen_embed_server::protocol::Priority;
 
-    use crate::{runtime, server_client, settings, stats};
+    use crate::postgres::{settings, stats};
+    use crate::{route, server};
 
     /// The model that served this session's last call (nothing is loaded by calling this): the cluster's model
     /// server, or the model loaded in this backend; the settings in effect, and this backend's counters.
@@ -20,9 +21,9 @@ pub(crate) mod qwen_embed {
     fn info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut add = |k: &str, v: String| rows.push((k.to_string(), v));
-        if runtime::last_on_server() {
+        if route::last_on_server() {
             add("route", "server".into());
-            if let Some((s, pid, restarts, last_exit)) = server_client::status() {
+            if let Some((s, pid, restarts, last_exit)) = server::client::status() {
                 add("model_path", s.model.path);
                 add("device", s.device);
                 add("dtype", s.dtype);
@@ -37,11 +38,11 @@ pub(crate) mod qwen_embed {
             }
             // A model of its own that this backend loaded earlier (another model_path set in this session) stays
             // in memory until the backend exits.
-            let own = runtime::loaded().map(|m| m.model_dir().display().to_string());
+            let own = route::loaded().map(|m| m.model_dir().display().to_string());
             add("backend_model_path", own.unwrap_or_else(|| "(none)".into()));
         } else {
             add("route", "backend".into());
-            match runtime::loaded() {
+            match route::loaded() {
                 Some(m) => {
                     let c = m.config();
                     add("model_path", m.model_dir().display().to_string());
@@ -67,7 +68,7 @@ pub(crate) mod qwen_embed {
                 }
                 None => add("model_path", "(not loaded in this backend)".into()),
             }
-            if let Some(r) = crate::rerank::loaded() {
+            if let Some(r) = crate::api::rerank::loaded() {
                 add("reranker_path", r.model_dir().display().to_string());
                 add("reranker_kernel", r.precision().kernel_name().into());
                 add("reranker_load_ms", format!("{:.1}", r.load_time().as_secs_f64() * 1e3));
@@ -91,7 +92,7 @@ pub(crate) mod qwen_embed {
     #[pg_extern(volatile, parallel_restricted)]
     pub(crate) fn server_info() -> TableIterator<'static, (name!(key, String), name!(value, String))> {
         let mut rows: Vec<(String, String)> = Vec::new();
-        if let Some((s, pid, restarts, last_exit)) = server_client::status() {
+        if let Some((s, pid, restarts, last_exit)) = server::client::status() {
             let mut add = |k: &str, v: String| rows.push((k.to_string(), v));
             add("pid", pid.to_string());
             add("model_path", s.model.path);

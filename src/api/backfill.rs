@@ -4,4 +4,4 @@
 
 use pgrx::prelude::*;
 
-extension_sql_file!("../sql/backfill.sql", requires = [api::embed_array, "qwen_embed_schema"]);
+extension_sql_file!("../../sql/backfill.sql", requires = [api::embed::embed_array, "qwen_embed_schema"]);

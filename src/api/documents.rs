@@ -4,9 +4,9 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use qwen_embed_model::Weighting;
 
-use crate::errors::{raise_with, OrRaise};
-use crate::runtime;
-use crate::vector::Vector;
+use crate::postgres::errors::{raise_with, OrRaise};
+use crate::postgres::vector::Vector;
+use crate::route;
 
 fn count(name: &str, value: i32) -> usize {
     usize::try_from(value).unwrap_or_else(|_| {
@@ -30,7 +30,7 @@ fn embed_chunks(
 ) -> TableIterator<'static, (name!(chunk_no, i32), name!(chunk, String), name!(embedding, Vector))> {
     let Some(doc) = doc else { return TableIterator::new(Vec::new()) };
     let (chunk_tokens, overlap) = (count("chunk_tokens", chunk_tokens), count("overlap", overlap));
-    let chunks = runtime::embed_chunks(doc.to_string(), chunk_tokens, overlap, dim.map(i64::from));
+    let chunks = route::embed_chunks(doc.to_string(), chunk_tokens, overlap, dim.map(i64::from));
     let rows: Vec<_> = chunks
         .into_iter()
         .enumerate()
@@ -53,5 +53,5 @@ fn embed_document(
     let doc = doc?.to_string();
     let (chunk_tokens, overlap) = (count("chunk_tokens", chunk_tokens), count("overlap", overlap));
     let weighting: Weighting = weighting.parse().or_raise();
-    Some(Vector(runtime::embed_document(doc, chunk_tokens, overlap, weighting, dim.map(i64::from))))
+    Some(Vector(route::embed_document(doc, chunk_tokens, overlap, weighting, dim.map(i64::from))))
 }

@@ -6,6 +6,9 @@
 //! polling for interrupts every 10 ms: a cancel or statement_timeout raises its ERROR there, which sets the job's
 //! cancel flag and waits for the pool to stop at the next layer boundary before unwinding further.
 
+pub mod call_site;
+pub mod statement_memo;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -19,10 +22,11 @@ use pgrx::PgSqlErrorCode;
 use qwen_embed_model::device::{device_name, select_device, select_dtype};
 use qwen_embed_model::{DType, Device, Embedder, Error, LengthPolicy, Limits, Weighting, Work};
 
-use crate::errors::{raise, raise_with, OrRaise};
-use crate::{server_client, settings, stats, supervisor};
+use crate::postgres::errors::{raise, raise_with, OrRaise};
+use crate::postgres::{settings, stats};
+use crate::server::{self, supervisor};
 
-pub use crate::server_client::Chunks;
+pub use crate::server::client::Chunks;
 
 /// What identifies a loaded model: changing any of these settings loads it again.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -95,7 +99,7 @@ pub fn last_on_server() -> bool {
 
 /// Whether this call goes to the model server (noted for `info()`).
 fn on_server() -> bool {
-    let yes = server_client::serves_this_session();
+    let yes = server::client::serves_this_session();
     ON_SERVER.set(yes);
     yes
 }
@@ -105,7 +109,7 @@ fn note_server_model() {
     if supervisor::published().is_none_or(|(_, pid, ..)| pid == NOTED_SERVER.get()) {
         return;
     }
-    if let Some((status, pid, ..)) = server_client::status().filter(|(s, ..)| s.state == "ready") {
+    if let Some((status, pid, ..)) = server::client::status().filter(|(s, ..)| s.state == "ready") {
         NOTED_SERVER.set(pid);
         stats::set_model(stats::ModelInfo { path: status.model.path, device: status.device, dtype: status.dtype });
     }
@@ -290,11 +294,11 @@ fn record_work(work: Work, elapsed: Duration) {
 }
 
 /// Embeds texts that share an instruction, with the current model and settings: in the model server when it serves
-/// this session (`server_client`), else in this backend.
+/// this session (`server::client`), else in this backend.
 pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64>) -> Vec<Vec<f32>> {
     let vectors = counted(|| {
         if on_server() {
-            return server_client::embed(texts, instruct, dim);
+            return server::client::embed(texts, instruct, dim);
         }
         in_backend(move |model, limits, canceled| {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -309,7 +313,7 @@ pub fn embed_texts(texts: Vec<String>, instruct: Option<String>, dim: Option<i64
 pub fn embed_chunks(doc: String, chunk_tokens: usize, overlap: usize, dim: Option<i64>) -> Chunks {
     let chunks = counted(|| {
         if on_server() {
-            return server_client::chunks(doc, chunk_tokens, overlap, dim);
+            return server::client::chunks(doc, chunk_tokens, overlap, dim);
         }
         in_backend(move |model, limits, canceled| {
             let (chunks, work) = model.embed_chunks(&doc, chunk_tokens, overlap, dim, limits, canceled)?;
@@ -330,7 +334,7 @@ pub fn embed_document(
 ) -> Vec<f32> {
     let vector = counted(|| {
         if on_server() {
-            return server_client::document(doc, chunk_tokens, overlap, weighting.to_string(), dim);
+            return server::client::document(doc, chunk_tokens, overlap, weighting.to_string(), dim);
         }
         in_backend(move |model, limits, canceled| {
             model.embed_document(&doc, chunk_tokens, overlap, weighting, dim, limits, canceled)
@@ -410,7 +414,7 @@ pub fn embed_key(cache_key: &ResultKey) -> Vec<f32> {
 /// Token count of a text as the model sees it (instruction and closing token included), before any length limit.
 pub fn count_tokens(text: &str, instruct: Option<&str>) -> usize {
     if on_server() {
-        return server_client::count_tokens(text.to_string(), instruct.map(str::to_string));
+        return server::client::count_tokens(text.to_string(), instruct.map(str::to_string));
     }
     let (_, model) = model();
     let ids = model.tokenizer().encode(&qwen_embed_model::format_input(text, instruct)).or_raise();

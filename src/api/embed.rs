@@ -1,11 +1,11 @@
-//! The SQL functions. Thin: argument handling and NULL conventions here, the work in `runtime` and the model core.
+//! The SQL functions. Thin: argument handling and NULL conventions here, the work in `route` and the model core.
 
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::errors::raise_with;
-use crate::vector::{Vector, VectorArray};
-use crate::{call_site, runtime, statement_memo};
+use crate::postgres::errors::raise_with;
+use crate::postgres::vector::{Vector, VectorArray};
+use crate::route::{self, call_site, statement_memo};
 
 /// `embed(input, instruct, dim)`: the embedding of one text as a pgvector `vector`; NULL input gives NULL.
 /// STABLE (the result depends on qwen_embed.model_path). Each call site remembers its last result, so a constant
@@ -18,7 +18,7 @@ fn embed(
     dim: default!(Option<i32>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<Vector> {
-    let key = runtime::ResultKey::current(input?, instruct, dim.map(i64::from));
+    let key = route::ResultKey::current(input?, instruct, dim.map(i64::from));
     Some(Vector(call_site::embed(fcinfo, key)))
 }
 
@@ -94,12 +94,12 @@ fn cosine_sim_real(a: Array<f32>, b: Array<f32>) -> f64 {
 #[pg_extern(stable, parallel_restricted, cost = 20000)]
 fn semantic_similarity(a: Option<&str>, b: Option<&str>, instruct: default!(Option<&str>, "NULL")) -> Option<f64> {
     let (a, b) = (a?, b?);
-    Some(cosine(&runtime::embed_one(a, instruct, None), &runtime::embed_one(b, None, None)))
+    Some(cosine(&route::embed_one(a, instruct, None), &route::embed_one(b, None, None)))
 }
 
 /// Tokens the model sees for a text (with its instruction and the closing token), to check inputs against
 /// qwen_embed.max_length before embedding them.
 #[pg_extern(stable, parallel_restricted)]
 fn token_count(input: Option<&str>, instruct: default!(Option<&str>, "NULL")) -> Option<i32> {
-    Some(runtime::count_tokens(input?, instruct) as i32)
+    Some(route::count_tokens(input?, instruct) as i32)
 }

@@ -2,7 +2,7 @@
 //!
 //! A session uses the server when qwen_embed is preloaded, `qwen_embed.server` is on, and the session asks for the
 //! model the server runs (the cluster's `model_path`, `device` and `dtype`). A superuser session that sets another
-//! model runs that one in its own backend, as every session does without preloading (`runtime`).
+//! model runs that one in its own backend, as every session does without preloading (`route`).
 //!
 //! Waiting never blocks interrupts: the client checks for them every 10 ms, and a statement_timeout, cancel or
 //! terminate raises its ERROR there, which closes the connection; the server then drops the request unless it is
@@ -17,8 +17,9 @@ use qwen_embed_model::Work;
 use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
 
-use crate::errors::{raise_kind, raise_with};
-use crate::{backend, settings, stats, supervisor};
+use crate::postgres::errors::{raise_kind, raise_with};
+use crate::postgres::{backend, settings, stats};
+use crate::server::supervisor;
 
 /// Does the model server serve this session's model?
 pub fn serves_this_session() -> bool {

@@ -12,9 +12,10 @@ use pgrx::PgSqlErrorCode;
 use qwen_embed_model::Reranker;
 use qwen_embed_server::protocol::ModelSpec;
 
-use crate::errors::raise_with;
-use crate::runtime;
-use crate::{server_client, settings};
+use crate::postgres::errors::raise_with;
+use crate::postgres::settings;
+use crate::route;
+use crate::server;
 
 thread_local! {
     static LOADED: RefCell<Option<(ModelSpec, Arc<Reranker>)>> = const { RefCell::new(None) };
@@ -46,10 +47,10 @@ fn reranker(spec: &ModelSpec) -> Arc<Reranker> {
     if let Some(r) = LOADED.with_borrow(|l| l.as_ref().filter(|(s, _)| s == spec).map(|(_, r)| r.clone())) {
         return r;
     }
-    let (device, dtype) = runtime::placement(&spec.device, &spec.dtype);
+    let (device, dtype) = route::placement(&spec.device, &spec.dtype);
     LOADED.set(None); // never two in memory together
     let path = PathBuf::from(&spec.path);
-    let reranker = runtime::execute(move |_| Reranker::load(&path, &device, dtype).map(Arc::new));
+    let reranker = route::execute(move |_| Reranker::load(&path, &device, dtype).map(Arc::new));
     LOADED.set(Some((spec.clone(), reranker.clone())));
     reranker
 }
@@ -58,13 +59,13 @@ fn reranker(spec: &ModelSpec) -> Arc<Reranker> {
 fn scores(query: &str, documents: Vec<String>, instruct: Option<&str>) -> Vec<f64> {
     let spec = current_spec();
     let (query, instruct) = (query.to_string(), instruct.map(str::to_string));
-    runtime::counted(|| {
-        if let Some(answer) = server_client::rerank(&spec, &query, &documents, instruct.as_deref()) {
+    route::counted(|| {
+        if let Some(answer) = server::client::rerank(&spec, &query, &documents, instruct.as_deref()) {
             return answer;
         }
         let model = reranker(&spec);
         let limits = settings::limits();
-        runtime::execute(move |canceled| {
+        route::execute(move |canceled| {
             let docs: Vec<&str> = documents.iter().map(String::as_str).collect();
             model.rerank(&query, &docs, instruct.as_deref(), &limits, canceled)
         })

@@ -19,9 +19,9 @@ use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal};
 use pgrx::{AnyElement, PgSqlErrorCode, WhoAllocated};
 
-use crate::errors::raise_with;
-use crate::runtime;
-use crate::vector::{vector_type_oid, Vector};
+use crate::postgres::errors::raise_with;
+use crate::postgres::vector::{vector_type_oid, Vector};
+use crate::route;
 
 /// Rows embedded per call into the encoder (the encoder batches them further by token budget).
 const ROWS_PER_CHUNK: usize = 1024;
@@ -104,7 +104,7 @@ fn qwen_embed_trigger<'a>(
             .unwrap_or_else(|e| error!("qwen_embed_trigger: {e}"));
         for chunk in rows.chunks(ROWS_PER_CHUNK) {
             let texts: Vec<String> = chunk.iter().map(|(_, text)| text.clone()).collect();
-            let vectors = runtime::embed_texts(texts, target.instruct.clone(), None);
+            let vectors = route::embed_texts(texts, target.instruct.clone(), None);
             for ((key, _), vector) in chunk.iter().zip(vectors) {
                 // SAFETY: each datum is paired with the oid of the type it was made from (vector, and the key's own).
                 let mut args = vec![unsafe { DatumWithOid::new(Vector(vector), vector_oid) }];
@@ -336,6 +336,6 @@ fn check_columns(client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid, table: &
 
 // `qwen_embed.create_embedding_triggers(...)`, the friendly way to attach this trigger, is plain SQL.
 extension_sql_file!(
-    "../sql/create_embedding_triggers.sql",
+    "../../sql/create_embedding_triggers.sql",
     requires = [qwen_embed_trigger, qwen_embed_clear_on_change, "async", "qwen_embed_schema"]
 );

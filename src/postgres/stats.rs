@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
 
-use crate::backend;
+use crate::postgres::backend;
 
 /// Counters since the backend started.
 #[derive(Default, Clone, Copy, Debug)]

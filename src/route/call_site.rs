@@ -10,7 +10,7 @@
 use pgrx::pg_sys;
 use pgrx::PgMemoryContexts;
 
-use crate::runtime::{self, ResultKey};
+use crate::route::{self, ResultKey};
 
 struct Remembered {
     key: ResultKey,
@@ -26,7 +26,7 @@ pub fn embed(fcinfo: pg_sys::FunctionCallInfo, key: ResultKey) -> Vec<f32> {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if flinfo.is_null() {
-            return runtime::embed_key(&key);
+            return route::embed_key(&key);
         }
         if (*flinfo).fn_extra.is_null() {
             // Dropped (freeing the Rust allocations) when fn_mcxt is reset or deleted with the query's state.
@@ -35,10 +35,10 @@ pub fn embed(fcinfo: pg_sys::FunctionCallInfo, key: ResultKey) -> Vec<f32> {
         }
         let slot = &mut *((*flinfo).fn_extra as *mut Option<Remembered>);
         if let Some(r) = slot.as_ref().filter(|r| r.key == key) {
-            runtime::record_hit();
+            route::record_hit();
             return r.vector.clone();
         }
-        let vector = runtime::embed_key(&key);
+        let vector = route::embed_key(&key);
         *slot = Some(Remembered { key, vector: vector.clone() });
         vector
     }
