@@ -7,7 +7,7 @@
 --   (qwen_embed_clear_on_change): clears the row's vector. A row trigger sees each row's OLD and NEW exactly, so statements that change the
 --   primary key, INSERT … ON CONFLICT DO UPDATE and MERGE are handled like any UPDATE.
 -- A vector given explicitly by INSERT or UPDATE is kept.
--- mode 'async': the writing statement only queues its rows (sql/async.sql) and the database's background worker
+-- mode 'async': the writing statement only queues its rows (sql/async/) and the database's background worker
 -- embeds them after the commit: AFTER INSERT, UPDATE, DELETE (statement, transition tables) and TRUNCATE triggers
 -- running qwen_embed._async_capture, and the same BEFORE UPDATE row trigger.
 CREATE FUNCTION qwen_embed.create_embedding_triggers(

@@ -7,7 +7,7 @@
 //!   interrupts, result cache), and results reused within a query (`call_site`) and a statement (`statement_memo`)
 //! - `server/`: the cluster's model server (`crates/qwen_embed_server`) seen from PostgreSQL: the background worker
 //!   that runs it in a child process (`supervisor`) and a backend's calls to it (`client`)
-//! - `async_embed/`: async mode of the triggers: the queue's launcher and background workers (sql/async.sql)
+//! - `async_embed/`: async mode of the triggers: the queue's launcher and background workers (sql/async/)
 //! - `postgres/`: glue: the `qwen_embed.*` settings, the process globals a backend reads (`backend`), the
 //!   `qwen_embed.stats` counters, ERRORs with SQLSTATE and hint, pgvector's `vector`
 //!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Asynchronous embedding (sql/async.sql, src/async_embed/) on a throw-away preloaded cluster: what the writer queues
+# Asynchronous embedding (sql/async/, src/async_embed/) on a throw-away preloaded cluster: what the writer queues
 # (nothing on rollback, only changed texts, nothing for deleted rows), that 10,000 rows drain to vectors equal to
 # embed(body), the lag at commit, prepared transactions, concurrent updates while the worker drains (no older result over a newer one), kill -9 of the worker
 # and of the model server mid-batch (nothing lost), a poison row (fails alone, parked, retried, dropped), switching

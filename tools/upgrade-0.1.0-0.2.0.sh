@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes sql/qwen_embed--0.1.0--0.2.0.sql, the upgrade script of the first schema change (async embedding), from the
-# sources a fresh install runs: the SQL that pgrx generates for the two new Rust functions, sql/async.sql,
+# sources a fresh install runs: the SQL that pgrx generates for the two new Rust functions, sql/async/*.sql,
 # sql/create_embedding_triggers.sql (its function gained the mode argument: dropped and created again), the
 # backfill procedure of sql/backfill.sql (it now sets its requests' priority) and its progress table's row-level
 # security (with the report function, no longer SECURITY DEFINER). tests/async.sh checks that a database updated with
@@ -37,7 +37,7 @@ generated() {
     echo
     generated async_embed::_async_wake
     generated async_embed::_async_worker_pid
-    cat sql/async.sql
+    cat sql/async/queue.sql sql/async/capture.sql sql/async/worker.sql sql/async/admin.sql
     echo
     cat sql/create_embedding_triggers.sql
     echo

@@ -1,4 +1,4 @@
-//! Asynchronous embedding: the writing statement only queues its rows (sql/async.sql); a background worker per
+//! Asynchronous embedding: the writing statement only queues its rows (sql/async/); a background worker per
 //! database embeds them after the commit, through the model server, holding no transaction while the model runs.
 //!
 //! - `slots`: the shared-memory registry of the per-database workers (which runs where, its latch, wakes)
@@ -94,8 +94,12 @@ fn database() -> pg_sys::Oid {
     unsafe { pg_sys::MyDatabaseId }
 }
 
+// sql/async/ in four parts, in this order. The last is named "async": what needs async mode whole requires it.
+extension_sql_file!("../../sql/async/queue.sql", name = "async_queue", requires = ["qwen_embed_schema"]);
+extension_sql_file!("../../sql/async/capture.sql", name = "async_capture", requires = ["async_queue", async_wake]);
+extension_sql_file!("../../sql/async/worker.sql", name = "async_worker", requires = ["async_queue"]);
 extension_sql_file!(
-    "../../sql/async.sql",
+    "../../sql/async/admin.sql",
     name = "async",
-    requires = [async_wake, async_worker_pid, "qwen_embed_schema"]
+    requires = ["async_capture", "async_worker", async_wake, async_worker_pid]
 );

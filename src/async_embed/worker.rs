@@ -1,7 +1,7 @@
 //! The async worker of one database: claims a batch of queued rows in a short transaction, embeds it with no
 //! transaction open (through the model server when it serves the cluster's model, at priority `async`), writes the
-//! vectors back in a second short transaction (sql/async.sql, `_async_apply`: only where the text is still the one
-//! embedded), and records failures.
+//! vectors back in a second short transaction (sql/async/worker.sql, `_async_apply`: only where the text is still the
+//! one embedded), and records failures.
 //!
 //! Failures: an error that is not about any text (the model server down, restarting or overloaded, the model not
 //! loadable) is the batch's: its items go back uncharged and the worker backs off (1 s, doubling to 60 s). Any other
