@@ -1,4 +1,6 @@
-//! Per-backend state: the loaded model, the worker pool that runs it, and a small result cache.
+//! Where each call runs (the cluster's model server, or this backend's own model), and the per-backend state of the
+//! latter: the loaded model, the worker pool that runs it, and a small result cache; `call_site` and
+//! `statement_memo` reuse results within a query and a statement.
 //!
 //! PostgreSQL backends are single-threaded processes and nothing in PostgreSQL may be called from another thread.
 //! The encoder runs on a private rayon pool whose threads never touch PostgreSQL (they are created with every signal
