@@ -219,14 +219,14 @@ impl Queue {
             self.entries.iter().any(|e| e.priority == class && e.model == model && eligible(e))
         };
         let turn = self.last_model[lane.index()].other();
-        let model = CLASSES
+        let model = Priority::ALL
             .iter()
             .find_map(|&class| [turn, turn.other()].into_iter().find(|&m| waiting(class, m)))
             .unwrap_or(turn);
         let mut batch = Batch { model, lane, items: Vec::new() };
         let mut tokens = 0;
         let mut limit = budget;
-        'classes: for class in CLASSES {
+        'classes: for class in Priority::ALL {
             if class != Priority::Interactive && batch.is_empty() {
                 limit = budget / 2;
             }
@@ -256,9 +256,6 @@ impl Queue {
         batch
     }
 }
-
-/// The priority classes, first served first.
-const CLASSES: [Priority; 3] = Priority::ALL;
 
 #[cfg(test)]
 mod tests {

@@ -64,7 +64,7 @@ pub const ROW_BLOCK: usize = 64;
 /// padded with zeros and only its real rows kept. So a (k, n) shape has `ROW_BLOCK / ROW_STEP` primitives, all made
 /// when the weights are packed, rather than one per row count a long-running server happens to meet (its memory would
 /// grow with the mix of lengths for hours), and a query of a new length never waits for a kernel to be generated. At
-/// most `ROW_STEP - 1` rows are wasted, and only in the last block: less than the row tails brgemm computes anyway.
+/// most `ROW_STEP - 1` rows are wasted, and only in a call's last block.
 pub const ROW_STEP: usize = 4;
 
 /// A failure inside oneDNN: which call, and its status.
