@@ -50,6 +50,7 @@ echo "-- kill -9 of the model server in the middle of a batch"
 # sessions waiting on it send their requests again, once, to the new server: they get their vectors, not an ERROR.
 started=$(cluster_incarnation)
 server_pid() { q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'pid'"; }
+queued() { [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ]; }
 q -c "SELECT vector_dims(embed('the server is up'))" >/dev/null
 server=$(server_pid)
 [ -n "$server" ] || fail "no model server"
@@ -68,10 +69,7 @@ for w in 1 2 3; do
         -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$(scratch_dir)/waiter$w.out" 2>&1 || true) &
     waiters="$waiters $!"
 done
-for _ in $(seq 100); do
-    [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ] && break
-    sleep 0.1
-done
+for _ in $(seq 100); do queued && break; sleep 0.1; done
 sleep 0.5
 [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'qwen_embed_waiter' AND state = 'active'")" = 3 ] ||
     fail "the three sessions were not all waiting when the server was killed"
@@ -100,7 +98,6 @@ twice=$(scratch_dir)/twice.out
 (q -v ON_ERROR_STOP=0 -c "SELECT count(*) FROM unnest(embed(ARRAY(SELECT repeat('stopped twice ' || g || ' ', 300) FROM generate_series(1, 400) g)))" \
     -c '\echo sqlstate=:LAST_ERROR_SQLSTATE' >"$twice" 2>&1 || true) &
 twice_pid=$!
-queued() { [ "$(q -c "SELECT value::int > 0 FROM qwen_embed.server_info() WHERE key = 'queued_texts'")" = t ]; }
 for kill in first second; do
     server=$(server_pid)
     for _ in $(seq 200); do queued && break; sleep 0.05; done

@@ -118,9 +118,10 @@ SQL
     fail "the model server did not give its free memory back within 10 s of falling idle"
 }
 # Warm-up: every kind of work over and over (the reranker loaded, each lazily made buffer and kernel made) until the
-# memory at rest settles: the model server keeps what it makes for a shape it met (oneDNN's primitives, made per
-# matrix shape), a set that grows with the shapes a workload meets and stops growing once the workload has met them.
-# The run is then compared against that plateau: what still grows is a leak.
+# memory at rest settles: the model server keeps what it makes on first use (the reranker, buffers grown to the
+# largest batch, oneDNN's attention primitives per query and key-block step), a set bounded by the model's shapes
+# that stops growing once the workload has met them. The run is then compared against that plateau: what still
+# grows is a leak.
 warm_rounds=0 server_warm=""
 while :; do
     PGDATABASE=$db as_postgres pgbench -n -c "$workers" -j 2 -T "$((secs / 6 + 1))" \
