@@ -47,7 +47,7 @@ fn reranker(spec: &ModelSpec) -> Arc<Reranker> {
     if let Some(r) = LOADED.with_borrow(|l| l.as_ref().filter(|(s, _)| s == spec).map(|(_, r)| r.clone())) {
         return r;
     }
-    let (device, dtype) = route::placement(&spec.device, &spec.dtype);
+    let (device, dtype) = route::placement(spec);
     LOADED.set(None); // never two in memory together
     let path = PathBuf::from(&spec.path);
     let reranker = route::execute(move |_| Reranker::load(&path, &device, dtype).map(Arc::new));

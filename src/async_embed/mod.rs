@@ -43,7 +43,7 @@ thread_local! {
 /// queue; a preloaded restart drains the queue), now it is an ERROR saying so.
 #[pg_extern(volatile, parallel_unsafe, schema = "qwen_embed", name = "_async_wake")]
 fn async_wake(at_commit: bool) {
-    if !crate::postgres::stats::shared() {
+    if !crate::postgres::backend::preloaded() {
         if at_commit {
             return;
         }
@@ -73,7 +73,7 @@ fn async_wake(at_commit: bool) {
 /// `qwen_embed._async_worker_pid()`: the pid of this database's async worker, NULL when none runs.
 #[pg_extern(stable, parallel_safe, schema = "qwen_embed", name = "_async_worker_pid")]
 fn async_worker_pid() -> Option<i32> {
-    crate::postgres::stats::shared().then(|| slots::worker_pid(database())).flatten()
+    crate::postgres::backend::preloaded().then(|| slots::worker_pid(database())).flatten()
 }
 
 #[pg_guard]

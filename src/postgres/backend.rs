@@ -2,6 +2,8 @@
 //! said once here. PostgreSQL backends are single-threaded; these functions run on the backend's own thread (never on
 //! the encoder's pool threads), where PostgreSQL writes these globals too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pgrx::pg_sys;
 
 /// This process's pid as PostgreSQL knows it (`pg_backend_pid()`).
@@ -10,10 +12,24 @@ pub fn pid() -> i32 {
     unsafe { pg_sys::MyProcPid }
 }
 
-/// Whether `_PG_init` is running because of `shared_preload_libraries` (in the postmaster).
+/// Whether `_PG_init` is running because of `shared_preload_libraries` (in the postmaster). It also remembers the
+/// answer for [`preloaded`].
 pub fn preloading() -> bool {
     // SAFETY: a flag PostgreSQL sets around loading the preload libraries; read on the loading thread.
-    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if preloading {
+        PRELOADED.store(true, Ordering::Relaxed);
+    }
+    preloading
+}
+
+/// Set in the postmaster while it preloads qwen_embed; the processes it forks inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the cluster preloaded qwen_embed (`shared_preload_libraries`): its shared memory, model server and async
+/// worker exist only then.
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
 }
 
 /// The time now, as PostgreSQL's timestamps count it.

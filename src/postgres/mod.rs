@@ -4,5 +4,6 @@
 pub mod backend;
 pub mod errors;
 pub mod settings;
+pub mod shmem_text;
 pub mod stats;
 pub mod vector;

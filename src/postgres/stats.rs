@@ -6,7 +6,6 @@
 //! to ask for (PostgreSQL 15 hands it out only at server start), and the view shows the current backend alone.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::lwlock::PgLwLock;
@@ -15,6 +14,7 @@ use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
 
 use crate::postgres::backend;
+use crate::postgres::shmem_text::{self, read, Keep};
 
 /// Counters since the backend started.
 #[derive(Default, Clone, Copy, Debug)]
@@ -91,19 +91,11 @@ unsafe impl PGRXSharedMemory for Table {}
 
 // SAFETY: the name is unique to this extension and the lock is initialised by pg_shmem_init! in `init`.
 static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"qwen_embed_stats") };
-/// Set in the postmaster when preloaded; forked backends inherit it.
-static SHARED: AtomicBool = AtomicBool::new(false);
-
 /// Called from `_PG_init`: asks for the shared table when loaded from `shared_preload_libraries`.
 pub fn init() {
     if backend::preloading() {
         pg_shmem_init!(TABLE);
-        SHARED.store(true, Ordering::Relaxed);
     }
-}
-
-pub fn shared() -> bool {
-    SHARED.load(Ordering::Relaxed)
 }
 
 pub fn local() -> Stats {
@@ -125,24 +117,8 @@ pub fn set_model(model: ModelInfo) {
     publish();
 }
 
-fn copy_text(dst: &mut [u8], src: &str) {
-    // Keep the end of a long path (the model's name), cut at a character boundary.
-    let mut start = src.len().saturating_sub(dst.len());
-    while !src.is_char_boundary(start) {
-        start += 1;
-    }
-    let bytes = &src.as_bytes()[start..];
-    dst.fill(0);
-    dst[..bytes.len()].copy_from_slice(bytes);
-}
-
-fn text(src: &[u8]) -> String {
-    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
-    String::from_utf8_lossy(&src[..end]).into_owned()
-}
-
 fn publish() {
-    if !shared() {
+    if !backend::preloaded() {
         return;
     }
     let pid = backend::pid();
@@ -164,9 +140,9 @@ fn publish() {
     let slot = &mut table.slots[index];
     slot.stats = LOCAL.get();
     MODEL.with_borrow(|m| {
-        copy_text(&mut slot.model, &m.path);
-        copy_text(&mut slot.device, &m.device);
-        copy_text(&mut slot.dtype, &m.dtype);
+        shmem_text::write(&mut slot.model, &m.path, Keep::Tail);
+        shmem_text::write(&mut slot.device, &m.device, Keep::Tail);
+        shmem_text::write(&mut slot.dtype, &m.dtype, Keep::Tail);
     });
 }
 
@@ -206,10 +182,10 @@ mod qwen_embed {
         ),
     > {
         // (pid, model, device, dtype, counters) of each backend, copied out under the lock.
-        let backends: Vec<(i32, String, String, String, Stats)> = if shared() {
+        let backends: Vec<(i32, String, String, String, Stats)> = if backend::preloaded() {
             let table = TABLE.share();
             let live = table.slots.iter().filter(|s| s.pid != 0);
-            live.map(|s| (s.pid, text(&s.model), text(&s.device), text(&s.dtype), s.stats)).collect()
+            live.map(|s| (s.pid, read(&s.model), read(&s.device), read(&s.dtype), s.stats)).collect()
         } else {
             let m = MODEL.with_borrow(Clone::clone);
             vec![(backend::pid(), m.path, m.device, m.dtype, LOCAL.get())]

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::device::{device_name, select_device, select_dtype};
-use qwen_embed_model::{DType, Device, Embedder, Error, LengthPolicy, Limits, Weighting, Work};
+use qwen_embed_model::device::device_name;
+use qwen_embed_model::{DType, Device, Embedder, Error, Limits, Weighting, Work};
+use qwen_embed_server::protocol::{Lengths, ModelSpec};
 
 use crate::postgres::errors::{raise, raise_with, OrRaise};
 use crate::postgres::{settings, stats};
@@ -30,16 +31,8 @@ use crate::server::{self, supervisor};
 
 pub use crate::server::client::Chunks;
 
-/// What identifies a loaded model: changing any of these settings loads it again.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct ModelKey {
-    pub path: String,
-    pub device: String,
-    pub dtype: String,
-}
-
 struct Loaded {
-    key: ModelKey,
+    key: ModelSpec,
     embedder: Arc<Embedder>,
 }
 
@@ -48,24 +41,21 @@ struct Loaded {
 /// A remembered result is served only for an equal key.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ResultKey {
-    model: ModelKey,
+    model: ModelSpec,
     instruct: Option<String>,
     dim: Option<i64>,
-    max_length: usize,
-    truncate: bool,
+    lengths: Lengths,
     text: String,
 }
 
 impl ResultKey {
     /// The key of `text` under the current settings.
     pub fn current(text: &str, instruct: Option<&str>, dim: Option<i64>) -> Self {
-        let limits = settings::limits();
         ResultKey {
-            model: current_key(),
+            model: current_spec(),
             instruct: instruct.map(str::to_string),
             dim,
-            max_length: limits.max_length,
-            truncate: limits.policy == LengthPolicy::Truncate,
+            lengths: Lengths::of(&settings::limits()),
             text: text.to_string(),
         }
     }
@@ -122,8 +112,10 @@ pub fn loaded() -> Option<Arc<Embedder>> {
     STATE.with_borrow(|s| s.model.as_ref().map(|m| m.embedder.clone()))
 }
 
-fn current_key() -> ModelKey {
-    let path = settings::string(&settings::MODEL_PATH).unwrap_or_else(|| {
+/// The model this session's settings ask for; an ERROR with the setting's hint where no model is set.
+fn current_spec() -> ModelSpec {
+    let spec = settings::model_spec();
+    if spec.path.is_empty() {
         raise_with(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "qwen_embed: qwen_embed.model_path is not set".into(),
@@ -133,21 +125,17 @@ fn current_key() -> ModelKey {
                     .into(),
             ),
         )
-    });
-    ModelKey {
-        path,
-        device: settings::string(&settings::DEVICE).unwrap_or_else(|| "auto".into()),
-        dtype: settings::string(&settings::DTYPE).unwrap_or_else(|| "auto".into()),
     }
+    spec
 }
 
 /// The model for the current settings, loading it on first use or after a setting changed.
-pub fn model() -> (ModelKey, Arc<Embedder>) {
-    let key = current_key();
+pub fn model() -> (ModelSpec, Arc<Embedder>) {
+    let key = current_spec();
     if let Some(m) = STATE.with_borrow(|s| s.model.as_ref().filter(|m| m.key == key).map(|m| m.embedder.clone())) {
         return (key, m);
     }
-    let (device, dtype) = placement(&key.device, &key.dtype);
+    let (device, dtype) = placement(&key);
     // Drop the old model first so two never sit in memory together.
     STATE.with_borrow_mut(|s| {
         s.model = None;
@@ -168,13 +156,10 @@ pub fn model() -> (ModelKey, Arc<Embedder>) {
     (key, embedder)
 }
 
-/// The device and dtype the `qwen_embed.device` and `qwen_embed.dtype` values name (for the embedder and the
+/// The device and dtype a model spec's `qwen_embed.device` and `qwen_embed.dtype` name (for the embedder and the
 /// reranker); an ERROR naming the setting otherwise.
-pub(crate) fn placement(device: &str, dtype: &str) -> (Device, DType) {
-    let device = select_device(device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.device: {m}")));
-    let dtype =
-        select_dtype(dtype, &device).unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.dtype: {m}")));
-    (device, dtype)
+pub(crate) fn placement(spec: &ModelSpec) -> (Device, DType) {
+    spec.placement().unwrap_or_else(|m| invalid_setting(format!("invalid qwen_embed.{m}")))
 }
 
 fn invalid_setting(message: String) -> ! {
@@ -269,19 +254,14 @@ where
             stats::record(|s| s.errors += 1);
             raise_with(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("qwen_embed: internal error in the encoder: {}", panic_message(&panic)),
+                format!(
+                    "qwen_embed: internal error in the encoder: {}",
+                    qwen_embed_model::error::panic_message(panic.as_ref())
+                ),
                 Some("The session is still usable. Please report this with the input that caused it.".into()),
             )
         }
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 fn record_work(work: Work, elapsed: Duration) {
@@ -371,7 +351,7 @@ where
 /// A NaN or infinity means broken weights: an ERROR beats storing a vector that poisons every distance.
 pub fn check_finite(v: &[f32]) {
     if v.iter().any(|x| !x.is_finite()) {
-        raise(Error::Compute(qwen_embed_model::candle::Error::Msg("the model produced non-finite values".into())));
+        raise(Error::compute("the model produced non-finite values"));
     }
 }
 

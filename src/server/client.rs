@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
-use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::Work;
 use qwen_embed_server::client::{call, CallError};
 use qwen_embed_server::protocol::{Cost, Job, Lengths, ModelSpec, Reply, Request, Status};
@@ -49,16 +48,12 @@ fn server_spec() -> Option<ModelSpec> {
 /// Do two model settings name the same model on the same device in the same dtype?
 fn same_model(a: &ModelSpec, b: &ModelSpec) -> bool {
     let path = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
-    let device = |d: &str| select_device(d).ok();
-    let (Some(da), Some(db)) = (device(&a.device), device(&b.device)) else { return false };
-    let dtype = |t: &str, d| select_dtype(t, d).ok();
-    path(&a.path) == path(&b.path)
-        && da.same_device(&db)
-        && dtype(&a.dtype, &da).is_some_and(|t| Some(t) == dtype(&b.dtype, &db))
+    let (Ok((da, ta)), Ok((db, tb))) = (a.placement(), b.placement()) else { return false };
+    path(&a.path) == path(&b.path) && da.same_device(&db) && ta == tb
 }
 
 fn lengths() -> Lengths {
-    Lengths { max_length: settings::MAX_LENGTH.get() as usize, truncate: settings::TRUNCATE.get() }
+    Lengths::of(&settings::limits())
 }
 
 fn work(cost: Cost) -> Work {

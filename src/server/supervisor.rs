@@ -21,11 +21,11 @@ use std::time::Duration;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
-use qwen_embed_model::device::{select_device, select_dtype};
 use qwen_embed_model::{DType, Device, Embedder, Reranker};
 use qwen_embed_server::protocol::ModelSpec;
 use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
 
+use crate::postgres::shmem_text::{self, Keep};
 use crate::postgres::{backend, settings};
 
 /// The server's socket, relative to the data directory (every PostgreSQL process's working directory).
@@ -119,41 +119,33 @@ fn encode_spec(spec: &ModelSpec) -> String {
 
 /// The model the server runs, if a server is running (as published by the supervisor), and its restart count.
 pub fn published() -> Option<(ModelSpec, i32, u64, String)> {
-    if !crate::postgres::stats::shared() {
+    if !crate::postgres::backend::preloaded() {
         return None;
     }
     let p = *PUBLISHED.share();
     if !p.running {
         return None;
     }
-    let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]).into_owned();
-    let spec = text(&p.spec);
+    let spec = shmem_text::read(&p.spec);
     let mut parts = spec.splitn(3, '\n').map(str::to_string);
     let spec = ModelSpec {
         path: parts.next().unwrap_or_default(),
         device: parts.next().unwrap_or_default(),
         dtype: parts.next().unwrap_or_default(),
     };
-    Some((spec, p.child_pid, p.restarts, text(&p.last_exit)))
+    Some((spec, p.child_pid, p.restarts, shmem_text::read(&p.last_exit)))
 }
 
 /// The reranker the running server serves (loaded on its first request), if one is configured.
 pub fn published_reranker() -> Option<ModelSpec> {
     let (spec, ..) = published()?;
     let p = *PUBLISHED.share();
-    let path = String::from_utf8_lossy(&p.reranker[..p.reranker.iter().position(|&c| c == 0).unwrap_or(SPEC_BYTES)])
-        .into_owned();
+    let path = shmem_text::read(&p.reranker);
     (!path.is_empty()).then_some(ModelSpec { path, ..spec })
 }
 
 fn publish(f: impl FnOnce(&mut Published)) {
     f(&mut PUBLISHED.exclusive());
-}
-
-fn copy(dst: &mut [u8], src: &str) {
-    let n = src.len().min(dst.len() - 1);
-    dst.fill(0);
-    dst[..n].copy_from_slice(&src.as_bytes()[..n]);
 }
 
 #[pg_guard]
@@ -181,8 +173,8 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
         let child_started = std::time::Instant::now();
         publish(|p| {
             p.running = true;
-            copy(&mut p.spec, &encode_spec(&config.spec));
-            copy(&mut p.reranker, config.reranker.as_deref().unwrap_or(""));
+            shmem_text::write(&mut p.spec, &encode_spec(&config.spec), Keep::Head);
+            shmem_text::write(&mut p.reranker, config.reranker.as_deref().unwrap_or(""), Keep::Head);
             p.child_pid = child;
         });
         log!("qwen_embed: model server started (pid {child}, model {})", config.spec.path);
@@ -208,7 +200,7 @@ pub extern "C-unwind" fn qwen_embed_supervisor_main(_arg: pg_sys::Datum) {
             warning!("qwen_embed: model server (pid {child}) {status}; starting a new one");
             publish(|p| {
                 p.restarts += 1;
-                copy(&mut p.last_exit, &status);
+                shmem_text::write(&mut p.last_exit, &status, Keep::Head);
             });
             // Back off while it keeps dying (a model that cannot load is an error reply, not an exit); a server that
             // ran for a while before it died is restarted at once again.
@@ -316,13 +308,13 @@ fn serve_in_child(listener: UnixListener, config: Config) -> ! {
         threads: config.threads,
         batch_tokens: config.batch_tokens,
         queue_limit: config.queue_limit,
-        small_tokens: 512,
+        small_tokens: Settings::SMALL_TOKENS,
         pause: Pause::DEFAULT,
     };
     // Both models load in the server: a bad device or dtype setting is the load's error.
     fn placed(spec: &ModelSpec) -> Result<(&Path, Device, DType), qwen_embed_model::Error> {
-        let device = select_device(&spec.device).map_err(qwen_embed_model::Error::Unsupported)?;
-        let dtype = select_dtype(&spec.dtype, &device).map_err(qwen_embed_model::Error::Unsupported)?;
+        let (device, dtype) =
+            spec.placement().map_err(|m| qwen_embed_model::Error::Unsupported(format!("qwen_embed.{m}")))?;
         Ok((Path::new(&spec.path), device, dtype))
     }
     let load = move || {

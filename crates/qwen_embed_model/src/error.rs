@@ -85,6 +85,17 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// A computation that failed for a reason of its own (not candle's): an input the encoder cannot take, a request
+    /// the server dropped.
+    pub fn compute(message: impl Into<String>) -> Error {
+        Error::Compute(candle_core::Error::Msg(message.into()))
+    }
+
+    /// A panic caught while computing, as an error: the encoder's bug is this request's ERROR, not the process's end.
+    pub fn from_panic(panic: &(dyn std::any::Any + Send)) -> Error {
+        Error::compute(format!("internal error in the encoder: {}", panic_message(panic)))
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::TooLong { .. } | Error::PairTooLong { .. } | Error::NoRoomForPair { .. } => ErrorKind::TooLong,
@@ -159,5 +170,33 @@ impl Error {
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// What a caught panic says (its payload is a `&str` or a `String` when it came from `panic!` or a failed assert).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "panic".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_panic_says_what_it_said() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).unwrap_err();
+        let (fixed, formatted) = (caught(|| panic!("fixed")), caught(|| panic!("formatted {}", 7)));
+        assert_eq!(
+            (panic_message(fixed.as_ref()), panic_message(formatted.as_ref())),
+            ("fixed".into(), "formatted 7".into())
+        );
+        let other = caught(|| std::panic::panic_any(7u8));
+        assert_eq!(panic_message(other.as_ref()), "panic");
+        assert_eq!(Error::from_panic(fixed.as_ref()).kind(), ErrorKind::Compute);
+        assert!(Error::from_panic(fixed.as_ref()).to_string().contains("internal error in the encoder: fixed"));
     }
 }

@@ -4,25 +4,50 @@
 
 use std::io::{self, Read, Write};
 
-use qwen_embed_model::ErrorKind;
+use qwen_embed_model::device::{select_device, select_dtype};
+use qwen_embed_model::{DType, Device, ErrorKind, LengthPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
 /// Frames larger than this are refused (a request of 100,000 texts of 1 kB is 100 MB).
 pub const MAX_FRAME: usize = 1 << 30;
 
-/// The model a request is for: the server answers only requests for the model it runs.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+/// The model a request is for: the server answers only requests for the model it runs. (A backend keys the model it
+/// loads for itself with it too: changing any of its settings loads it again.)
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub struct ModelSpec {
     pub path: String,
     pub device: String,
     pub dtype: String,
 }
 
+impl ModelSpec {
+    /// The device and dtype its settings name, or which of the two is wrong and why (`device: …`, `dtype: …`): the
+    /// one reading of the settings for a backend's own model, the server's, and the test of two specs for one model.
+    pub fn placement(&self) -> Result<(Device, DType), String> {
+        let device = select_device(&self.device).map_err(|m| format!("device: {m}"))?;
+        let dtype = select_dtype(&self.dtype, &device).map_err(|m| format!("dtype: {m}"))?;
+        Ok((device, dtype))
+    }
+}
+
 /// The length settings of the requesting session.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Lengths {
     pub max_length: usize,
     pub truncate: bool,
+}
+
+impl Lengths {
+    /// A session's length limits as they travel (the batch budget stays behind: the server has its own).
+    pub fn of(limits: &Limits) -> Lengths {
+        Lengths { max_length: limits.max_length, truncate: limits.policy == LengthPolicy::Truncate }
+    }
+
+    /// The model's limits for a request with these lengths, computed in batches of at most `batch_tokens`.
+    pub fn limits(self, batch_tokens: usize) -> Limits {
+        let policy = if self.truncate { LengthPolicy::Truncate } else { LengthPolicy::Error };
+        Limits { max_length: self.max_length, policy, batch_tokens }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -277,3 +302,12 @@ mod tests {
         assert!(read_frame::<Request>(&mut announced.as_slice()).unwrap_err().to_string().contains("too large"));
     }
 }
+
+    #[test]
+    fn lengths_travel_both_ways_unchanged() {
+        for truncate in [false, true] {
+            let lengths = Lengths { max_length: 77, truncate };
+            let limits = lengths.limits(640);
+            assert_eq!((limits.batch_tokens, Lengths::of(&limits)), (640, lengths));
+        }
+    }

@@ -20,13 +20,11 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use qwen_embed_model::{
-    document_vector, format_input, Chunk, Embedder, Error, LengthPolicy, Limits, Reranker, Weighting,
-};
+use qwen_embed_model::{document_vector, format_input, Chunk, Embedder, Error, Limits, Reranker, Weighting};
 
 use crate::heap::{self, IdleTrim, IDLE};
 use crate::protocol::{
-    read_frame, write_frame, Cost, Job, JobCounts, Lengths, ModelSpec, Priority, Reply, Request, Status,
+    read_frame, write_frame, Cost, Job, JobCounts, ModelSpec, Priority, Reply, Request, Status,
 };
 use crate::queue::{Batch, Full, Lane, Model, Queue, Urgency};
 
@@ -45,6 +43,12 @@ pub struct Settings {
 }
 
 /// How long a batch waits at one pause point (between layers, and between a layer's attention and MLP) while more
+impl Settings {
+    /// The interactive lane's bound the extension runs with: a query, a small insert, a 50-candidate rerank does not
+    /// fit (it is large interactive work, which bulk batches pause for).
+    pub const SMALL_TOKENS: usize = 512;
+}
+
 /// urgent batches compute ([`Urgency`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Pause {
@@ -337,7 +341,7 @@ impl From<Error> for Ended {
 /// shaped into its reply when its sequences are all back.
 fn answer(shared: &Shared, request: Request, conn: &UnixStream) -> Result<Reply, Ended> {
     let Request { priority, model: spec, lengths, job, .. } = request;
-    let limits = limits(shared, lengths);
+    let limits = lengths.limits(shared.settings.batch_tokens);
     if let Job::Rerank { query, documents, instruct } = job {
         if shared.reranker_spec.as_ref() != Some(&spec) {
             return Err(Ended::Reply(Reply::OtherModel { serving: shared.reranker_spec.clone().unwrap_or_default() }));
@@ -470,14 +474,6 @@ fn wait_for_model(shared: &Shared, conn: &UnixStream) -> Result<Arc<Embedder>, E
     }
 }
 
-fn limits(shared: &Shared, lengths: Lengths) -> Limits {
-    Limits {
-        max_length: lengths.max_length,
-        policy: if lengths.truncate { LengthPolicy::Truncate } else { LengthPolicy::Error },
-        batch_tokens: shared.settings.batch_tokens,
-    }
-}
-
 /// Computes a request's sequences through the queue and waits for them, watching the caller: one that leaves has
 /// its sequences dropped from the queue and from the batches that hold them.
 fn queued(
@@ -501,10 +497,7 @@ fn queued(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(Error::Compute(qwen_embed_model::candle::Error::Msg(
-                    "the request was dropped by the server".into(),
-                ))
-                .into())
+                return Err(Error::compute("the request was dropped by the server").into())
             }
         }
     }
@@ -634,14 +627,7 @@ fn compute(shared: &Shared, batch: Batch) {
                 .map(|(scores, work)| (scores.into_iter().map(Output::Score).collect(), work)),
         })
     }))
-    .unwrap_or_else(|panic| {
-        let what =
-            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-        Err(Error::Compute(qwen_embed_model::candle::Error::Msg(format!(
-            "internal error in the encoder: {}",
-            what.unwrap_or_else(|| "panic".into())
-        ))))
-    });
+    .unwrap_or_else(|panic| Err(Error::from_panic(panic.as_ref())));
     {
         let mut s = lock(&shared.status);
         s.batches += 1;
@@ -771,7 +757,7 @@ mod tests {
     /// The fault the tests inject into [`compute`] (compiled into the tests only).
     pub fn inject_fault(seqs: &[Vec<u32>]) -> Result<(), Error> {
         match seqs.iter().any(|s| s.contains(&POISON)) {
-            true => Err(Error::Compute(qwen_embed_model::candle::Error::Msg("injected fault".into()))),
+            true => Err(Error::compute("injected fault")),
             false => Ok(()),
         }
     }
@@ -784,7 +770,8 @@ mod tests {
     /// A server's shared state with the tiny embedder (and reranker) loaded, and no thread running.
     fn loaded_shared() -> Shared {
         let pause = Pause { max: Duration::from_millis(100), grace: Duration::from_millis(20) };
-        let settings = Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: 512, pause };
+        let settings =
+            Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: Settings::SMALL_TOKENS, pause };
         let shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
         *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
         *lock(&shared.reranker) = RerankerState::Ready(Arc::new(tiny_reranker()));

@@ -216,16 +216,16 @@ impl Encoder {
     fn batch(&self, seqs: &[Vec<u32>]) -> Result<Batch> {
         let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if len == 0 || seqs.iter().any(Vec::is_empty) {
-            return Err(Error::Compute(candle_core::Error::Msg("empty token sequence".into())));
+            return Err(Error::compute("empty token sequence"));
         }
         if len > self.config.max_position_embeddings {
             return Err(Error::TooLong { tokens: len, limit: self.config.max_position_embeddings });
         }
         if let Some(&bad) = seqs.iter().flatten().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(Error::Compute(candle_core::Error::Msg(format!(
+            return Err(Error::compute(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 self.config.vocab_size
-            ))));
+            )));
         }
         let pads: Vec<usize> = seqs.iter().map(|s| len - s.len()).collect();
         let last_rows = Tensor::new(last_rows(&pads, len), &self.device)?;

@@ -79,7 +79,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
-        crate::Error::Compute(candle_core::Error::Msg(e.to_string()))
+        crate::Error::compute(e.to_string())
     }
 }
 
