@@ -237,11 +237,49 @@ echo "ok: $(echo "$full" | grep -m1 'ERROR')"
 echo "    while another session's document waited in chunks; a single query went through"
 q -c "ALTER SYSTEM RESET qwen_embed.server_queue_limit" -c "SELECT pg_reload_conf()" >/dev/null
 
-echo "-- a model too big for the memory limit"
+# The 0.6B model's shape with all-zero weights in a sparse file (no disk, loads in seconds): for the frame limit's
+# reply side (its 1,024 dimensions) and for the memory limit (its 2.2 GB in f32).
 tmp=$(mktemp -d)
 python3 tools/make_sparse_model.py "$tmp/sparse-0.6b" >/dev/null
 sparse=$(install_model "$tmp/sparse-0.6b" sparse-0.6b) # cp keeps the file sparse
 rm -rf "$tmp"
+
+echo "-- the frame limit: a request or a reply over 1 GiB is ERROR 54000, and the server goes on"
+# A message between a backend and the model server is at most 1 GiB. A text of PostgreSQL's largest size is a request
+# over it, refused before it is sent. A document whose chunks' vectors would make a reply over it (4.2 million tokens
+# in chunks of 16: 280,000 vectors of 1,024 dimensions, 4 kB each) is refused once its chunks are planned, before their
+# passes: the tiny model's 64 dimensions would need 57 million tokens. The queue must take the document's chunks.
+q -c "ALTER SYSTEM SET qwen_embed.model_path = '$sparse'" -c "ALTER SYSTEM SET qwen_embed.server_queue_limit = 1000000" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 600); do
+    [ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'model_path'" 2>/dev/null)" = "$sparse" ] &&
+        [ "$(q -c "SELECT value FROM qwen_embed.server_info() WHERE key = 'state'" 2>/dev/null)" = ready ] && break
+    sleep 0.1
+done
+frame=$(q -v ON_ERROR_STOP=0 2>&1 <<'SQL'
+SELECT vector_dims(embed(repeat('x', 1073741819)));
+\echo sqlstate=:LAST_ERROR_SQLSTATE
+SELECT count(*) FROM embed_chunks(repeat('a ', 4200000), 16, 0);
+\echo sqlstate=:LAST_ERROR_SQLSTATE
+SELECT vector_dims(embed('the next call works'));
+SELECT value FROM qwen_embed.server_info() WHERE key = 'model_path';
+SQL
+)
+q -c "ALTER SYSTEM RESET qwen_embed.model_path" -c "ALTER SYSTEM RESET qwen_embed.server_queue_limit" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+[ "$(echo "$frame" | grep -c "sqlstate=54000")" = 2 ] || fail "not two ERRORs 54000 at the frame limit: $frame"
+echo "$frame" | grep -q "the request is too large for the model server" || fail "no request-side ERROR: $frame"
+echo "$frame" | grep -q "HINT:  Send fewer or shorter texts in one call" || fail "no request-side hint: $frame"
+echo "$frame" | grep -Eq "the vectors of 2[0-9]{5} chunks of 1024 dimensions, [0-9]+ bytes: too large a reply" ||
+    fail "no reply-side ERROR: $frame"
+echo "$frame" | grep -q "qwen_embed: qwen_embed:" && fail "a message says qwen_embed twice: $frame"
+echo "$frame" | grep -q "HINT:  Use longer chunks (chunk_tokens)" || fail "no reply-side hint: $frame"
+echo "$frame" | grep -qx "1024" || fail "the next call failed: $frame"
+echo "$frame" | grep -qx "$sparse" || fail "the model server was not the one that refused the reply: $frame"
+echo "ok: $(echo "$frame" | grep -m1 'ERROR')"
+echo "ok: $(echo "$frame" | grep 'ERROR' | sed -n 2p)"
+
+echo "-- a model too big for the memory limit"
 # 2 GB of address space per server process: the tiny model fits, the 0.6B shape in f32 (2.2 GB) does not.
 cluster_stop "$cluster"
 (ulimit -v 2000000 && cluster_start "$cluster")

@@ -110,6 +110,7 @@ pub(crate) mod qwen_embed {
             add("queue_limit", s.queue_limit.to_string());
             add("queued_requests", s.queued_requests.to_string());
             add("queued_texts", s.queued_texts.to_string());
+            add("computing_texts", s.computing_texts.to_string());
             add("requests", s.requests.to_string());
             add("canceled", s.canceled.to_string());
             add("rejected", s.rejected.to_string());

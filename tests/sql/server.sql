@@ -59,18 +59,17 @@ FROM (SELECT info_value('info', 'route') AS value) kv;
 RESET qwen_embed.dtype;
 RESET qwen_embed.model_path;
 
--- Eight sessions asking at the same moment share forward passes.
+-- Eight sessions asking at the same moment each get their vector through the server. (That waiting requests share a
+-- forward pass is tested where a test can hold the server's compute thread and know which requests wait together:
+-- crates/qwen_embed_server/tests/serving.rs. Here how many meet depends on the scheduler, so it is only shown.)
 CREATE TEMP TABLE before AS SELECT value::bigint AS batches FROM (SELECT info_value('server_info', 'batches') AS value) kv;
 SELECT dblink_connect('s' || i, 'dbname=' || current_database()) FROM generate_series(1, 8) i;
 SELECT dblink_send_query('s' || i, format(
     $q$SELECT vector_dims(embed('concurrent question ' || %s || repeat(' with words', 40))) FROM pg_sleep_until(%L)$q$,
     i, clock_timestamp() + interval '1 second')) FROM generate_series(1, 8) i;
-SELECT expect(bool_and(d = 64), 'a concurrent session failed')
+SELECT expect(count(*) = 8 AND bool_and(d = 64), 'a concurrent session failed')
 FROM generate_series(1, 8) i, dblink_get_result('s' || i) AS r(d int);
 SELECT dblink_disconnect('s' || i) FROM generate_series(1, 8) i;
-SELECT expect(value::bigint - (SELECT batches FROM before) < 8,
-              format('8 concurrent queries took %s batches', value::bigint - (SELECT batches FROM before)))
-FROM (SELECT info_value('server_info', 'batches') AS value) kv;
 DO $$ BEGIN RAISE NOTICE 'qwen_embed test: 8 concurrent single queries took % batches in the model server',
     (SELECT value::bigint FROM (SELECT info_value('server_info', 'batches') AS value) kv) - (SELECT batches FROM before); END $$;
 

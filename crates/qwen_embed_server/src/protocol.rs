@@ -186,6 +186,8 @@ pub struct Status {
     pub queue_limit: usize,
     pub queued_requests: usize,
     pub queued_texts: usize,
+    /// Texts in the batches computing now.
+    pub computing_texts: usize,
     pub requests: u64,
     pub canceled: u64,
     pub rejected: u64,
@@ -228,6 +230,14 @@ pub struct JobCounts {
     pub canceled: u64,
     pub texts: u64,
     pub tokens: u64,
+}
+
+/// The size of a reply of `chunks` chunks of `dims` floats each, serialised. Asked once a document's chunks are
+/// planned, before their passes: a reply over [`MAX_FRAME`] could not be sent, and would be refused after all the work.
+pub fn chunks_reply_size(chunks: usize, dims: usize) -> u64 {
+    let size = |chunks| bincode::serialized_size(&Reply::Chunks { chunks, cost: Cost::default() }).unwrap_or(u64::MAX);
+    let (none, one) = (size(Vec::new()), size(vec![(0, 0, vec![0.0; dims])]));
+    none.saturating_add((chunks as u64).saturating_mul(one - none))
 }
 
 pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
@@ -301,7 +311,19 @@ mod tests {
         let announced = ((MAX_FRAME + 1) as u32).to_le_bytes();
         assert!(read_frame::<Request>(&mut announced.as_slice()).unwrap_err().to_string().contains("too large"));
     }
-}
+
+    #[test]
+    fn a_chunks_replys_size_is_known_before_its_vectors_are() {
+        let reply = Reply::Chunks {
+            chunks: (0..3).map(|i| (i, i + 7, vec![0.5; 5])).collect(),
+            cost: Cost { texts: 3, tokens: 21, forward_passes: 1 },
+        };
+        assert_eq!(chunks_reply_size(3, 5), bincode::serialized_size(&reply).unwrap());
+        assert_eq!(
+            chunks_reply_size(0, 1024),
+            bincode::serialized_size(&Reply::Chunks { chunks: vec![], cost: Cost::default() }).unwrap()
+        );
+    }
 
     #[test]
     fn lengths_travel_both_ways_unchanged() {
@@ -311,3 +333,4 @@ mod tests {
             assert_eq!((limits.batch_tokens, Lengths::of(&limits)), (640, lengths));
         }
     }
+}

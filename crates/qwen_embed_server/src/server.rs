@@ -24,7 +24,8 @@ use qwen_embed_model::{document_vector, format_input, Chunk, Embedder, Error, Li
 
 use crate::heap::{self, IdleTrim, IDLE};
 use crate::protocol::{
-    read_frame, write_frame, Cost, Job, JobCounts, ModelSpec, Priority, Reply, Request, Status,
+    chunks_reply_size, read_frame, write_frame, Cost, Job, JobCounts, ModelSpec, Priority, Reply, Request, Status,
+    MAX_FRAME,
 };
 use crate::queue::{Batch, Full, Lane, Model, Queue, Urgency};
 
@@ -42,13 +43,13 @@ pub struct Settings {
     pub pause: Pause,
 }
 
-/// How long a batch waits at one pause point (between layers, and between a layer's attention and MLP) while more
 impl Settings {
     /// The interactive lane's bound the extension runs with: a query, a small insert, a 50-candidate rerank does not
     /// fit (it is large interactive work, which bulk batches pause for).
     pub const SMALL_TOKENS: usize = 512;
 }
 
+/// How long a batch waits at one pause point (between layers, and between a layer's attention and MLP) while more
 /// urgent batches compute ([`Urgency`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Pause {
@@ -140,6 +141,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Batches computing now, per [`Urgency`]: a batch pauses while one of higher urgency computes.
     computing: [AtomicUsize; 3],
+    /// Texts in the batches computing now.
+    computing_texts: AtomicUsize,
     /// Batches waiting at a pause point now.
     pausing: AtomicUsize,
     pool: rayon::ThreadPool,
@@ -184,6 +187,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             computing: Default::default(),
+            computing_texts: AtomicUsize::new(0),
             pausing: AtomicUsize::new(0),
             pool,
             idle: IdleTrim::new(IDLE),
@@ -251,6 +255,16 @@ fn failed(e: &Error) -> Reply {
     Reply::Failed { kind: e.kind(), message: e.to_string(), hint: e.hint() }
 }
 
+/// A reply over the frame limit (only a document's chunks, with their vectors, come near it): the caller's ERROR
+/// 54000, not a connection that breaks as if the server had died.
+fn too_large(what: String) -> Reply {
+    Reply::Failed {
+        kind: qwen_embed_model::ErrorKind::TooLong,
+        message: format!("{what}: too large a reply for the model server (at most {MAX_FRAME} bytes)"),
+        hint: Some("Use longer chunks (chunk_tokens), fewer dimensions (dim), or embed the document in parts.".into()),
+    }
+}
+
 /// True once the caller has closed its end (it sends nothing after its request, so readable means closed).
 fn caller_gone(conn: &UnixStream) -> bool {
     let mut fd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
@@ -301,12 +315,7 @@ fn handle(shared: &Shared, mut conn: UnixStream) -> io::Result<()> {
         // connection that breaks as if the server had died.
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
             lock(&shared.status).errors += 1;
-            let too_large = Reply::Failed {
-                kind: qwen_embed_model::ErrorKind::TooLong,
-                message: format!("qwen_embed: the reply is too large for the model server to send ({e})"),
-                hint: Some("Send fewer or shorter texts in one call, or split the document.".into()),
-            };
-            write_frame(&mut conn, &too_large)
+            write_frame(&mut conn, &too_large(format!("the reply ({e})")))
         }
         written => written,
     }
@@ -370,16 +379,26 @@ fn answer(shared: &Shared, request: Request, conn: &UnixStream) -> Result<Reply,
             Ok(Reply::Vectors { vectors, cost })
         }
         Job::Chunks { doc, chunk_tokens, overlap, dim } => {
-            let (chunks, cost) = chunked(shared, &model, (&doc, chunk_tokens, overlap, dim), priority, &limits, conn)?;
+            let args = (doc.as_str(), chunk_tokens, overlap, dim);
+            let (chunks, cost) = chunked(shared, &model, args, priority, &limits, conn, Answer::EachChunk)?;
             let chunks = chunks.into_iter().map(|c| (c.range.start, c.range.end, c.embedding)).collect();
             Ok(Reply::Chunks { chunks, cost })
         }
         Job::Document { doc, chunk_tokens, overlap, weighting, dim } => {
             let weighting = weighting.parse::<Weighting>()?;
-            let (chunks, cost) = chunked(shared, &model, (&doc, chunk_tokens, overlap, dim), priority, &limits, conn)?;
+            let args = (doc.as_str(), chunk_tokens, overlap, dim);
+            let (chunks, cost) = chunked(shared, &model, args, priority, &limits, conn, Answer::Pooled)?;
             Ok(Reply::Vector { vector: document_vector(&chunks, weighting), cost })
         }
     }
+}
+
+/// What a document's reply holds: every chunk's vector (`embed_chunks`), or one vector for the whole
+/// (`embed_document`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    EachChunk,
+    Pooled,
 }
 
 /// A document's chunks, their vectors computed through the queue. They are bulk work: a session waiting for a
@@ -392,10 +411,16 @@ fn chunked(
     priority: Priority,
     limits: &Limits,
     conn: &UnixStream,
+    answer: Answer,
 ) -> Result<(Vec<Chunk>, Cost), Ended> {
-    model.dims(dim)?;
+    let dims = model.dims(dim)?.unwrap_or(model.config().hidden_size);
     refuse_if_full(shared, estimated_chunks(doc, chunk_tokens, overlap))?;
     let plan = model.chunk_document(doc, chunk_tokens, overlap, limits)?;
+    let reply_size = chunks_reply_size(plan.len(), dims);
+    if answer == Answer::EachChunk && reply_size > MAX_FRAME as u64 {
+        let what = format!("the vectors of {} chunks of {dims} dimensions, {reply_size} bytes", plan.len());
+        return Err(Ended::Reply(too_large(what)));
+    }
     let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();
     let tokens: usize = seqs.iter().map(Vec::len).sum();
     let priority = if priority == Priority::Interactive && tokens > shared.settings.small_tokens {
@@ -578,7 +603,8 @@ fn compute(shared: &Shared, batch: Batch) {
     let requests: Vec<u64> = batch.items.iter().map(|i| i.request).collect();
     let urgency = batch.urgency();
     let _working = shared.idle.working();
-    let computing = Computing::start(&shared.computing[urgency as usize]);
+    let computing =
+        (Gauge::add(&shared.computing[urgency as usize], 1), Gauge::add(&shared.computing_texts, seqs.len()));
     // Stop early only if every request in the batch is gone.
     let gone = || {
         let collecting = lock(&shared.collecting);
@@ -599,7 +625,7 @@ fn compute(shared: &Shared, batch: Batch) {
             return gone();
         }
         pauses.fetch_add(1, Ordering::Relaxed);
-        let _pausing = Computing::start(&shared.pausing);
+        let _pausing = Gauge::add(&shared.pausing, 1);
         let paused = Instant::now();
         let mut clear_since: Option<Instant> = None;
         while paused.elapsed() < max && !gone() {
@@ -701,19 +727,19 @@ fn estimated_chunks(doc: &str, chunk_tokens: usize, overlap: usize) -> usize {
     (doc.len() / 4).div_ceil(chunk_tokens.saturating_sub(overlap).max(1)).max(1)
 }
 
-/// Counts a batch of one urgency while it computes (to the end, even if it panics).
-struct Computing<'a>(&'a AtomicUsize);
+/// Adds to a gauge while a batch computes or pauses, and takes it back at the end, even if the batch panics.
+struct Gauge<'a>(&'a AtomicUsize, usize);
 
-impl<'a> Computing<'a> {
-    fn start(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Computing(count)
+impl<'a> Gauge<'a> {
+    fn add(gauge: &'a AtomicUsize, n: usize) -> Self {
+        gauge.fetch_add(n, Ordering::Relaxed);
+        Gauge(gauge, n)
     }
 }
 
-impl Drop for Computing<'_> {
+impl Drop for Gauge<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -724,6 +750,7 @@ fn status(shared: &Shared) -> Status {
         s.queued_requests = queue.queued_requests();
         s.queued_texts = queue.queued_texts();
     }
+    s.computing_texts = shared.computing_texts.load(Ordering::Relaxed);
     let mut clients: Vec<(i32, u64)> = {
         let mut kept = lock(&shared.clients);
         // Backends come and go (one per connection): the status shows those still running, not every pid seen.
@@ -865,7 +892,7 @@ mod tests {
             let started = Instant::now();
             let (finished, done) = channel::<()>();
             std::thread::scope(|scope| {
-                let busy = busy.map(|u| Computing::start(&shared.computing[u as usize]));
+                let busy = busy.map(|u| Gauge::add(&shared.computing[u as usize], 1));
                 scope.spawn(move || {
                     while shared.pausing.load(Ordering::Relaxed) == 0
                         && done.try_recv() != Err(std::sync::mpsc::TryRecvError::Disconnected)

@@ -2,7 +2,7 @@
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
@@ -30,21 +30,96 @@ fn reranker_spec() -> ModelSpec {
 
 /// A server on a socket in a fresh directory, running for the rest of the test process, with the tiny reranker.
 fn start(settings: Settings) -> (tempfile::TempDir, PathBuf) {
+    start_with(settings, tiny_model(), Box::new(|| Reranker::load(&tiny_reranker(), &Device::Cpu, DType::F32)))
+}
+
+fn start_with(
+    settings: Settings,
+    model: PathBuf,
+    load_reranker: Box<dyn FnOnce() -> qwen_embed_model::Result<Reranker> + Send>,
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let reranker = RerankerSource {
-        spec: reranker_spec(),
-        load: Box::new(|| Reranker::load(&tiny_reranker(), &Device::Cpu, DType::F32)),
-    };
+    let reranker = RerankerSource { spec: reranker_spec(), load: load_reranker };
+    let spec = spec_of(&model);
     std::thread::spawn(move || {
-        serve(listener, spec(), settings, || Embedder::load(&tiny_model(), &Device::Cpu, DType::F32), Some(reranker))
+        serve(listener, spec, settings, move || Embedder::load(&model, &Device::Cpu, DType::F32), Some(reranker))
     });
     (dir, socket)
 }
 
-const SETTINGS: Settings =
-    Settings { threads: 2, batch_tokens: 4096, queue_limit: 10_000, small_tokens: 512, pause: Pause::DEFAULT };
+fn spec_of(model: &Path) -> ModelSpec {
+    ModelSpec { path: model.display().to_string(), ..spec() }
+}
+
+/// A server whose only compute thread is held: a rerank request loads the reranker on the pool (`threads: 1`) and
+/// the load waits for [`Held::release`]. A batch taken meanwhile waits for the pool, and the requests that come
+/// meanwhile wait in the queue, so a test knows which requests share the next batch.
+fn start_held(settings: Settings, model: PathBuf) -> (tempfile::TempDir, PathBuf, Held) {
+    let (entered, loading) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let load = Box::new(move || {
+        entered.send(()).unwrap();
+        let _ = released.recv();
+        Reranker::load(&tiny_reranker(), &Device::Cpu, DType::F32)
+    });
+    let (dir, socket) = start_with(Settings { threads: 1, ..settings }, model.clone(), load);
+    let warm = Request {
+        model: spec_of(&model),
+        ..request(Job::Embed { texts: vec!["warm".into()], instruct: None, dim: None })
+    };
+    assert!(matches!(call(&socket, &warm, || {}).unwrap(), Reply::Vectors { .. }), "the model did not load");
+    let rerank = Request {
+        model: reranker_spec(),
+        job: Job::Rerank { query: "q".into(), documents: vec!["a".into()], instruct: None },
+        ..request(Job::Status)
+    };
+    let at = socket.clone();
+    let rerank = std::thread::spawn(move || call(&at, &rerank, || {}).unwrap());
+    loading.recv_timeout(Duration::from_secs(20)).expect("the reranker's load did not start");
+    (dir, socket, Held { release, rerank })
+}
+
+struct Held {
+    release: mpsc::Sender<()>,
+    rerank: std::thread::JoinHandle<Reply>,
+}
+
+impl Held {
+    /// Lets the reranker load and the pool compute again; the held rerank request gets its score.
+    fn release(self) {
+        self.release.send(()).unwrap();
+        assert!(matches!(self.rerank.join().unwrap(), Reply::Scores { .. }));
+    }
+}
+
+/// Waits for the server's counters to say `what` (a counter to wait for, not a time: the deadline only ends a test
+/// that would otherwise hang).
+fn wait_for(socket: &Path, what: &str, until: impl Fn(&Status) -> bool) -> Status {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(socket);
+        if until(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {s:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Embedder batches (the reranker's apart) since the server started.
+fn embedder_batches(s: &Status) -> u64 {
+    s.batches - s.reranker_batches
+}
+
+const SETTINGS: Settings = Settings {
+    threads: 2,
+    batch_tokens: 4096,
+    queue_limit: 10_000,
+    small_tokens: Settings::SMALL_TOKENS,
+    pause: Pause::DEFAULT,
+};
 
 fn request(job: Job) -> Request {
     Request { client: std::process::id() as i32, priority: Priority::Interactive, model: spec(), lengths: LENGTHS, job }
@@ -75,13 +150,12 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
+fn concurrent_sessions_get_the_direct_vectors_and_are_counted_per_client_and_priority() {
     let (_dir, socket) = start(SETTINGS);
     let direct = Embedder::load(&tiny_model(), &Device::Cpu, DType::F32).unwrap();
     let texts: Vec<String> = (0..16).map(|i| format!("question number {i} about databases and vectors")).collect();
     // Warm up: the model is loaded before the concurrent part.
     assert!(matches!(embed(&socket, &["warm"], None), Reply::Vectors { .. }));
-    let before = status(&socket).batches;
     let socket = Arc::new(socket);
     let handles: Vec<_> = texts
         .iter()
@@ -98,12 +172,10 @@ fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
         assert!(max_diff(&vectors[0], &want[0]) < 1e-5, "{text}");
         assert_eq!(cost.texts, 1);
     }
-    let batches = status(&socket).batches - before;
-    assert!(batches < 16, "16 concurrent single queries took {batches} batches");
     let s = status(&socket);
     assert_eq!((s.state.as_str(), s.canceled, s.errors), ("ready", 0, 0));
-    // The warm-up, 16 queries and 3 status requests (this one included).
-    assert_eq!(s.per_client, vec![(std::process::id() as i32, 20)]);
+    // The warm-up, 16 queries and this status request.
+    assert_eq!(s.per_client, vec![(std::process::id() as i32, 18)]);
     // A client that has exited is no longer listed (a server meets thousands of backends over its life).
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let gone_pid = gone.id() as i32;
@@ -111,13 +183,102 @@ fn concurrent_sessions_share_forward_passes_and_get_the_direct_vectors() {
     let from_gone = Request { client: gone_pid, ..request(Job::Status) };
     let Reply::Status(seen) = call(&socket, &from_gone, || {}).unwrap() else { panic!("no status") };
     assert!(seen.per_client.iter().all(|&(pid, _)| pid != gone_pid), "{:?}", seen.per_client);
-    assert_eq!(status(&socket).per_client, vec![(std::process::id() as i32, 21)]);
+    assert_eq!(status(&socket).per_client, vec![(std::process::id() as i32, 19)]);
     // Each request is counted at the priority its caller gave (status requests are not work).
     assert_eq!(s.priorities, [17, 0, 0], "the warm-up and 16 queries");
     embed_at(&socket, Priority::Backfill, &["a backfill"], None);
     embed_at(&socket, Priority::Async, &["an async item"], None);
     embed_at(&socket, Priority::Backfill, &["another"], None);
     assert_eq!(status(&socket).priorities, [17, 1, 2]);
+}
+
+#[test]
+fn queries_that_wait_together_share_one_forward_pass_and_get_their_vectors_alone() {
+    let (_dir, socket, held) = start_held(SETTINGS, tiny_model());
+    let direct = Embedder::load(&tiny_model(), &Device::Cpu, DType::F32).unwrap();
+    let before = status(&socket);
+    let ask = |text: String| {
+        let socket = socket.clone();
+        std::thread::spawn(move || (text.clone(), embed(&socket, &[&text], Some("Find answers"))))
+    };
+    // A first query's batch waits for the pool; sixteen more arrive meanwhile and wait in the queue.
+    let first = ask("the first question".into());
+    wait_for(&socket, "the first query's batch", |s| s.computing_texts == 1);
+    let sixteen: Vec<_> = (0..16).map(|i| ask(format!("question number {i} about databases and vectors"))).collect();
+    wait_for(&socket, "sixteen queued queries", |s| (s.queued_requests, s.queued_texts) == (16, 16));
+    held.release();
+    for h in std::iter::once(first).chain(sixteen) {
+        let (text, reply) = h.join().unwrap();
+        let Reply::Vectors { vectors, .. } = reply else { panic!("{reply:?}") };
+        let (want, _) = direct.embed(&[&text], Some("Find answers"), None, &Limits::default(), &|| false).unwrap();
+        assert!(max_diff(&vectors[0], &want[0]) < 1e-5, "{text}");
+    }
+    // The first query's pass, then one for all sixteen.
+    let s = status(&socket);
+    assert_eq!(embedder_batches(&s) - embedder_batches(&before), 2, "{s:?}");
+    assert_eq!(s.max_batch_texts, 16);
+}
+
+/// A copy of the tiny model whose embedding table ends at token `vocab`: a checkpoint whose tokenizer knows tokens
+/// its weights lack, so a text naming one (`<|im_start|>` is 151644) fails in the encoder, not in the tokenizer.
+fn cut_vocabulary(to: &Path, vocab: usize) {
+    use qwen_embed_model::candle::safetensors;
+    for entry in std::fs::read_dir(tiny_model()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config = std::fs::read_to_string(tiny_model().join("config.json")).unwrap();
+    let cut = config.replace("\"vocab_size\": 151669", &format!("\"vocab_size\": {vocab}"));
+    assert_ne!(cut, config, "the fixture's vocab_size is not 151669");
+    std::fs::write(to.join("config.json"), cut).unwrap();
+    let weights: std::collections::HashMap<String, qwen_embed_model::candle::Tensor> =
+        safetensors::load(tiny_model().join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| match t.dims()[0] {
+                151669 => (name, t.narrow(0, 0, vocab).unwrap()),
+                _ => (name, t),
+            })
+            .collect();
+    safetensors::save(&weights, to.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn a_request_that_fails_its_batch_fails_alone_and_the_others_in_it_get_their_vectors() {
+    let model = tempfile::tempdir().unwrap();
+    cut_vocabulary(model.path(), 151644);
+    let (_dir, socket, held) = start_held(SETTINGS, model.path().to_path_buf());
+    let before = status(&socket);
+    let ask = |texts: &[&str]| {
+        let job = Job::Embed { texts: texts.iter().map(|t| t.to_string()).collect(), instruct: None, dim: None };
+        let (socket, request) = (socket.clone(), Request { model: spec_of(model.path()), ..request(job) });
+        std::thread::spawn(move || call(&socket, &request, || {}).unwrap())
+    };
+    let first = ask(&["the first question"]);
+    wait_for(&socket, "the first query's batch", |s| s.computing_texts == 1);
+    let good = ask(&["a good text", "another good one"]);
+    let bad = ask(&["a text with <|im_start|> in it"]);
+    wait_for(&socket, "both requests queued", |s| (s.queued_requests, s.queued_texts) == (2, 3));
+    held.release();
+    assert!(matches!(first.join().unwrap(), Reply::Vectors { .. }));
+    // The batch of both failed; computed again one request at a time, only the bad one fails.
+    match bad.join().unwrap() {
+        Reply::Failed { message, .. } => {
+            assert!(message.contains("token id 151644 is outside the vocabulary"), "{message}")
+        }
+        other => panic!("the request naming a token the weights lack got {other:?}"),
+    }
+    let Reply::Vectors { vectors, .. } = good.join().unwrap() else { panic!("the good request failed") };
+    let direct = Embedder::load(&tiny_model(), &Device::Cpu, DType::F32).unwrap();
+    let (want, _) =
+        direct.embed(&["a good text", "another good one"], None, None, &Limits::default(), &|| false).unwrap();
+    assert!(vectors.iter().zip(&want).all(|(v, w)| max_diff(v, w) < 1e-5), "its vectors are the full model's");
+    let s = status(&socket);
+    assert_eq!((s.batches_split - before.batches_split, s.errors - before.errors), (1, 1), "{s:?}");
+    // The first query's pass, the failed one, and one for each request alone.
+    assert_eq!(embedder_batches(&s) - embedder_batches(&before), 4, "{s:?}");
 }
 
 #[test]
