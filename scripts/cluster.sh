@@ -92,7 +92,8 @@ install_extension() {
 }
 
 # test_cluster [NAME [postgresql.conf line ...]]: a cluster with the extension preloaded and pointed at the bundled test model and reranker (and
-# copies of them beside, for tests that switch models).
+# copies of them beside, for tests that switch models), plus QWEN_EMBED_TEST_SETTING's line where set (tests/gpu.sh
+# runs the SQL tests with "qwen_embed.device = 'cuda'").
 # f32: results compare with transformers' fp32 reference to 1e-4 on any CPU.
 test_cluster() {
     local model reranker
@@ -101,7 +102,8 @@ test_cluster() {
     reranker=$(install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker)
     install_model tests/fixtures/tiny-qwen3-reranker tiny-qwen3-reranker-copy >/dev/null
     cluster_new "$(scratch_dir)/${1:-main}" "shared_preload_libraries = 'qwen_embed'" \
-        "qwen_embed.model_path = '$model'" "qwen_embed.reranker_path = '$reranker'" "qwen_embed.dtype = 'f32'" "${@:2}"
+        "qwen_embed.model_path = '$model'" "qwen_embed.reranker_path = '$reranker'" "qwen_embed.dtype = 'f32'" "${@:2}" \
+        ${QWEN_EMBED_TEST_SETTING:+"$QWEN_EMBED_TEST_SETTING"}
     export QWEN_EMBED_MODEL=$model
 }
 

@@ -4,8 +4,9 @@
 # extension's pg_tests (cargo pgrx test), the SQL tests in tests/sql (transactions, rollback, settings across
 # statements, the model server, as a client sees them) and the pg_regress tests in tests/regress
 # (scripts/test-postgres.sh), the README's demo (scripts/demo.sh), then the fault, model-change, async, hot-standby
-# and load tests (tests/faults.sh, tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh) and the
-# Debian package (tests/package.sh: built, installed with dpkg, smoke-tested), all on the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13);
+# and load tests (tests/faults.sh, tests/model_change.sh, tests/async.sh, tests/standby.sh, tests/load.sh), the
+# Debian package (tests/package.sh: built, installed with dpkg, smoke-tested) and the GPU paths where there is a GPU
+# (tests/gpu.sh, SKIPPED elsewhere), all on the distribution's PostgreSQL (15 on Debian 12, 17 on Debian 13);
 # then the pg_tests, SQL and pg_regress tests again on PostgreSQL 18, built from source.
 # Every server is a throw-away cluster made in a temporary directory and removed afterwards (scripts/cluster.sh); the
 # machine's own PostgreSQL clusters are never reconfigured, restarted or connected to.
@@ -54,6 +55,9 @@ all_tests() {
 
     echo "== package: the Debian package installed with dpkg, smoke-tested on a fresh cluster"
     bash tests/package.sh
+
+    echo "== GPU: the model core on cuda:0 and the SQL tests with device = cuda, where this machine has an NVIDIA GPU"
+    bash tests/gpu.sh
 
     echo "== the newest PostgreSQL: pg_tests, SQL tests and pg_regress tests on 18, built from source"
     bash scripts/test-postgres.sh 18
