@@ -22,8 +22,9 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
 use qwen_embed_model::{DType, Device, Embedder, Reranker};
+use qwen_embed_server::models::RerankerSource;
 use qwen_embed_server::protocol::ModelSpec;
-use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
+use qwen_embed_server::server::{serve, Pause, Settings};
 
 use crate::postgres::shmem_text::{self, Keep};
 use crate::postgres::{backend, settings};

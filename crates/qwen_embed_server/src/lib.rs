@@ -8,11 +8,14 @@
 //! - [`protocol`]: the messages and their framing on a Unix socket
 //! - [`queue`]: pending requests and the fair choice of the next batch
 //! - [`server`]: the server: accept, tokenise, queue, batch, compute, answer; drop requests whose caller left
+//! - [`models`]: the embedder and the reranker it serves, and their loads
 //! - [`client`]: one request, waiting on the answer while the caller checks for interrupts
 //! - [`heap`]: its free memory back to the system when the server falls idle, and the bytes in use
 
 pub mod client;
 pub mod heap;
+pub mod models;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+mod sync;

@@ -169,6 +169,13 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// A model error as the caller gets it: its kind (the SQLSTATE the backend raises), message and hint.
+    pub fn failed(e: &qwen_embed_model::Error) -> Reply {
+        Reply::Failed { kind: e.kind(), message: e.to_string(), hint: e.hint() }
+    }
+}
+
 /// The server's state and counters since it started.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Status {

@@ -6,7 +6,8 @@
 //! backend) has its request dropped before it is computed, and shapes the reply (Matryoshka cut, chunk ranges, a
 //! document's mean, scores). Two batch threads take work from the queue ([`crate::queue`]): one from small requests,
 //! one from large ones, so an interactive query is computed next to a running bulk batch instead of behind it, and
-//! concurrent queries share batches. Both run the embedder or the reranker on one thread pool sized by the settings.
+//! concurrent queries share batches. Both run the embedder or the reranker ([`crate::models`]) on one thread pool
+//! sized by the settings.
 //! A batch of large requests pauses at its next layer while a more urgent one computes ([`Urgency`]), so a query gets
 //! the whole pool. A batch of several requests that fails is computed again one request at a time, so a failure fails
 //! only the request it belongs to.
@@ -20,14 +21,16 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use qwen_embed_model::{document_vector, format_input, Chunk, Embedder, Error, Limits, Reranker, Weighting};
+use qwen_embed_model::{document_vector, format_input, Chunk, Embedder, Error, Limits, Weighting};
 
 use crate::heap::{self, IdleTrim, IDLE};
+use crate::models::{Loaded, Models, RerankerSource};
 use crate::protocol::{
     chunks_reply_size, read_frame, write_frame, Cost, Job, JobCounts, ModelSpec, Priority, Reply, Request, Status,
     MAX_FRAME,
 };
 use crate::queue::{Batch, Full, Lane, Model, Queue, Urgency};
+use crate::sync::lock;
 
 /// How the server runs.
 #[derive(Clone, Copy, Debug)]
@@ -71,24 +74,6 @@ const POLL: Duration = Duration::from_millis(20);
 /// Per-client request counts kept for the status (pruned of exited clients when it is read).
 const CLIENTS_KEPT: usize = 1024;
 
-enum ModelState {
-    Loading,
-    Ready(Arc<Embedder>),
-    Failed(Box<Reply>),
-}
-
-/// The reranker the server runs, loaded by the first request that needs it (most clusters never rerank).
-pub struct RerankerSource {
-    pub spec: ModelSpec,
-    pub load: Box<dyn FnOnce() -> Result<Reranker, Error> + Send>,
-}
-
-enum RerankerState {
-    NotLoaded(Option<Box<dyn FnOnce() -> Result<Reranker, Error> + Send>>),
-    Ready(Arc<Reranker>),
-    Failed(Box<Reply>),
-}
-
 /// What the model computes for one sequence: an embedding's unit vector, or a rerank pair's score.
 #[derive(Clone, Debug)]
 enum Output {
@@ -127,12 +112,8 @@ struct Collecting {
 }
 
 struct Shared {
-    spec: ModelSpec,
     settings: Settings,
-    model: Mutex<ModelState>,
-    model_ready: Condvar,
-    reranker_spec: Option<ModelSpec>,
-    reranker: Mutex<RerankerState>,
+    models: Models,
     queue: Mutex<Queue>,
     work_waiting: Condvar,
     collecting: Mutex<HashMap<u64, Collecting>>,
@@ -160,26 +141,16 @@ impl Shared {
         let status = Status {
             pid: std::process::id() as i32,
             model: spec.clone(),
-            state: "loading".into(),
             threads: settings.threads,
             batch_tokens: settings.batch_tokens,
             queue_limit: settings.queue_limit,
             reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
-            reranker_state: if reranker.is_some() { "not loaded" } else { "" }.into(),
             jobs: Job::KINDS.iter().map(|&kind| JobCounts { kind: kind.into(), ..JobCounts::default() }).collect(),
             ..Status::default()
         };
-        let (reranker_spec, reranker) = match reranker {
-            Some(r) => (Some(r.spec), RerankerState::NotLoaded(Some(r.load))),
-            None => (None, RerankerState::NotLoaded(None)),
-        };
         Ok(Shared {
-            spec,
             settings,
-            model: Mutex::new(ModelState::Loading),
-            model_ready: Condvar::new(),
-            reranker_spec,
-            reranker: Mutex::new(reranker),
+            models: Models::new(spec, reranker),
             queue: Mutex::new(Queue::new(settings.queue_limit)),
             work_waiting: Condvar::new(),
             collecting: Mutex::new(HashMap::new()),
@@ -208,26 +179,9 @@ pub fn serve(
     let shared = Arc::new(Shared::new(spec, settings, reranker)?);
 
     let loader = shared.clone();
-    std::thread::Builder::new().name("qwen_embed-load".into()).spawn(move || {
-        let started = Instant::now();
-        let state = match loader.pool.install(load) {
-            Ok(model) => {
-                let mut s = lock(&loader.status);
-                s.state = "ready".into();
-                s.device = qwen_embed_model::device::device_name(model.device()).into();
-                s.dtype = model.dtype().as_str().into();
-                s.kernel = model.precision().kernel_name().into();
-                s.load_ms = started.elapsed().as_secs_f64() * 1e3;
-                ModelState::Ready(Arc::new(model))
-            }
-            Err(e) => {
-                lock(&loader.status).state = format!("failed: {e}");
-                ModelState::Failed(Box::new(failed(&e)))
-            }
-        };
-        *lock(&loader.model) = state;
-        loader.model_ready.notify_all();
-    })?;
+    std::thread::Builder::new()
+        .name("qwen_embed-load".into())
+        .spawn(move || loader.models.load_embedder(&loader.pool, load))?;
 
     let small_tokens = settings.small_tokens;
     for lane in [Lane::Interactive { small_tokens }, Lane::Bulk { small_tokens }] {
@@ -244,15 +198,6 @@ pub fn serve(
         })?;
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks would be a bug in this file; keep serving rather than cascade.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn failed(e: &Error) -> Reply {
-    Reply::Failed { kind: e.kind(), message: e.to_string(), hint: e.hint() }
 }
 
 /// A reply over the frame limit (only a document's chunks, with their vectors, come near it): the caller's ERROR
@@ -341,7 +286,7 @@ impl From<Error> for Ended {
     fn from(e: Error) -> Self {
         match e {
             Error::Canceled => Ended::CallerLeft,
-            e => Ended::Reply(failed(&e)),
+            e => Ended::Reply(Reply::failed(&e)),
         }
     }
 }
@@ -352,19 +297,23 @@ fn answer(shared: &Shared, request: Request, conn: &UnixStream) -> Result<Reply,
     let Request { priority, model: spec, lengths, job, .. } = request;
     let limits = lengths.limits(shared.settings.batch_tokens);
     if let Job::Rerank { query, documents, instruct } = job {
-        if shared.reranker_spec.as_ref() != Some(&spec) {
-            return Err(Ended::Reply(Reply::OtherModel { serving: shared.reranker_spec.clone().unwrap_or_default() }));
+        let serving = &shared.models.reranker_spec;
+        if serving.as_ref() != Some(&spec) {
+            return Err(Ended::Reply(Reply::OtherModel { serving: serving.clone().unwrap_or_default() }));
         }
-        let reranker = reranker(shared).map_err(Ended::Reply)?;
+        let reranker = shared.models.reranker(&shared.pool).map_err(Ended::Reply)?;
         refuse_if_full(shared, documents.len())?;
         let seqs = tokenize_all(&documents, conn, |doc| reranker.tokenize(&query, doc, instruct.as_deref(), &limits))?;
         let (outputs, cost) = queued(shared, (priority, Model::Reranker), seqs, conn)?;
         return Ok(Reply::Scores { scores: outputs.into_iter().map(Output::score).collect(), cost });
     }
-    if spec != shared.spec {
-        return Err(Ended::Reply(Reply::OtherModel { serving: shared.spec.clone() }));
+    if spec != shared.models.spec {
+        return Err(Ended::Reply(Reply::OtherModel { serving: shared.models.spec.clone() }));
     }
-    let model = wait_for_model(shared, conn)?;
+    let model = match shared.models.wait_for_embedder(POLL, || caller_gone(conn)) {
+        Some(loaded) => loaded.map_err(Ended::Reply)?,
+        None => return Err(Ended::CallerLeft),
+    };
     match job {
         Job::Status | Job::Rerank { .. } => unreachable!("answered before"),
         Job::CountTokens { text, instruct } => {
@@ -455,50 +404,6 @@ fn refuse_if_full(shared: &Shared, texts: usize) -> Result<(), Ended> {
     full.map_or(Ok(()), |full| Err(Ended::Reply(overloaded(shared, full))))
 }
 
-/// The reranker, loading it on first use (other rerank requests wait for the load); its load error otherwise.
-fn reranker(shared: &Shared) -> Result<Arc<Reranker>, Reply> {
-    let mut state = lock(&shared.reranker);
-    if let RerankerState::NotLoaded(load) = &mut *state {
-        let Some(load) = load.take() else {
-            return Err(failed(&Error::Unsupported("this model server runs no reranker".into())));
-        };
-        let started = Instant::now();
-        *state = match shared.pool.install(load) {
-            Ok(r) => {
-                lock(&shared.status).reranker_state =
-                    format!("ready ({:.0} ms, {})", started.elapsed().as_secs_f64() * 1e3, r.precision().kernel_name());
-                RerankerState::Ready(Arc::new(r))
-            }
-            Err(e) => {
-                lock(&shared.status).reranker_state = format!("failed: {e}");
-                RerankerState::Failed(Box::new(failed(&e)))
-            }
-        };
-    }
-    match &*state {
-        RerankerState::Ready(r) => Ok(r.clone()),
-        RerankerState::Failed(reply) => Err((**reply).clone()),
-        RerankerState::NotLoaded(_) => unreachable!("loaded above"),
-    }
-}
-
-/// The loaded model, or the load's error; the caller left if it went while the model loaded.
-fn wait_for_model(shared: &Shared, conn: &UnixStream) -> Result<Arc<Embedder>, Ended> {
-    let mut state = lock(&shared.model);
-    loop {
-        match &*state {
-            ModelState::Ready(m) => return Ok(m.clone()),
-            ModelState::Failed(reply) => return Err(Ended::Reply((**reply).clone())),
-            ModelState::Loading => {
-                if caller_gone(conn) {
-                    return Err(Ended::CallerLeft);
-                }
-                state = shared.model_ready.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
-            }
-        }
-    }
-}
-
 /// Computes a request's sequences through the queue and waits for them, watching the caller: one that leaves has
 /// its sequences dropped from the queue and from the batches that hold them.
 fn queued(
@@ -579,25 +484,6 @@ fn run_batches(shared: &Shared, lane: Lane) {
     }
 }
 
-/// The model a batch is for. It is loaded: a request is queued only once its model is.
-enum Loaded {
-    Embedder(Arc<Embedder>),
-    Reranker(Arc<Reranker>),
-}
-
-fn loaded(shared: &Shared, model: Model) -> Loaded {
-    match model {
-        Model::Embedder => match &*lock(&shared.model) {
-            ModelState::Ready(m) => Loaded::Embedder(m.clone()),
-            _ => unreachable!("embedder requests are queued once it is loaded"),
-        },
-        Model::Reranker => match &*lock(&shared.reranker) {
-            RerankerState::Ready(r) => Loaded::Reranker(r.clone()),
-            _ => unreachable!("rerank requests are queued once it is loaded"),
-        },
-    }
-}
-
 fn compute(shared: &Shared, batch: Batch) {
     let seqs: Vec<Vec<u32>> = batch.items.iter().map(|i| i.ids.clone()).collect();
     let requests: Vec<u64> = batch.items.iter().map(|i| i.request).collect();
@@ -644,7 +530,7 @@ fn compute(shared: &Shared, batch: Batch) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         #[cfg(test)]
         tests::inject_fault(&seqs)?;
-        shared.pool.install(|| match loaded(shared, batch.model) {
+        shared.pool.install(|| match shared.models.loaded(batch.model) {
             Loaded::Embedder(m) => m
                 .embed_tokens(&seqs, batch_tokens, &canceled)
                 .map(|(vectors, work)| (vectors.into_iter().map(Output::Vector).collect::<Vec<_>>(), work)),
@@ -705,7 +591,7 @@ fn compute(shared: &Shared, batch: Batch) {
         }
         Err(e) => {
             // Every request with a sequence in this batch fails, and the rest of its sequences leave the queue.
-            let reply = failed(&e);
+            let reply = Reply::failed(&e);
             for id in requests {
                 if let Some(c) = collecting.remove(&id) {
                     c.canceled.store(true, Ordering::Relaxed);
@@ -745,6 +631,7 @@ impl Drop for Gauge<'_> {
 
 fn status(shared: &Shared) -> Status {
     let mut s = lock(&shared.status).clone();
+    shared.models.show(&mut s);
     {
         let queue = lock(&shared.queue);
         s.queued_requests = queue.queued_requests();
@@ -774,7 +661,7 @@ fn process_exists(pid: i32) -> bool {
 mod tests {
     use std::path::Path;
 
-    use qwen_embed_model::{DType, Device};
+    use qwen_embed_model::{DType, Device, Reranker};
 
     use super::*;
 
@@ -799,9 +686,8 @@ mod tests {
         let pause = Pause { max: Duration::from_millis(100), grace: Duration::from_millis(20) };
         let settings =
             Settings { threads: 1, batch_tokens: 1024, queue_limit: 100, small_tokens: Settings::SMALL_TOKENS, pause };
-        let shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
-        *lock(&shared.model) = ModelState::Ready(Arc::new(tiny_model()));
-        *lock(&shared.reranker) = RerankerState::Ready(Arc::new(tiny_reranker()));
+        let mut shared = Shared::new(ModelSpec::default(), settings, None).unwrap();
+        shared.models = Models::ready(ModelSpec::default(), tiny_model(), tiny_reranker());
         shared
     }
 

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use qwen_embed_model::{DType, Device, Embedder, Limits, Reranker};
 use qwen_embed_server::client::{call, CallError};
+use qwen_embed_server::models::RerankerSource;
 use qwen_embed_server::protocol::{write_frame, Job, JobCounts, Lengths, ModelSpec, Priority, Reply, Request, Status};
-use qwen_embed_server::server::{serve, Pause, RerankerSource, Settings};
+use qwen_embed_server::server::{serve, Pause, Settings};
 
 fn tiny_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
