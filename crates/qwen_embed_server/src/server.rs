@@ -47,8 +47,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The interactive lane's bound the extension runs with: a query, a small insert, a 50-candidate rerank does not
-    /// fit (it is large interactive work, which bulk batches pause for).
+    /// The interactive lane's bound the extension runs with: a query or a small insert fits; a 50-candidate rerank
+    /// does not (it is large interactive work, which bulk batches pause for).
     pub const SMALL_TOKENS: usize = 512;
 }
 
