@@ -162,8 +162,10 @@ impl Models {
         }
     }
 
-    /// Fills the status's model fields: state, device, dtype, kernel, load time, the reranker's state.
+    /// Fills the status's model fields: the specs served, state, device, dtype, kernel, load time, the reranker's
+    /// state.
     pub fn show(&self, s: &mut Status) {
+        (s.model, s.reranker) = (self.spec.clone(), self.reranker_spec.clone().unwrap_or_default());
         let shown = lock(&self.shown).clone();
         (s.state, s.device, s.dtype, s.kernel, s.load_ms) =
             (shown.state, shown.device, shown.dtype, shown.kernel, shown.load_ms);

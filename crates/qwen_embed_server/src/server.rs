@@ -140,11 +140,9 @@ impl Shared {
             .map_err(io::Error::other)?;
         let status = Status {
             pid: std::process::id() as i32,
-            model: spec.clone(),
             threads: settings.threads,
             batch_tokens: settings.batch_tokens,
             queue_limit: settings.queue_limit,
-            reranker: reranker.as_ref().map(|r| r.spec.clone()).unwrap_or_default(),
             jobs: Job::KINDS.iter().map(|&kind| JobCounts { kind: kind.into(), ..JobCounts::default() }).collect(),
             ..Status::default()
         };
@@ -365,10 +363,12 @@ fn chunked(
     let dims = model.dims(dim)?.unwrap_or(model.config().hidden_size);
     refuse_if_full(shared, estimated_chunks(doc, chunk_tokens, overlap))?;
     let plan = model.chunk_document(doc, chunk_tokens, overlap, limits)?;
-    let reply_size = chunks_reply_size(plan.len(), dims);
-    if answer == Answer::EachChunk && reply_size > MAX_FRAME as u64 {
-        let what = format!("the vectors of {} chunks of {dims} dimensions, {reply_size} bytes", plan.len());
-        return Err(Ended::Reply(too_large(what)));
+    if answer == Answer::EachChunk {
+        let reply_size = chunks_reply_size(plan.len(), dims);
+        if reply_size > MAX_FRAME as u64 {
+            let what = format!("the vectors of {} chunks of {dims} dimensions, {reply_size} bytes", plan.len());
+            return Err(Ended::Reply(too_large(what)));
+        }
     }
     let seqs: Vec<Vec<u32>> = plan.iter().map(|(_, ids)| ids.clone()).collect();
     let tokens: usize = seqs.iter().map(Vec::len).sum();
